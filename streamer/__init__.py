@@ -1,0 +1,7 @@
+"""streamer: a streaming anomaly detection daemon.
+
+Ticks arrive from Kafka (or a recorded file), each stream advances its own LSTM state one step per tick,
+and the prediction error is calibrated into an anomaly score that is published as Prometheus metrics.
+"""
+
+__version__ = "0.1.0"

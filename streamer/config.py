@@ -1,0 +1,191 @@
+"""Settings: one pydantic model, read from a TOML file and overridden by ``STREAMER_*`` environment variables.
+
+Precedence (highest first): environment variables (``STREAMER_KAFKA__BOOTSTRAP_SERVERS=host:9092``, nested
+with ``__``), then the TOML file given by ``--config`` or ``$STREAMER_CONFIG``, then the defaults below.
+Every section forbids unknown keys so that a typo in ``config.toml`` is an error, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    topics: list[str] = ["ticks"]
+    group_id: str = "streamer"
+    client_id: str = "streamer"
+    # Where a group with no committed offset starts: earliest, latest, or an ISO-8601 timestamp (backfill).
+    start_from: str = "earliest"
+    max_poll_records: int = Field(2000, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1)
+    # Optional outputs: one JSON record per scored tick, and the original bytes of rejected messages.
+    scores_topic: str | None = None
+    dead_letter_topic: str | None = None
+    # Security, passed to kafka-python as is.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    # Extra kafka-python options passed through (e.g. session_timeout_ms); they win over the ones above.
+    consumer: dict[str, Any] = {}
+    producer: dict[str, Any] = {}
+
+    @field_validator("bootstrap_servers", "topics", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """Accept ``"a:9092,b:9092"`` as well as a list, as operators write both."""
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class TickSettings(Section):
+    """Field names of the JSON tick format (and of recorded files) and the limits of a valid tick."""
+
+    stream_field: str = "stream"
+    ts_field: str = "ts"
+    value_field: str = "value"
+    values_field: str = "values"
+    segment_field: str = "segment"
+    reset_field: str = "reset"
+    max_message_bytes: int = Field(65536, ge=64)
+    # Ticks stamped before this (epoch seconds) or further ahead of the wall clock are rejected as absurd.
+    min_timestamp: float = 0.0
+    max_future_seconds: float = Field(86400.0, ge=0)
+
+
+class ResetRules(Section):
+    """When a stream's state is reset besides an explicit ``reset`` or a change of ``segment``."""
+
+    max_gap_seconds: float = Field(0.0, ge=0, description="a larger gap between ticks resets; 0 disables")
+    session_timezone: str = Field("", description="e.g. America/New_York: the first tick of each day resets")
+    session_start: str = Field("00:00", pattern=r"^\d{2}:\d{2}$", description="local time a session day starts")
+
+    @field_validator("session_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        if value:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(value)  # raises for an unknown zone name
+        return value
+
+
+class ResetSettings(ResetRules):
+    """Default reset rules plus per-topic overrides (only the fields a topic sets override the defaults)."""
+
+    topics: dict[str, ResetRules] = {}
+
+    def for_topic(self, topic: str) -> ResetRules:
+        override = self.topics.get(topic)
+        base = ResetRules(**self.model_dump(exclude={"topics"}))
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(include=override.model_fields_set))
+
+
+class DetectorSettings(Section):
+    """How prediction errors become anomaly scores, and how many streams are kept in memory."""
+
+    warmup: int = Field(50, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
+    short_alpha: float = Field(0.2, gt=0, le=1, description="EW weight of the short-term mean surprise")
+    long_alpha: float = Field(0.002, gt=0, le=1, description="EW weight of the long-term surprise distribution")
+    max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
+
+
+class MetricsSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+    # Only this many streams (the highest current scores) carry a `stream` label; the rest are aggregated.
+    max_stream_series: int = Field(1000, ge=0)
+
+
+class ModelSettings(Section):
+    path: Path | None = Field(None, description="model file; empty means the model bundled with the package")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _empty_is_bundled(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+_config_file: ContextVar[Path | None] = ContextVar("streamer_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMER_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    ticks: TickSettings = TickSettings()
+    resets: ResetSettings = ResetSettings()
+    detector: DetectorSettings = DetectorSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    model: ModelSettings = ModelSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):  # noqa: ANN001 - signature fixed by pydantic-settings
+        path = _config_file.get()
+        toml = (TomlConfigSettingsSource(settings_cls, toml_file=path),) if path else ()
+        return (init_settings, env_settings, *toml)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings; ``path`` falls back to ``$STREAMER_CONFIG``. Raises ConfigError."""
+    path = path or os.environ.get("STREAMER_CONFIG") or None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    token = _config_file.set(Path(path) if path else None)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # e.g. a TOML syntax error or an env value that is not valid JSON
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{field}: {error['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data with every secret masked (for `streamer config` and logs)."""
+    data = settings.model_dump(mode="json")
+    for section in ("consumer", "producer"):  # pass-through tables may hold passwords too
+        for key in data["kafka"][section]:
+            if any(word in key.lower() for word in ("password", "secret", "token")):
+                data["kafka"][section][key] = "**********"
+    return data
