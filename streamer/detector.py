@@ -49,6 +49,7 @@ class BatchResult:
     error: np.ndarray
     forecast: np.ndarray
     outcome: np.ndarray
+    reset: np.ndarray  # True where the stream's state was reset before this tick
     resets: Counter
     evicted: int
 
@@ -215,7 +216,7 @@ class Detector:
                 idx = valid[part]
                 s, e, f = self._step(slot_of[idx], values[part], reset_of[idx])
                 score[idx], error[idx], forecast[idx] = s, e, f
-        return BatchResult(score, error, forecast, outcome, resets, evicted)
+        return BatchResult(score, error, forecast, outcome, reset_of, resets, evicted)
 
     @torch.inference_mode()
     def _step(self, rows: np.ndarray, value: np.ndarray, reset: np.ndarray):

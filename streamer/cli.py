@@ -1,0 +1,182 @@
+"""Command line: ``streamer run|config|score|replay|evaluate|train|synth|demo``.
+
+Every command reads the same settings (``--config FILE`` or ``$STREAMER_CONFIG``, then ``STREAMER_*``
+environment variables) and drives the same detector core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from streamer.config import ConfigError, Settings, load_settings, redacted
+from streamer.kafka_io import KafkaSetupError
+from streamer.logs import setup_logging
+from streamer.ticks import RecordError
+
+log = logging.getLogger("streamer")
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("speed must be > 0 or 'max'")
+    return value
+
+
+def _timestamp(text: str) -> float:
+    from streamer.ticks import InvalidTick, parse_ts
+
+    try:
+        return parse_ts(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except InvalidTick as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: $STREAMER_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume ticks from Kafka and publish anomaly scores as metrics")
+    run.add_argument("--from", dest="start_from", metavar="earliest|latest|ISO-8601",
+                     help="start position for a group with no committed offsets (overrides kafka.start_from)")
+
+    sub.add_parser("config", help="print the effective configuration (secrets masked)")
+
+    score = sub.add_parser("score", help="score a recorded file offline")
+    score.add_argument("input", type=Path)
+    score.add_argument("--output", type=Path, required=True, help="CSV of scores")
+    score.add_argument("--plot", type=Path, help="PNG: values, forecast, score and alarms per stream")
+    score.add_argument("--threshold", type=float, default=0.5, help="alarm threshold drawn in the plot")
+    score.add_argument("--topic", default="", help="use this topic's reset rules")
+    score.add_argument("--skip-invalid", action="store_true", help="count and skip invalid rows")
+
+    replay = sub.add_parser("replay", help="produce a recorded file to Kafka in the daemon's format")
+    replay.add_argument("input", type=Path)
+    replay.add_argument("--topic", required=True)
+    replay.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
+    replay.add_argument("--speed", type=_speed, default=None, help="1, 10, ... times recorded pace, or max")
+    replay.add_argument("--start", type=_timestamp, help="first timestamp to replay (ISO-8601 or epoch)")
+    replay.add_argument("--end", type=_timestamp, help="last timestamp to replay")
+    replay.add_argument("--skip-invalid", action="store_true")
+
+    demo = sub.add_parser("demo", help="local broker + bundled recorded stream + daemon, then a summary")
+    demo.add_argument("--speed", type=_speed, default=3000.0, help="replay speed (default 3000x)")
+    demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
+    demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
+
+    for name, module in (("train", "train"), ("synth", "synth"), ("evaluate", "evaluate")):
+        try:
+            mod = __import__(f"streamer.{module}", fromlist=["add_arguments"])
+        except ImportError:
+            continue
+        mod.add_arguments(sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"streamer: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except (ConfigError, KafkaSetupError, RecordError, ValueError, FileNotFoundError) as exc:
+        print(f"streamer {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_config(args, settings: Settings) -> int:
+    print(json.dumps(redacted(settings), indent=2))
+    return 0
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from streamer.daemon import Daemon
+
+    if args.start_from:
+        settings = settings.model_copy(update={
+            "kafka": settings.kafka.model_copy(update={"start_from": args.start_from})})
+    daemon = Daemon(settings)
+    _stop_on_signals(daemon.stop)
+    daemon.run()
+    return 0
+
+
+def _stop_on_signals(stop) -> None:
+    """First SIGTERM/SIGINT: finish the batch, commit, exit 0. A second one: exit at once."""
+    def handler(signum, frame):
+        if handler.seen:
+            os._exit(128 + signum)
+        handler.seen = True
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop()
+
+    handler.seen = False
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_score(args, settings: Settings) -> int:
+    from streamer.model import Forecaster
+    from streamer.offline import plot_scores, score_file, write_scores_csv
+
+    rows, summary = score_file(args.input, settings, Forecaster.load(settings.model.path),
+                               skip_invalid=args.skip_invalid, topic=args.topic)
+    write_scores_csv(rows, args.output)
+    if args.plot:
+        plot_scores(rows, args.plot, args.threshold)
+    print(f"scored {summary.scored} of {summary.rows} rows -> {args.output}"
+          f" (out of order: {summary.out_of_order}, invalid: {dict(summary.invalid)},"
+          f" resets: {dict(summary.resets)})")
+    return 0
+
+
+def cmd_replay(args, settings: Settings) -> int:
+    from streamer.replay import replay
+
+    if args.bootstrap_servers:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"bootstrap_servers": args.bootstrap_servers.split(",")})})
+    report = replay(args.input, args.topic, settings, speed=args.speed, start=args.start, end=args.end,
+                    skip_invalid=args.skip_invalid)
+    print(f"produced {report.produced} messages to {args.topic} in {report.seconds:.1f}s"
+          f" (skipped invalid: {report.skipped_invalid}, outside --start/--end: {report.outside_range})")
+    return 0
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from streamer.demo import run_demo
+
+    return run_demo(settings, speed=args.speed, linger=args.linger, input_path=args.input)
+
+
+def _module_command(name: str):
+    def command(args, settings: Settings) -> int:
+        module = __import__(f"streamer.{name}", fromlist=["run"])
+        return module.run(args, settings)
+
+    return command
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "config": cmd_config,
+    "score": cmd_score,
+    "replay": cmd_replay,
+    "demo": cmd_demo,
+    "train": _module_command("train"),
+    "synth": _module_command("synth"),
+    "evaluate": _module_command("evaluate"),
+}

@@ -1,0 +1,279 @@
+"""The run loop: poll -> decode -> one batched detector step -> metrics (and score records) -> commit.
+
+Delivery is at-least-once: an offset is committed only after every message before it was scored, its
+metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker.
+
+Threads: kafka-python 3 runs rebalance callbacks on its own network thread. `_lock` is held while a batch
+is processed, so a revocation waits for the batch in hand to finish and then commits what was processed
+for the partitions it gives up (with ``commit_async``: a blocking call there would stall the network
+thread). Partitions that were *lost* (the group evicted us) are never committed. Newly assigned
+partitions that need a start position (``kafka.start_from`` = a timestamp) are positioned by the main
+loop, and their records from that poll are dropped, since they came from the default position.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+
+import orjson
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from streamer.config import Settings
+from streamer.detector import SCORED, Detector
+from streamer.kafka_io import make_consumer, make_producer, start_offset, start_timestamp_ms
+from streamer.logs import RateLimited
+from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
+from streamer.model import Forecaster
+from streamer.ticks import InvalidTick, Tick, TickDecoder
+
+log = logging.getLogger("streamer.daemon")
+
+_OUTCOME = {SCORED: "scored", 1: "out_of_order"}
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked):
+        self.daemon._release(revoked, commit=True)
+
+    def on_partitions_lost(self, lost):
+        self.daemon._release(lost, commit=False)
+
+    def on_partitions_assigned(self, assigned):
+        self.daemon._assigned(assigned)
+
+
+class Daemon:
+    """One consumer-group member scoring its partitions. `run` blocks until `stop` is called."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 model: Forecaster | None = None):
+        self.settings = settings
+        self.model = model or Forecaster.load(settings.model.path)
+        self.detector = Detector(self.model, settings.detector)
+        self.decoder = TickDecoder(settings.ticks)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, model_name=str(settings.model.path or "bundled"))
+        self.metrics.watch_scores(self._snapshot)
+        self.health = Health()
+        self.scored = 0  # messages scored since start, for callers that wait (demo, tests)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._unpositioned: set[TopicPartition] = set()
+        self._owned: set[TopicPartition] = set()
+        self._start_ms = start_timestamp_ms(settings.kafka.start_from)
+        self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
+        self._warn = RateLimited(log)
+        self._consumer: KafkaConsumer | None = None
+        self._producer = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit and return (safe from signal handlers)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        cfg = self.settings
+        server = MetricsServer(self.registry, self.health, cfg.metrics.host, cfg.metrics.port).start()
+        log.info("metrics listening", extra={"address": f"{cfg.metrics.host}:{server.port}"})
+        try:
+            self._consumer = make_consumer(cfg.kafka)
+            if cfg.kafka.scores_topic or cfg.kafka.dead_letter_topic:
+                self._producer = make_producer(cfg.kafka)
+            for topic in cfg.kafka.topics:
+                self.metrics.init_topic(topic)
+            self._consumer.subscribe(cfg.kafka.topics, listener=_Listener(self))
+            log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id})
+            self._loop()
+        finally:
+            self._shutdown()
+            server.stop()
+
+    def _loop(self) -> None:
+        cfg = self.settings.kafka
+        next_lag = 0.0
+        while not self._stop.is_set():
+            self.health.beat()
+            polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_poll_records)
+            skip = self._position_new_partitions()
+            if polled:
+                with self._lock:
+                    self._handle({tp: msgs for tp, msgs in polled.items() if tp not in skip
+                                  and tp in self._owned})
+            self._commit()
+            if time.monotonic() >= next_lag:
+                self._update_lag()
+                next_lag = time.monotonic() + 5.0
+
+    def _shutdown(self) -> None:
+        if self._consumer is not None:
+            self._commit()
+            self._consumer.close(autocommit=False)  # invokes on_partitions_revoked: nothing left to commit
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+        self.health.ready = False
+        self.metrics.ready.set(0)
+        log.info("stopped", extra={"scored": self.scored})
+
+    # --- rebalance (called on kafka-python's network thread) ---------------------------------------
+
+    def _assigned(self, assigned) -> None:
+        with self._lock:
+            self._owned |= set(assigned)
+            if self._start_ms is not None:
+                self._unpositioned |= set(assigned)
+            self._set_ready()
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}"
+                                                                    for tp in assigned)})
+
+    def _release(self, partitions, commit: bool) -> None:
+        with self._lock:  # waits for the batch in hand
+            pending = {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+            self._owned -= set(partitions)
+            self._unpositioned -= set(partitions)
+            for tp in partitions:
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition)) if self._has_lag(tp) else None
+            self._set_ready()
+        if pending and commit:
+            self._consumer.commit_async(pending)
+        log.info("partitions revoked" if commit else "partitions lost",
+                 extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
+                        "committed": len(pending) if commit else 0})
+
+    def _has_lag(self, tp: TopicPartition) -> bool:
+        return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
+
+    def _set_ready(self) -> None:
+        self.health.ready = bool(self._owned)
+        self.metrics.ready.set(1 if self._owned else 0)
+
+    # --- main-loop steps ---------------------------------------------------------------------------
+
+    def _position_new_partitions(self) -> set[TopicPartition]:
+        """Seek partitions assigned since the last poll to the backfill start; returns them."""
+        with self._lock:
+            todo, self._unpositioned = self._unpositioned, set()
+        for tp in todo:
+            offset = start_offset(self._consumer, tp, self._start_ms)
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+                log.info("backfill start", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset})
+        return todo
+
+    def _handle(self, polled) -> None:
+        """Decode, score and publish one poll; record the offsets that are now safe to commit."""
+        started = time.perf_counter()
+        m = self.metrics
+        by_topic: dict[str, tuple[list[Tick], list]] = defaultdict(lambda: ([], []))
+        invalid: Counter = Counter()
+        for tp, messages in polled.items():
+            ticks, sources = by_topic[tp.topic]
+            for msg in messages:
+                try:
+                    decoded = self.decoder.decode(msg.value, msg.key)
+                except InvalidTick as bad:
+                    invalid[(tp.topic, bad.reason)] += 1
+                    self._reject(msg, bad)
+                    continue
+                ticks.extend(decoded)
+                sources.extend([msg] * len(decoded))
+        for (topic, reason), n in invalid.items():
+            m.invalid.labels(reason).inc(n)
+            m.messages.labels(topic, "invalid").inc(n)
+
+        last_ts = None
+        for topic, (ticks, sources) in by_topic.items():
+            if not ticks:
+                continue
+            result = self.detector.process(ticks, self._rules.get(topic))
+            for outcome, n in zip(*_counts(result.outcome)):
+                m.messages.labels(topic, _OUTCOME[outcome]).inc(n)
+            for reason, n in result.resets.items():
+                m.resets.labels(reason).inc(n)
+            if result.evicted:
+                m.evicted.inc(result.evicted)
+            scored = result.outcome == SCORED
+            if scored.any():
+                last_ts = max(last_ts or 0.0, max(t.ts for t, ok in zip(ticks, scored) if ok))
+            if self.settings.kafka.scores_topic:
+                self._publish_scores(topic, ticks, sources, result)
+            self.scored += int(scored.sum())
+
+        if self._producer is not None:
+            self._producer.flush()  # score records and dead letters reach the broker before the commit
+        for tp, messages in polled.items():
+            self._uncommitted[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+        now = time.time()
+        if last_ts is not None:
+            m.event_lag.set(now - last_ts)
+            m.last_scored.set(now)
+        m.batch_seconds.observe(time.perf_counter() - started)
+
+    def _publish_scores(self, topic: str, ticks: list[Tick], sources: list, result) -> None:
+        send = self._producer.send
+        scores_topic = self.settings.kafka.scores_topic
+        for i in (result.outcome == SCORED).nonzero()[0].tolist():
+            tick, msg = ticks[i], sources[i]
+            error = result.error[i]
+            record = {"stream": tick.stream, "ts": tick.ts, "value": tick.value,
+                      "anomaly_score": float(result.score[i]),
+                      "error": None if error != error else float(error),
+                      "topic": topic, "partition": msg.partition, "offset": msg.offset}
+            send(scores_topic, key=tick.stream.encode(), value=orjson.dumps(record))
+
+    def _reject(self, msg, bad: InvalidTick) -> None:
+        self._warn.warning(bad.reason, "invalid message skipped", reason=bad.reason, detail=str(bad),
+                           topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        topic = self.settings.kafka.dead_letter_topic
+        if topic:
+            headers = [("reason", bad.reason.encode()),
+                       ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+            self._producer.send(topic, key=msg.key, value=msg.value, headers=headers)
+            self.metrics.dead_lettered.inc()
+
+    def _commit(self) -> None:
+        with self._lock:
+            offsets, self._uncommitted = self._uncommitted, {}
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:  # e.g. a rebalance in progress: the next owner re-reads from the last commit
+            self._warn.warning("commit", "offset commit failed", error=f"{exc.__class__.__name__}: {exc}")
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        for tp in list(self._owned):
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+
+    def _snapshot(self) -> ScoreSnapshot:
+        """Called from the HTTP thread at scrape time."""
+        with self._lock:
+            det = self.detector
+            return ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series), det.max_score(),
+                                 len(det))
+
+
+def _counts(codes):
+    import numpy as np
+
+    values, counts = np.unique(codes, return_counts=True)
+    return values.tolist(), counts.tolist()

@@ -1,0 +1,103 @@
+"""Kafka clients built from settings, and the group-start position for backfills.
+
+Everything kafka-python specific that is not the run loop lives here: option mapping (security settings
+included), client construction with errors a person can act on, and `start_offset`, which turns
+``kafka.start_from`` into a position for partitions the group has never committed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from streamer.config import KafkaSettings
+
+
+class KafkaSetupError(RuntimeError):
+    """The broker cannot be reached or refused us; the message says which and where."""
+
+
+def _security(k: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        options["sasl_mechanism"] = k.sasl_mechanism
+    if k.sasl_plain_username is not None:
+        options["sasl_plain_username"] = k.sasl_plain_username
+    if k.sasl_plain_password is not None:
+        options["sasl_plain_password"] = k.sasl_plain_password.get_secret_value()
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(k, name) is not None:
+            options[name] = str(getattr(k, name))
+    if k.ssl_password is not None:
+        options["ssl_password"] = k.ssl_password.get_secret_value()
+    return options
+
+
+def consumer_options(k: KafkaSettings) -> dict[str, Any]:
+    """kafka-python consumer options: at-least-once (we commit), then the operator's pass-through table."""
+    start = k.start_from if k.start_from in ("earliest", "latest") else "earliest"
+    return {
+        "bootstrap_servers": k.bootstrap_servers,
+        "group_id": k.group_id,
+        "client_id": k.client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": start,
+        "max_poll_records": k.max_poll_records,
+        **_security(k),
+        **k.consumer,
+    }
+
+
+def producer_options(k: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": k.client_id,
+        "acks": "all",
+        "linger_ms": 5,
+        **_security(k),
+        **k.producer,
+    }
+
+
+def _connect(factory, options: dict[str, Any], what: str):
+    try:
+        return factory(**options)
+    except KafkaTimeoutError:
+        raise KafkaSetupError(f"no Kafka broker reachable at {','.join(options['bootstrap_servers'])} "
+                              f"for the {what} (check kafka.bootstrap_servers and the network)") from None
+    except KafkaError as exc:  # authentication and TLS failures surface here
+        raise KafkaSetupError(f"Kafka {what} setup failed: {exc.__class__.__name__}: {exc}") from None
+
+
+def make_consumer(k: KafkaSettings) -> KafkaConsumer:
+    return _connect(KafkaConsumer, consumer_options(k), "consumer")
+
+
+def make_producer(k: KafkaSettings) -> KafkaProducer:
+    return _connect(KafkaProducer, producer_options(k), "producer")
+
+
+def start_timestamp_ms(start_from: str) -> int | None:
+    """Milliseconds of an ISO-8601 ``start_from``, or None for earliest/latest."""
+    if start_from in ("earliest", "latest"):
+        return None
+    parsed = datetime.fromisoformat(start_from)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def start_offset(consumer: KafkaConsumer, tp: TopicPartition, timestamp_ms: int) -> int | None:
+    """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
+
+    Partitions the group already committed resume from their commit: a backfill never rewinds a group.
+    """
+    if consumer.committed(tp) is not None:
+        return None
+    found = consumer.offsets_for_times({tp: timestamp_ms}).get(tp)
+    if found is not None:
+        return found.offset
+    return consumer.end_offsets([tp])[tp]  # nothing at or after the timestamp: start at the end

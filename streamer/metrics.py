@@ -1,0 +1,156 @@
+"""Prometheus metrics and the HTTP endpoint that serves them with the health probes.
+
+Per-stream scores are not kept as one gauge child per stream (that costs a dict lookup per message and
+grows without bound). Instead a collector asks the detector, at scrape time, for the ``max_stream_series``
+streams with the highest current score: those carry a ``stream`` label; every stream counts towards
+``streamer_streams`` and ``streamer_anomaly_score_max``. A stream above an alert threshold therefore always
+has its series as long as fewer than ``max_stream_series`` streams are anomalous at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from streamer import __version__
+from streamer.detector import RESET_REASONS
+from streamer.ticks import REASONS as INVALID_REASONS
+
+OUTCOMES = ("scored", "invalid", "out_of_order")
+
+
+@dataclass(frozen=True)
+class ScoreSnapshot:
+    top: list[tuple[str, float]]
+    max_score: float
+    streams: int
+
+
+class StreamScoreCollector:
+    """Exposes the current top-N stream scores, read from the detector at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], ScoreSnapshot]):
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        snap = self._snapshot()
+        scores = GaugeMetricFamily("streamer_anomaly_score",
+                                   "Latest anomaly score in [0, 1] of the streams with the highest scores",
+                                   labels=["stream"])
+        for stream, value in snap.top:
+            scores.add_metric([stream], value)
+        yield scores
+        yield GaugeMetricFamily("streamer_anomaly_score_max", "Highest latest anomaly score over all streams",
+                                value=snap.max_score)
+        yield GaugeMetricFamily("streamer_streams", "Streams whose state is in memory", value=snap.streams)
+
+
+class Metrics:
+    """Every metric the daemon exposes, registered on an injected registry (tests pass their own)."""
+
+    def __init__(self, registry: CollectorRegistry, model_name: str = "bundled"):
+        self.registry = registry
+        self.messages = Counter("streamer_messages", "Messages consumed, by outcome",
+                                ["topic", "outcome"], registry=registry)
+        self.invalid = Counter("streamer_invalid_messages", "Messages rejected as invalid, by reason",
+                               ["reason"], registry=registry)
+        for reason in INVALID_REASONS:
+            self.invalid.labels(reason)
+        self.resets = Counter("streamer_state_resets", "Stream state resets, by reason", ["reason"],
+                              registry=registry)
+        for reason in RESET_REASONS:
+            self.resets.labels(reason)
+        self.evicted = Counter("streamer_evicted_streams", "Streams evicted to stay under max_streams",
+                               registry=registry)
+        self.dead_lettered = Counter("streamer_dead_lettered_messages",
+                                     "Invalid messages written to the dead-letter topic", registry=registry)
+        self.batch_seconds = Histogram("streamer_batch_seconds", "Time to decode, score and publish one poll",
+                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5),
+                                       registry=registry)
+        self.event_lag = Gauge("streamer_event_lag_seconds",
+                               "Wall clock minus the tick timestamp of the last scored message", registry=registry)
+        self.consumer_lag = Gauge("streamer_consumer_lag_messages", "Messages behind the partition end",
+                                  ["topic", "partition"], registry=registry)
+        self.last_scored = Gauge("streamer_last_scored_timestamp_seconds",
+                                 "Unix time at which a message was last scored", registry=registry)
+        self.ready = Gauge("streamer_ready", "1 when connected with partitions assigned", registry=registry)
+        self.build_info = Gauge("streamer_build_info", "Build information", ["version", "model"],
+                                registry=registry)
+        self.build_info.labels(__version__, model_name).set(1)
+
+    def init_topic(self, topic: str) -> None:
+        """Create the topic's outcome series at 0 so rate() and absence alerts work from the start."""
+        for outcome in OUTCOMES:
+            self.messages.labels(topic, outcome)
+
+    def watch_scores(self, snapshot: Callable[[], ScoreSnapshot]) -> None:
+        self.registry.register(StreamScoreCollector(snapshot))
+
+
+@dataclass
+class Health:
+    """Liveness (the loop made progress recently) and readiness (connected, partitions assigned)."""
+
+    stall_seconds: float = 60.0
+    ready: bool = False
+    _beat: float = field(default_factory=time.monotonic)
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._beat < self.stall_seconds
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on one port from a background thread."""
+
+    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int):
+        registry_, health_ = registry, health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry_), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = health_.alive()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
+                elif path == "/readyz":
+                    ok = health_.ready and health_.alive()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes are not worth a log line each
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
