@@ -73,12 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
     demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
 
-    for name, module in (("train", "train"), ("synth", "synth"), ("evaluate", "evaluate")):
-        try:
-            mod = __import__(f"streamer.{module}", fromlist=["add_arguments"])
-        except ImportError:
-            continue
-        mod.add_arguments(sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0]))
     return parser
 
 

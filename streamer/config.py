@@ -7,13 +7,14 @@ Every section forbids unknown keys so that a typo in ``config.toml`` is an error
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, TomlConfigSettingsSource
 
 
 class ConfigError(Exception):
@@ -25,8 +26,9 @@ class Section(BaseModel):
 
 
 class KafkaSettings(Section):
-    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
-    topics: list[str] = ["ticks"]
+    # NoDecode: the environment may give "a:9092,b:9092" as well as a JSON list (see _split_commas).
+    bootstrap_servers: Annotated[list[str], NoDecode] = ["127.0.0.1:9092"]
+    topics: Annotated[list[str], NoDecode] = ["ticks"]
     group_id: str = "streamer"
     client_id: str = "streamer"
     # Where a group with no committed offset starts: earliest, latest, or an ISO-8601 timestamp (backfill).
@@ -53,7 +55,9 @@ class KafkaSettings(Section):
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         """Accept ``"a:9092,b:9092"`` as well as a list, as operators write both."""
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
@@ -84,9 +88,12 @@ class ResetRules(Section):
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         if value:
-            from zoneinfo import ZoneInfo
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-            ZoneInfo(value)  # raises for an unknown zone name
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
 
@@ -107,7 +114,7 @@ class DetectorSettings(Section):
     """How prediction errors become anomaly scores, and how many streams are kept in memory."""
 
     warmup: int = Field(50, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
-    short_alpha: float = Field(0.2, gt=0, le=1, description="EW weight of the short-term mean surprise")
+    short_alpha: float = Field(0.5, gt=0, le=1, description="EW weight of the short-term mean surprise")
     long_alpha: float = Field(0.002, gt=0, le=1, description="EW weight of the long-term surprise distribution")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
 

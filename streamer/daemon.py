@@ -75,6 +75,7 @@ class Daemon:
         self._warn = RateLimited(log)
         self._consumer: KafkaConsumer | None = None
         self._producer = None
+        self.http: MetricsServer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ class Daemon:
 
     def run(self) -> None:
         cfg = self.settings
-        server = MetricsServer(self.registry, self.health, cfg.metrics.host, cfg.metrics.port).start()
+        server = self.http = MetricsServer(self.registry, self.health, cfg.metrics.host, cfg.metrics.port).start()
         log.info("metrics listening", extra={"address": f"{cfg.metrics.host}:{server.port}"})
         try:
             self._consumer = make_consumer(cfg.kafka)

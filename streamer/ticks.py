@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -71,6 +72,15 @@ def parse_ts(raw: Any) -> float:
     return ts
 
 
+def _lenient_json(payload: bytes) -> Any:
+    """Second chance for what orjson rejects: NaN/Infinity literals (Python's json.dumps writes them) and
+    numbers beyond float range parse here, so the tick is rejected as ``non_finite``, not as garbage."""
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        raise InvalidTick("malformed_json") from None
+
+
 def _number(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise InvalidTick("bad_type", f"{name} is a {type(raw).__name__}")
@@ -95,7 +105,7 @@ class TickDecoder:
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise InvalidTick("malformed_json") from None
+            obj = _lenient_json(payload)
         return self.decode_obj(obj, key)
 
     def decode_obj(self, obj: Any, key: bytes | None = None) -> list[Tick]:

@@ -1,0 +1,132 @@
+"""The pure detector core: batching invariance, resets, ordering, eviction and score properties."""
+
+import numpy as np
+import pytest
+
+from streamer.config import DetectorSettings, ResetRules
+from streamer.detector import OUT_OF_ORDER, SCORED, Detector
+from streamer.ticks import Tick
+
+T0 = 1_700_000_000.0
+
+
+def series(stream, n, seed=0, start=0, anomaly_at=None, segment=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(start, start + n):
+        v = 10 + np.sin(i / 8) + rng.normal(0, 0.05)
+        if anomaly_at is not None and anomaly_at <= i < anomaly_at + 5:
+            v += 6
+        out.append(Tick(stream, T0 + 60 * i, float(v), segment))
+    return out
+
+
+def interleave(*streams):
+    return sorted((t for s in streams for t in s), key=lambda t: (t.ts, t.stream))
+
+
+def run(detector, ticks, batch, rules=None):
+    parts = [detector.process(ticks[k:k + batch], rules) for k in range(0, len(ticks), batch)]
+    return np.concatenate([p.score for p in parts]), parts
+
+
+@pytest.fixture
+def settings():
+    return DetectorSettings(warmup=20)
+
+
+def test_scores_do_not_depend_on_batching(model, settings):
+    ticks = interleave(series("a", 300, 1), series("b", 300, 2), series("c", 200, 3, anomaly_at=150))
+    one, _ = run(Detector(model, settings), ticks, batch=len(ticks))
+    for batch in (1, 7, 256):
+        other, _ = run(Detector(model, settings), ticks, batch=batch)
+        np.testing.assert_allclose(other, one, atol=1e-6)
+
+
+def test_scores_are_in_unit_interval_and_zero_during_warmup(model, settings):
+    scores, _ = run(Detector(model, settings), series("a", 300, anomaly_at=200), batch=64)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.all(scores[:20] == 0)
+
+
+def test_anomaly_scores_higher_than_clean_history(model, settings):
+    ticks = series("a", 400, seed=4, anomaly_at=300)
+    scores, _ = run(Detector(model, settings), ticks, batch=100)
+    assert scores[300:305].max() > 0.3
+    assert scores[300:305].max() > 2 * scores[100:300].max()
+
+
+def test_reset_makes_a_stream_identical_to_a_fresh_one(model, settings):
+    before = series("a", 150, seed=5, segment="s1")
+    after = series("a", 150, seed=6, start=150, segment="s2")
+    det = Detector(model, settings)
+    _, parts = run(det, before + after, batch=97)
+    reset_scores = np.concatenate([p.score for p in parts])[150:]
+    assert sum(p.resets["segment"] for p in parts) == 1
+    fresh = [Tick("b", t.ts, t.value, t.segment) for t in after]
+    fresh_scores, _ = run(Detector(model, settings), fresh, batch=50)
+    np.testing.assert_allclose(reset_scores, fresh_scores, atol=1e-6)
+
+
+def test_reset_reasons(model, settings):
+    det = Detector(model, settings)
+    rules = ResetRules(max_gap_seconds=120)
+    base = [Tick("a", T0, 1.0), Tick("a", T0 + 60, 1.0)]
+    result = det.process(base + [
+        Tick("a", T0 + 120, 1.0, reset=True),       # explicit
+        Tick("a", T0 + 180, 1.0, segment="x"),      # segment change (None -> "x")
+        Tick("a", T0 + 1000, 1.0, segment="x"),     # gap of 820 s > 120
+        Tick("a", T0 + 1060, 1.0, segment="x"),     # nothing
+    ], rules)
+    assert dict(result.resets) == {"explicit": 1, "segment": 1, "gap": 1}
+    assert result.reset.tolist() == [False, False, True, True, True, False]
+
+
+def test_session_boundary_resets_at_local_session_start(model, settings):
+    rules = ResetRules(session_timezone="America/New_York", session_start="09:30")
+    # 2024-03-04 is a Monday; 14:29 UTC = 09:29 EST, 14:30 UTC = 09:30 EST
+    ts = [1709562540.0, 1709562600.0, 1709562660.0, 1709562600.0 + 86400]
+    det = Detector(model, settings)
+    result = det.process([Tick("spy", t, 100.0) for t in ts], rules)
+    assert result.reset.tolist() == [False, True, False, True]
+    assert result.resets["session"] == 2
+
+
+def test_out_of_order_and_duplicate_ticks_are_skipped_without_stepping(model, settings):
+    det = Detector(model, settings)
+    ticks = series("a", 60)
+    first = det.process(ticks[:50])
+    state = det.stats[det.slots["a"]].copy()
+    late = det.process([ticks[10], Tick("a", ticks[49].ts, 99.0)])  # older, then a duplicate timestamp
+    assert late.outcome.tolist() == [OUT_OF_ORDER, OUT_OF_ORDER]
+    assert np.isnan(late.score).all()
+    np.testing.assert_array_equal(det.stats[det.slots["a"]], state)
+    assert (first.outcome == SCORED).all()
+
+
+def test_least_recently_seen_streams_are_evicted(model):
+    det = Detector(model, DetectorSettings(max_streams=100))
+    det.process([Tick(f"s{i}", T0, 1.0) for i in range(100)])
+    det.process([Tick(f"s{i}", T0 + 60, 1.0) for i in range(50, 100)])  # s0..s49 now least recent
+    result = det.process([Tick("new", T0 + 120, 1.0)])
+    assert result.evicted == 1 and len(det) == 100
+    assert "new" in det.slots and "s50" in det.slots
+    assert sum(f"s{i}" in det.slots for i in range(50)) == 49
+
+
+def test_top_scores_returns_the_highest(model, settings):
+    det = Detector(model, settings)
+    det.process(interleave(*(series(f"s{i}", 50, seed=i) for i in range(10))))
+    slots = det.slots
+    for i in range(10):
+        det.stats[slots[f"s{i}"], 8] = i / 10  # SCORE column
+    top = det.top_scores(3)
+    assert sorted(name for name, _ in top) == ["s7", "s8", "s9"]
+    assert det.max_score() == pytest.approx(0.9)
+
+
+def test_state_per_stream_is_small(model):
+    det = Detector(model, DetectorSettings())
+    det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
+    per_stream = (det.h.element_size() * det.h.shape[1] * 2 + det.stats.shape[1] * 8)
+    assert per_stream <= 1536

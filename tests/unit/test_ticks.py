@@ -1,0 +1,108 @@
+import gzip
+
+import orjson
+import pytest
+
+from streamer.config import TickSettings
+from streamer.ticks import InvalidTick, RecordError, TickDecoder, read_records
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def decoder():
+    return TickDecoder(TickSettings(), clock=lambda: NOW)
+
+
+def test_decodes_scalar_tick_with_iso_timestamp(decoder):
+    [tick] = decoder.decode(b'{"stream": "a", "ts": "2024-01-01T00:00:00Z", "value": 1.5, "segment": 3}')
+    assert (tick.stream, tick.ts, tick.value, tick.segment, tick.reset) == ("a", 1704067200.0, 1.5, 3, False)
+
+
+def test_naive_iso_timestamp_is_utc(decoder):
+    [tick] = decoder.decode(b'{"stream": "a", "ts": "2014-04-01 00:00:00", "value": 1}')
+    assert tick.ts == 1396310400.0
+
+
+def test_multivariate_tick_splits_into_channel_streams(decoder):
+    ticks = decoder.decode(b'{"stream": "pump", "ts": 100, "values": {"temp": 20, "rpm": 900.5}, "reset": true}')
+    assert [(t.stream, t.value, t.reset) for t in ticks] == [("pump/temp", 20.0, True), ("pump/rpm", 900.5, True)]
+
+
+def test_message_key_is_the_stream_when_field_absent(decoder):
+    [tick] = decoder.decode(b'{"ts": 100, "value": 1}', key=b"sensor-7")
+    assert tick.stream == "sensor-7"
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{not json", "malformed_json"),
+    (b"\xff\xfe\x00", "malformed_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"text"', "not_an_object"),
+    (b'{"ts": 1, "value": 1}', "missing_field"),
+    (b'{"stream": "a", "value": 1}', "missing_field"),
+    (b'{"stream": "a", "ts": 1}', "missing_field"),
+    (b'{"stream": "a", "ts": 1, "value": "1"}', "bad_type"),
+    (b'{"stream": "a", "ts": 1, "value": true}', "bad_type"),
+    (b'{"stream": 5, "ts": 1, "value": 1}', "bad_type"),
+    (b'{"stream": "a", "ts": [1], "value": 1}', "bad_type"),
+    (b'{"stream": "a", "ts": 1, "value": 1, "reset": "yes"}', "bad_type"),
+    (b'{"stream": "a", "ts": 1, "value": 1, "segment": {"x": 1}}', "bad_type"),
+    (b'{"stream": "a", "ts": 1, "values": []}', "bad_type"),
+    (b'{"stream": "a", "ts": 1, "value": 1e400}', "non_finite"),
+    (b'{"stream": "a", "ts": 1, "value": NaN}', "non_finite"),
+    (b'{"stream": "a", "ts": Infinity, "value": 1}', "non_finite"),
+    (b"[" * 30000 + b"]" * 30000, "malformed_json"),
+    (b'{"stream": "a", "ts": 1, "values": {"x": -1e999}}', "non_finite"),
+    (b'{"stream": "a", "ts": "0001-01-01T00:00:00", "value": 1}', "bad_timestamp"),
+    (b'{"stream": "a", "ts": "9999-12-31T00:00:00", "value": 1}', "bad_timestamp"),
+    (b'{"stream": "a", "ts": 1700000000000, "value": 1}', "bad_timestamp"),  # milliseconds by mistake
+    (b'{"stream": "a", "ts": "yesterday", "value": 1}', "bad_timestamp"),
+    (b"x" * 70000, "too_large"),
+    (None, "not_an_object"),
+])
+def test_invalid_messages_raise_with_reason(decoder, payload, reason):
+    with pytest.raises(InvalidTick) as info:
+        decoder.decode(payload)
+    assert info.value.reason == reason
+
+
+def test_encode_roundtrips(decoder):
+    payload = decoder.encode("s", 123.5, 7.0, segment="b", reset=True)
+    [tick] = decoder.decode(payload)
+    assert (tick.stream, tick.ts, tick.value, tick.segment, tick.reset) == ("s", 123.5, 7.0, "b", True)
+
+
+def test_reads_nab_style_csv_as_one_stream(tmp_path, decoder):
+    path = tmp_path / "machine_temp.csv"
+    path.write_text("timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n")
+    records = list(read_records(path, TickSettings()))
+    ticks = [t for r in records for t in decoder.decode_obj(r.obj)]
+    assert [r.line for r in records] == [2, 3]
+    assert [(t.stream, t.value) for t in ticks] == [("machine_temp", 1.5), ("machine_temp", 2.0)]
+    assert ticks[1].ts - ticks[0].ts == 300
+
+
+def test_reads_multistream_multivariate_csv_and_gzip_jsonl(tmp_path, decoder):
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("stream,ts,temp,rpm,segment\np1,100,20,900,a\np2,101,21,901,\n")
+    ticks = [t for r in read_records(csv_path, TickSettings()) for t in decoder.decode_obj(r.obj)]
+    assert [(t.stream, t.value, t.segment) for t in ticks] == [
+        ("p1/temp", 20.0, "a"), ("p1/rpm", 900.0, "a"), ("p2/temp", 21.0, None), ("p2/rpm", 901.0, None)]
+    jl = tmp_path / "m.jsonl.gz"
+    with gzip.open(jl, "wb") as f:
+        f.write(orjson.dumps({"stream": "x", "ts": 5, "value": 1}) + b"\n\n")
+        f.write(orjson.dumps({"ts": 6, "value": 2}) + b"\n")
+    records = list(read_records(jl, TickSettings()))
+    assert [(r.line, r.obj["stream"]) for r in records] == [(1, "x"), (3, "m")]
+
+
+def test_unreadable_rows_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\n2014-04-01 00:00:00,1\n2014-04-01 00:05:00,oops\n")
+    with pytest.raises(RecordError, match=r"bad.csv:3"):
+        list(read_records(bad, TickSettings()))
+    jl = tmp_path / "bad.jsonl"
+    jl.write_text('{"stream": "a", "ts": 1, "value": 1}\n{broken\n')
+    with pytest.raises(RecordError, match=r"bad.jsonl:2"):
+        list(read_records(jl, TickSettings()))
