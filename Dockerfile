@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# streamer container image: docker build -t streamer:0.1.0 .
+# Linted in CI by hadolint and parsed with BuildKit's parser (tests/deploy/test_dockerfile.py).
+
+# --- build stage: a virtual environment in /opt/streamer, copied whole into the runtime stage -----------------
+FROM python:3.11-slim-bookworm AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/streamer
+ENV PATH=/opt/streamer/bin:$PATH
+# torch first, from the CPU-only index: the default wheel drags in several GB of CUDA libraries the daemon
+# never uses. `pip install .` then finds torch satisfied (pyproject asks for torch>=2.2,<2.14).
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY streamer ./streamer
+RUN pip install --no-cache-dir . \
+ && streamer --help > /dev/null
+
+# --- runtime stage ---------------------------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm
+# Same uid/gid as runAsUser/fsGroup in deploy/k8s; no home directory, no login shell.
+RUN groupadd --system --gid 10001 streamer \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin streamer \
+ && mkdir -p /etc/streamer /var/lib/streamer \
+ && chown 10001:10001 /var/lib/streamer
+COPY --from=builder /opt/streamer /opt/streamer
+ENV PATH=/opt/streamer/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    STREAMER_METRICS__HOST=0.0.0.0 \
+    STREAMER_CHECKPOINT__PATH=/var/lib/streamer
+USER 10001:10001
+WORKDIR /var/lib/streamer
+EXPOSE 9108
+# For `docker run`; Kubernetes uses the probes in deploy/k8s instead.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
+ENTRYPOINT ["streamer"]
+CMD ["run", "--config", "/etc/streamer/config.toml"]
