@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
     demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
 
+    from streamer import evaluate
+
+    evaluate.add_arguments(sub.add_parser("evaluate", help="NAB score and best alert threshold on labelled data"))
     return parser
 
 
