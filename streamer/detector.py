@@ -54,6 +54,19 @@ class BatchResult:
     evicted: int
 
 
+@dataclass
+class StreamStates:
+    """Exported state of some streams, row i belonging to ``names[i]``."""
+
+    names: list[str]
+    h: np.ndarray  # float32 [n, hidden]
+    c: np.ndarray
+    stats: np.ndarray  # float64 [n, N_STATS]
+    last_ts: np.ndarray  # float64 [n]
+    segment: list  # scalars
+    day: list  # session day numbers or None
+
+
 class Detector:
     """Holds the state of every stream in flat arrays indexed by slot, and advances them in batches."""
 
@@ -116,6 +129,33 @@ class Detector:
         self.h[slot] = 0.0
         self.c[slot] = 0.0
         self._free.append(slot)
+
+    def export(self, streams: Sequence[str]) -> StreamStates:
+        """The complete state of ``streams`` (for checkpoints); `restore` of it recreates them exactly."""
+        slots = [self.slots[s] for s in streams]
+        index = torch.tensor(slots, dtype=torch.long)
+        return StreamStates(
+            names=list(streams),
+            h=self.h.index_select(0, index).numpy().copy(),
+            c=self.c.index_select(0, index).numpy().copy(),
+            stats=self.stats[slots].copy(),
+            last_ts=np.array([self._last_ts[s] for s in slots]),
+            segment=[self._segment[s] for s in slots],
+            day=[self._day[s] for s in slots])
+
+    def restore(self, states: StreamStates) -> None:
+        """Install exported state, replacing whatever these streams had."""
+        for i, stream in enumerate(states.names):
+            slot = self.slots.get(stream)
+            if slot is None:
+                slot, _ = self._slot_for(stream)
+            self.h[slot] = torch.from_numpy(states.h[i])
+            self.c[slot] = torch.from_numpy(states.c[i])
+            self.stats[slot] = states.stats[i]
+            self._last_ts[slot] = float(states.last_ts[i])
+            self._segment[slot] = states.segment[i]
+            self._day[slot] = states.day[i]
+            self._last_seen[slot] = self._batches
 
     def _slot_for(self, stream: str) -> tuple[int, int]:
         """Slot of a new stream, and how many streams were evicted to make room."""

@@ -130,3 +130,16 @@ def test_state_per_stream_is_small(model):
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     per_stream = (det.h.element_size() * det.h.shape[1] * 2 + det.stats.shape[1] * 8)
     assert per_stream <= 1536
+
+
+def test_export_restore_continues_exactly(model, settings):
+    ticks = interleave(series("a", 200, 1, segment="x"), series("b", 200, 2))
+    whole, _ = run(Detector(model, settings), ticks, batch=50)
+    first = Detector(model, settings)
+    run(first, ticks[:230], batch=50)
+    states = first.export(["a", "b"])
+    second = Detector(model, settings)
+    second.process([Tick("zzz", T0, 1.0)])  # unrelated state already present
+    second.restore(states)
+    rest, _ = run(second, ticks[230:], batch=50)
+    np.testing.assert_allclose(rest, whole[230:], atol=1e-9)
