@@ -72,9 +72,9 @@ def test_scrape_query_and_alert(tmp_path: Path, exporter: tuple[Gauge, str], ale
         assert [a["state"] for a in absent] == ["pending"]
 
         # the project's rule file loads and evaluates cleanly in a real Prometheus
-        groups = prom.wait_for(lambda: [g for g in prom.rules() if g["name"].startswith("streamer")
+        groups = prom.wait_for(lambda: [g for g in prom.rules() if g["name"] == "streamer"
                                         and all(r.get("health") == "ok" for r in g["rules"])], timeout=30)
-        assert {g["name"] for g in groups} == {"streamer.recording", "streamer.alerts"}
+        assert len(groups[0]["rules"]) == 10
 
         with pytest.raises(PrometheusError, match="bad_data"):
             prom.query("sum(")
