@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -135,6 +135,29 @@ class ModelSettings(Section):
         return None if value in ("", None) else value
 
 
+class CheckpointSettings(Section):
+    """Per-partition state checkpoints; none unless ``path`` or ``store`` is set."""
+
+    store: Literal["local", "kafka"] | None = Field(None, description="default: local when path is set")
+    path: Path | None = Field(None, description="directory of the local store (e.g. /var/lib/streamer)")
+    topic: str = Field("streamer-checkpoints", description="compacted topic of the kafka store")
+    interval_messages: int = Field(100_000, ge=1, description="checkpoint after this many messages...")
+    interval_seconds: float = Field(30.0, gt=0, description="...or this many seconds, whichever comes first")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _resolve_store(self) -> CheckpointSettings:
+        if self.store is None and self.path is not None:
+            self.store = "local"
+        if self.store == "local" and self.path is None:
+            raise ValueError("path is required for the local store")
+        return self
+
+
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -152,6 +175,7 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     metrics: MetricsSettings = MetricsSettings()
     model: ModelSettings = ModelSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

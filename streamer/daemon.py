@@ -9,6 +9,11 @@ for the partitions it gives up (with ``commit_async``: a blocking call there wou
 thread). Partitions that were *lost* (the group evicted us) are never committed. Newly assigned
 partitions that need a start position (``kafka.start_from`` = a timestamp) are positioned by the main
 loop, and their records from that poll are dropped, since they came from the default position.
+
+Checkpoints (``[checkpoint]``): each stream is tagged with the partition its ticks come from. Every
+``interval_messages``/``interval_seconds``, on revocation and at shutdown, the state of each partition's
+streams is saved with the partition's next offset; on assignment it is restored and the consumer seeks
+to that offset. Restored state plus replay from its offset is exactly the uninterrupted state.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import threading
 import time
 from collections import Counter, defaultdict
 
+import numpy as np
 import orjson
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
+from streamer import systemd
+from streamer.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore, Store
 from streamer.config import Settings
 from streamer.detector import SCORED, Detector
 from streamer.kafka_io import make_consumer, make_producer, start_offset, start_timestamp_ms
@@ -70,6 +78,13 @@ class Daemon:
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._unpositioned: set[TopicPartition] = set()
         self._owned: set[TopicPartition] = set()
+        self._next_offset: dict[TopicPartition, int] = {}  # first message not yet processed
+        self._dirty: set[TopicPartition] = set()  # processed since their last checkpoint
+        self._owner_ids: dict[TopicPartition, int] = {}
+        self._store: Store | None = None
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + settings.checkpoint.interval_seconds
+        self._watchdog = systemd.Watchdog()
         self._start_ms = start_timestamp_ms(settings.kafka.start_from)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
@@ -91,38 +106,59 @@ class Daemon:
             self._consumer = make_consumer(cfg.kafka)
             if cfg.kafka.scores_topic or cfg.kafka.dead_letter_topic:
                 self._producer = make_producer(cfg.kafka)
+            self._store = self._open_store()
             for topic in cfg.kafka.topics:
                 self.metrics.init_topic(topic)
             self._consumer.subscribe(cfg.kafka.topics, listener=_Listener(self))
             log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id})
+            systemd.ready(f"consuming {','.join(cfg.kafka.topics)} as {cfg.kafka.group_id}")
             self._loop()
         finally:
             self._shutdown()
             server.stop()
+
+    def _open_store(self) -> Store | None:
+        cfg = self.settings
+        fingerprint = self.model.fingerprint()
+        if cfg.checkpoint.store == "local":
+            return LocalStore(cfg.checkpoint.path, cfg.kafka.group_id, fingerprint)
+        if cfg.checkpoint.store == "kafka":
+            return KafkaStore(cfg.kafka, cfg.checkpoint.topic, cfg.kafka.group_id, fingerprint)
+        return None
 
     def _loop(self) -> None:
         cfg = self.settings.kafka
         next_lag = 0.0
         while not self._stop.is_set():
             self.health.beat()
+            self._watchdog.maybe_ping(time.monotonic(), healthy=True)
             polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_poll_records)
             skip = self._position_new_partitions()
             if polled:
                 with self._lock:
                     self._handle({tp: msgs for tp, msgs in polled.items() if tp not in skip
                                   and tp in self._owned})
+            if self._store is not None and self._checkpoint_due():
+                with self._lock:
+                    self._checkpoint(self._dirty & self._owned)
             self._commit()
             if time.monotonic() >= next_lag:
                 self._update_lag()
                 next_lag = time.monotonic() + 5.0
 
     def _shutdown(self) -> None:
+        systemd.stopping()
         if self._consumer is not None:
+            if self._store is not None:
+                with self._lock:
+                    self._checkpoint(self._dirty & self._owned)
             self._commit()
             self._consumer.close(autocommit=False)  # invokes on_partitions_revoked: nothing left to commit
         if self._producer is not None:
             self._producer.flush()
             self._producer.close()
+        if isinstance(self._store, KafkaStore):
+            self._store.close()
         self.health.ready = False
         self.metrics.ready.set(0)
         log.info("stopped", extra={"scored": self.scored})
@@ -132,15 +168,21 @@ class Daemon:
     def _assigned(self, assigned) -> None:
         with self._lock:
             self._owned |= set(assigned)
-            if self._start_ms is not None:
-                self._unpositioned |= set(assigned)
+            self._unpositioned |= set(assigned)
             self._set_ready()
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}"
                                                                     for tp in assigned)})
 
     def _release(self, partitions, commit: bool) -> None:
         with self._lock:  # waits for the batch in hand
+            if commit and self._store is not None:
+                self._checkpoint(self._dirty & set(partitions))
             pending = {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+            for tp in partitions:  # their state is the next owner's now
+                for stream in self.detector.owned_by(self._owner_id(tp)):
+                    self.detector.forget(stream)
+                self._next_offset.pop(tp, None)
+                self._dirty.discard(tp)
             self._owned -= set(partitions)
             self._unpositioned -= set(partitions)
             for tp in partitions:
@@ -162,24 +204,73 @@ class Daemon:
     # --- main-loop steps ---------------------------------------------------------------------------
 
     def _position_new_partitions(self) -> set[TopicPartition]:
-        """Seek partitions assigned since the last poll to the backfill start; returns them."""
+        """Restore checkpoints of partitions assigned since the last poll, or seek them to the backfill start.
+
+        Returns the partitions it moved: their records in the poll at hand came from the old position.
+        """
         with self._lock:
             todo, self._unpositioned = self._unpositioned, set()
+        moved = set()
         for tp in todo:
-            offset = start_offset(self._consumer, tp, self._start_ms)
+            checkpoint = self._load_checkpoint(tp)
+            if checkpoint is not None:
+                with self._lock:
+                    self.detector.restore(checkpoint.states, owner=self._owner_id(tp))
+                    self._next_offset[tp] = checkpoint.offset
+                self._consumer.seek(tp, checkpoint.offset)
+                moved.add(tp)
+                log.info("checkpoint restored", extra={"partition": f"{tp.topic}/{tp.partition}",
+                                                       "offset": checkpoint.offset,
+                                                       "streams": len(checkpoint.states.names)})
+                continue
+            offset = start_offset(self._consumer, tp, self._start_ms) if self._start_ms is not None else None
             if offset is not None:
                 self._consumer.seek(tp, offset)
+                moved.add(tp)
                 log.info("backfill start", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset})
-        return todo
+        return moved
+
+    def _load_checkpoint(self, tp: TopicPartition) -> Checkpoint | None:
+        if self._store is None:
+            return None
+        try:
+            return self._store.load(tp.topic, tp.partition)
+        except CheckpointError as exc:  # refused, not misapplied: the partition starts fresh from its commit
+            self.metrics.checkpoint_errors.inc()
+            log.error("checkpoint refused", extra={"partition": f"{tp.topic}/{tp.partition}", "error": str(exc)})
+            return None
+
+    def _owner_id(self, tp: TopicPartition) -> int:
+        return self._owner_ids.setdefault(tp, len(self._owner_ids))
+
+    def _checkpoint_due(self) -> bool:
+        cfg = self.settings.checkpoint
+        return self._since_checkpoint >= cfg.interval_messages or time.monotonic() >= self._checkpoint_at
+
+    def _checkpoint(self, partitions) -> None:
+        """Save each partition's streams with its next offset (caller holds the lock)."""
+        started = time.perf_counter()
+        for tp in partitions:
+            if tp not in self._next_offset:
+                continue
+            streams = self.detector.owned_by(self._owner_id(tp))
+            self._store.save(Checkpoint(tp.topic, tp.partition, self._next_offset[tp], self._store.model,
+                                        self.detector.export(streams)))
+            self._dirty.discard(tp)
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic() + self.settings.checkpoint.interval_seconds
+        if partitions:
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _handle(self, polled) -> None:
         """Decode, score and publish one poll; record the offsets that are now safe to commit."""
         started = time.perf_counter()
         m = self.metrics
-        by_topic: dict[str, tuple[list[Tick], list]] = defaultdict(lambda: ([], []))
+        by_topic: dict[str, tuple[list[Tick], list, list]] = defaultdict(lambda: ([], [], []))
         invalid: Counter = Counter()
         for tp, messages in polled.items():
-            ticks, sources = by_topic[tp.topic]
+            ticks, sources, owners = by_topic[tp.topic]
+            first = len(ticks)
             for msg in messages:
                 try:
                     decoded = self.decoder.decode(msg.value, msg.key)
@@ -189,15 +280,19 @@ class Daemon:
                     continue
                 ticks.extend(decoded)
                 sources.extend([msg] * len(decoded))
+            owners.append((first, len(ticks), self._owner_id(tp)))
         for (topic, reason), n in invalid.items():
             m.invalid.labels(reason).inc(n)
             m.messages.labels(topic, "invalid").inc(n)
 
         last_ts = None
-        for topic, (ticks, sources) in by_topic.items():
+        for topic, (ticks, sources, owner_ranges) in by_topic.items():
             if not ticks:
                 continue
-            result = self.detector.process(ticks, self._rules.get(topic))
+            owners = np.empty(len(ticks), dtype=np.int64)
+            for start, end, owner in owner_ranges:
+                owners[start:end] = owner
+            result = self.detector.process(ticks, self._rules.get(topic), owners)
             for outcome, n in zip(*_counts(result.outcome)):
                 m.messages.labels(topic, _OUTCOME[outcome]).inc(n)
             for reason, n in result.resets.items():
@@ -214,7 +309,10 @@ class Daemon:
         if self._producer is not None:
             self._producer.flush()  # score records and dead letters reach the broker before the commit
         for tp, messages in polled.items():
+            self._next_offset[tp] = messages[-1].offset + 1
             self._uncommitted[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+            self._since_checkpoint += len(messages)
+        self._dirty.update(polled)
         now = time.time()
         if last_ts is not None:
             m.event_lag.set(now - last_ts)

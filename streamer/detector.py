@@ -81,6 +81,7 @@ class Detector:
         self._segment: list = []
         self._day: list[int | None] = []
         self._last_seen: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._owner: np.ndarray = np.zeros(0, dtype=np.int64)  # e.g. the Kafka partition a stream came from
         self.stats = np.zeros((0, N_STATS))
         self.h = torch.zeros(0, model.hidden_size)
         self.c = torch.zeros(0, model.hidden_size)
@@ -100,6 +101,7 @@ class Detector:
         self._segment.extend([None] * (new - old))
         self._day.extend([None] * (new - old))
         self._last_seen = np.concatenate([self._last_seen, np.zeros(new - old, dtype=np.int64)])
+        self._owner = np.concatenate([self._owner, np.full(new - old, -1, dtype=np.int64)])
         self.stats = np.concatenate([self.stats, np.zeros((new - old, N_STATS))])
         hidden = self.model.hidden_size
         self.h = torch.cat([self.h, torch.zeros(new - old, hidden)])
@@ -125,10 +127,15 @@ class Detector:
         self._last_ts[slot] = -math.inf
         self._segment[slot] = None
         self._day[slot] = None
+        self._owner[slot] = -1
         self.stats[slot] = 0.0
         self.h[slot] = 0.0
         self.c[slot] = 0.0
         self._free.append(slot)
+
+    def owned_by(self, owner: int) -> list[str]:
+        """Streams whose latest tick came with ``owner`` (see `process`)."""
+        return [name for name, slot in self.slots.items() if self._owner[slot] == owner]
 
     def export(self, streams: Sequence[str]) -> StreamStates:
         """The complete state of ``streams`` (for checkpoints); `restore` of it recreates them exactly."""
@@ -143,7 +150,7 @@ class Detector:
             segment=[self._segment[s] for s in slots],
             day=[self._day[s] for s in slots])
 
-    def restore(self, states: StreamStates) -> None:
+    def restore(self, states: StreamStates, owner: int = -1) -> None:
         """Install exported state, replacing whatever these streams had."""
         for i, stream in enumerate(states.names):
             slot = self.slots.get(stream)
@@ -156,6 +163,7 @@ class Detector:
             self._segment[slot] = states.segment[i]
             self._day[slot] = states.day[i]
             self._last_seen[slot] = self._batches
+            self._owner[slot] = owner
 
     def _slot_for(self, stream: str) -> tuple[int, int]:
         """Slot of a new stream, and how many streams were evicted to make room."""
@@ -195,8 +203,13 @@ class Detector:
 
     # --- the batched step --------------------------------------------------------------------------
 
-    def process(self, ticks: Sequence[Tick], rules: ResetRules | None = None) -> BatchResult:
-        """Advance every stream by its ticks in this batch and score each tick."""
+    def process(self, ticks: Sequence[Tick], rules: ResetRules | None = None,
+                owners: np.ndarray | None = None) -> BatchResult:
+        """Advance every stream by its ticks in this batch and score each tick.
+
+        ``owners`` (one int per tick) tags each stream with where its ticks come from, so a driver can
+        export or drop the streams of one Kafka partition (`owned_by`).
+        """
         rules = rules or ResetRules()
         self._batches += 1
         count = len(ticks)
@@ -243,10 +256,12 @@ class Detector:
             last_ts[slot], segment[slot], day[slot] = tick.ts, tick.segment, today
             last_seen[slot] = batch
 
+        valid = np.flatnonzero(wave_of >= 0)
+        if owners is not None:
+            self._owner[slot_of[valid]] = owners[valid]
         score = np.full(count, np.nan)
         error = np.full(count, np.nan)
         forecast = np.full(count, np.nan)
-        valid = np.flatnonzero(wave_of >= 0)
         if valid.size:
             values = np.fromiter((ticks[i].value for i in valid.tolist()), dtype=np.float64, count=valid.size)
             order = np.argsort(wave_of[valid], kind="stable")

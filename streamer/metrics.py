@@ -71,6 +71,10 @@ class Metrics:
                                registry=registry)
         self.dead_lettered = Counter("streamer_dead_lettered_messages",
                                      "Invalid messages written to the dead-letter topic", registry=registry)
+        self.checkpoint_seconds = Histogram("streamer_checkpoint_seconds", "Time to write checkpoints",
+                                            buckets=(.005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=registry)
+        self.checkpoint_errors = Counter("streamer_checkpoint_errors", "Checkpoints refused (other model, damaged)",
+                                         registry=registry)
         self.batch_seconds = Histogram("streamer_batch_seconds", "Time to decode, score and publish one poll",
                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5),
                                        registry=registry)

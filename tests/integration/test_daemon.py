@@ -164,7 +164,10 @@ def _wait_http(url: str, timeout: float) -> None:
 def _wait_metric(port: int, line: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:  # a busy machine: try again until the deadline
+            continue
         if line in body:
             return
         time.sleep(0.2)

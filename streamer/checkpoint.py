@@ -1,0 +1,204 @@
+"""Checkpoints: the state of one partition's streams together with the offset it corresponds to.
+
+A checkpoint says "after processing every message before ``offset`` of ``topic/partition``, these streams
+had exactly this state". On assignment the daemon restores it and seeks to ``offset``, so a restart or a
+partition moving to another process neither skips state nor applies a message twice.
+
+Encoding: an ``.npz`` archive of plain arrays plus one JSON header (format version, model fingerprint,
+offset), read with ``allow_pickle=False``, so a checkpoint can never execute code. A checkpoint written
+for another model is refused, not misapplied.
+
+Stores:
+- `LocalStore`: one file per partition under a directory (systemd ``StateDirectory``, a Kubernetes volume),
+  written to a temporary file, fsynced and renamed, so a reader sees the old or the new one, never half.
+- `KafkaStore`: a compacted topic keyed ``group/topic/partition``, so a partition can move to a replica on
+  another machine. Large states are split into chunks (their own keys) written before a small manifest
+  that names them; a reader trusts only chunks whose id matches the manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from streamer.detector import StreamStates
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be applied (other format version, other model, damaged)."""
+
+
+@dataclass
+class Checkpoint:
+    topic: str
+    partition: int
+    offset: int  # the next message to process
+    model: str  # fingerprint of the model the hidden states belong to
+    states: StreamStates
+
+
+class Store(Protocol):
+    def load(self, topic: str, partition: int) -> Checkpoint | None: ...
+
+    def save(self, checkpoint: Checkpoint) -> None: ...
+
+
+def encode(cp: Checkpoint) -> bytes:
+    s = cp.states
+    header = {"format": FORMAT_VERSION, "topic": cp.topic, "partition": cp.partition, "offset": cp.offset,
+              "model": cp.model, "names": s.names, "segment": s.segment, "day": s.day, "written": time.time()}
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+             h=s.h, c=s.c, stats=s.stats, last_ts=s.last_ts)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, model: str) -> Checkpoint:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            header = json.loads(arrays["header"].tobytes())
+            h, c, stats, last_ts = arrays["h"], arrays["c"], arrays["stats"], arrays["last_ts"]
+    except (ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"unreadable checkpoint: {exc}") from None
+    if header.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format {header.get('format')}, this build reads {FORMAT_VERSION}")
+    if header["model"] != model:
+        raise CheckpointError(f"checkpoint of {header['topic']}/{header['partition']} was written for model "
+                              f"{header['model']}, the loaded model is {model}: refusing to apply it")
+    states = StreamStates(header["names"], h, c, stats, last_ts, header["segment"], header["day"])
+    return Checkpoint(header["topic"], header["partition"], header["offset"], header["model"], states)
+
+
+class LocalStore:
+    def __init__(self, path: Path, group: str, model: str):
+        self.root = Path(path) / group
+        self.model = model
+
+    def _file(self, topic: str, partition: int) -> Path:
+        return self.root / topic / f"{partition}.ckpt"
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        try:
+            data = self._file(topic, partition).read_bytes()
+        except FileNotFoundError:
+            return None
+        return decode(data, self.model)
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        target = self._file(checkpoint.topic, checkpoint.partition)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(encode(checkpoint))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+class KafkaStore:
+    """Checkpoints in a compacted topic (created if missing). Chunks hold at most ``chunk_streams`` streams."""
+
+    def __init__(self, kafka_settings, topic: str, group: str, model: str, chunk_streams: int = 1000):
+        from streamer.kafka_io import make_producer
+
+        self.kafka = kafka_settings
+        self.topic = topic
+        self.group = group
+        self.model = model
+        self.chunk_streams = chunk_streams
+        self._ensure_topic()
+        self._producer = make_producer(kafka_settings.model_copy(update={
+            "producer": {**kafka_settings.producer, "max_request_size": 16 * 1024 * 1024, "linger_ms": 0}}))
+
+    def _ensure_topic(self) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        from streamer.kafka_io import _security
+
+        admin = KafkaAdminClient(bootstrap_servers=self.kafka.bootstrap_servers, **_security(self.kafka))
+        try:
+            admin.create_topics([NewTopic(self.topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    def _key(self, topic: str, partition: int) -> str:
+        return f"{self.group}/{topic}/{partition}"
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        key = self._key(checkpoint.topic, checkpoint.partition)
+        ident = uuid.uuid4().hex
+        s = checkpoint.states
+        chunks = max(1, -(-len(s.names) // self.chunk_streams))
+        for i in range(chunks):
+            part = slice(i * self.chunk_streams, (i + 1) * self.chunk_streams)
+            piece = Checkpoint(checkpoint.topic, checkpoint.partition, checkpoint.offset, checkpoint.model,
+                               StreamStates(s.names[part], s.h[part], s.c[part], s.stats[part], s.last_ts[part],
+                                            s.segment[part], s.day[part]))
+            self._send(f"{key}/{i}", encode(piece), ident)
+        manifest = {"id": ident, "chunks": chunks, "offset": checkpoint.offset}
+        self._send(key, json.dumps(manifest).encode(), ident)
+
+    def _send(self, key: str, value: bytes, ident: str) -> None:
+        # One record per flush: each produce batch holds one record (see `load` on end offsets).
+        self._producer.send(self.topic, key=key.encode(), value=value, headers=[("id", ident.encode())])
+        self._producer.flush()
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from streamer.kafka_io import _security
+
+        key = self._key(topic, partition)
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
+                                 **_security(self.kafka))
+        tp = TopicPartition(self.topic, 0)
+        try:
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            latest: dict[str, tuple[bytes, bytes]] = {}
+            while consumer.position(tp) < end:
+                for messages in consumer.poll(timeout_ms=500).values():
+                    for m in messages:
+                        k = m.key.decode()
+                        if k == key or k.startswith(key + "/"):
+                            latest[k] = (m.value, dict(m.headers).get("id", b""))
+        finally:
+            consumer.close()
+        if key not in latest:
+            return None
+        manifest = json.loads(latest[key][0])
+        pieces = []
+        for i in range(manifest["chunks"]):
+            value, ident = latest.get(f"{key}/{i}", (None, b""))
+            if value is None or ident.decode() != manifest["id"]:
+                raise CheckpointError(f"checkpoint {key} is missing chunk {i} of {manifest['chunks']}")
+            pieces.append(decode(value, self.model))
+        states = StreamStates(
+            [n for p in pieces for n in p.states.names],
+            np.concatenate([p.states.h for p in pieces]), np.concatenate([p.states.c for p in pieces]),
+            np.concatenate([p.states.stats for p in pieces]), np.concatenate([p.states.last_ts for p in pieces]),
+            [x for p in pieces for x in p.states.segment], [x for p in pieces for x in p.states.day])
+        return Checkpoint(topic, partition, manifest["offset"], self.model, states)
+
+    def close(self) -> None:
+        self._producer.close()
