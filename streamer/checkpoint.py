@@ -23,6 +23,7 @@ import json
 import os
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,7 +69,7 @@ def decode(data: bytes, model: str) -> Checkpoint:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             header = json.loads(arrays["header"].tobytes())
             h, c, stats, last_ts = arrays["h"], arrays["c"], arrays["stats"], arrays["last_ts"]
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from None
     if header.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {header.get('format')}, this build reads {FORMAT_VERSION}")

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from streamer.checkpoint import Checkpoint, CheckpointError, LocalStore, decode, encode
+from streamer.config import DetectorSettings
+from streamer.detector import Detector
+from streamer.ticks import Tick
+
+
+def make_checkpoint(model, offset=42) -> Checkpoint:
+    det = Detector(model, DetectorSettings())
+    det.process([Tick(f"s{i}", 1e9 + k, float(k + i), segment="a" if i % 2 else None)
+                 for k in range(30) for i in range(5)])
+    return Checkpoint("ticks", 3, offset, model.fingerprint(), det.export(sorted(det.slots)))
+
+
+def test_roundtrip_keeps_every_field(model):
+    cp = make_checkpoint(model)
+    back = decode(encode(cp), model.fingerprint())
+    assert (back.topic, back.partition, back.offset) == ("ticks", 3, 42)
+    assert back.states.names == cp.states.names and back.states.segment == cp.states.segment
+    for field in ("h", "c", "stats", "last_ts"):
+        np.testing.assert_array_equal(getattr(back.states, field), getattr(cp.states, field))
+
+
+def test_checkpoint_of_another_model_is_refused(model):
+    data = encode(make_checkpoint(model))
+    with pytest.raises(CheckpointError, match="refusing"):
+        decode(data, "0123456789abcdef")
+
+
+def test_damaged_checkpoint_is_refused(model):
+    data = encode(make_checkpoint(model))
+    with pytest.raises(CheckpointError):
+        decode(data[: len(data) // 2], model.fingerprint())
+
+
+def test_local_store_replaces_atomically(tmp_path, model):
+    store = LocalStore(tmp_path, "group", model.fingerprint())
+    assert store.load("ticks", 3) is None
+    store.save(make_checkpoint(model, offset=10))
+    store.save(make_checkpoint(model, offset=20))
+    assert store.load("ticks", 3).offset == 20
+    assert [p.name for p in (tmp_path / "group" / "ticks").iterdir()] == ["3.ckpt"]  # no temp files left
