@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from streamer.config import ConfigError, Settings, load_settings, redacted
@@ -100,29 +101,30 @@ def cmd_config(args, settings: Settings) -> int:
 
 
 def cmd_run(args, settings: Settings) -> int:
+    stop = _stop_on_signals()  # first, so a SIGTERM during start-up (torch import, model load) is honoured
     from streamer.daemon import Daemon
 
     if args.start_from:
         settings = settings.model_copy(update={
             "kafka": settings.kafka.model_copy(update={"start_from": args.start_from})})
-    daemon = Daemon(settings)
-    _stop_on_signals(daemon.stop)
+    daemon = Daemon(settings, stop=stop)
     daemon.run()
     return 0
 
 
-def _stop_on_signals(stop) -> None:
-    """First SIGTERM/SIGINT: finish the batch, commit, exit 0. A second one: exit at once."""
-    def handler(signum, frame):
-        if handler.seen:
-            os._exit(128 + signum)
-        handler.seen = True
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop()
+def _stop_on_signals() -> threading.Event:
+    """First SIGTERM/SIGINT sets the returned event (finish the batch, commit, exit 0); a second exits at once."""
+    stop = threading.Event()
 
-    handler.seen = False
+    def handler(signum, frame):
+        if stop.is_set():
+            os._exit(128 + signum)
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return stop
 
 
 def cmd_score(args, settings: Settings) -> int:

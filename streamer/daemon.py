@@ -63,7 +63,7 @@ class Daemon:
     """One consumer-group member scoring its partitions. `run` blocks until `stop` is called."""
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
-                 model: Forecaster | None = None):
+                 model: Forecaster | None = None, stop: threading.Event | None = None):
         self.settings = settings
         self.model = model or Forecaster.load(settings.model.path)
         self.detector = Detector(self.model, settings.detector)
@@ -73,7 +73,7 @@ class Daemon:
         self.metrics.watch_scores(self._snapshot)
         self.health = Health()
         self.scored = 0  # messages scored since start, for callers that wait (demo, tests)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._lock = threading.Lock()
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self._unpositioned: set[TopicPartition] = set()

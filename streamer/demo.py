@@ -23,8 +23,8 @@ from streamer.replay import replay
 
 TOPIC, SCORES = "ticks", "scores"
 PARTITIONS = 4
-# Tansu needs short group timeouts, or a group join takes ~23 s.
-FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+# Tansu needs short group timeouts, or a group join takes ~23 s (and a stuck rebalance up to 5 min).
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 
 
 def demo_settings(settings: Settings, bootstrap: str) -> Settings:

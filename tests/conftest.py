@@ -17,7 +17,7 @@ from streamer.config import Settings, load_settings
 from streamer.model import Forecaster
 
 NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
-FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 
 
 @pytest.fixture(scope="session")
