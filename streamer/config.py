@@ -114,8 +114,12 @@ class DetectorSettings(Section):
     """How prediction errors become anomaly scores, and how many streams are kept in memory."""
 
     warmup: int = Field(50, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
-    short_alpha: float = Field(0.5, gt=0, le=1, description="EW weight of the short-term mean surprise")
-    long_alpha: float = Field(0.002, gt=0, le=1, description="EW weight of the long-term surprise distribution")
+    tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
+    tail_index: float = Field(4.0, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
+    refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the damping after an alarm")
+    range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
+    season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
+    season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
 
 

@@ -8,11 +8,22 @@ but different streams are independent, so the batch is cut into *waves*: wave k 
 every stream present. A wave is one vectorised step (one LSTM call) over all its streams; a stream that
 appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 streams is about 2 torch calls.
 
-Scoring, per stream (HTM's "anomaly likelihood" idea, Ahmad et al. 2017):
-1. surprise = log1p(|value - forecast| / forecast_std), the model's own predicted uncertainty;
-2. a short EW mean of surprise is compared with the long-run EW distribution of that stream's surprise;
-3. score = -log10(tail probability) / 10, clipped to [0, 1]: 0.5 means a 1-in-100,000 event.
-The first `warmup` ticks after a (re)start score 0 while the statistics settle.
+Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
+stream's own history*, so that one threshold means the same rarity on every stream:
+1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty;
+2. time-of-day surprise: the normalised value against that stream's daily profile (24 hourly bins of EW
+   mean/variance, memory `season_memory_days`), instantly and as a short EW mean (`season_window` ticks),
+   which catches a missing or misplaced daily pattern that a short-memory forecaster cannot see;
+3. range novelty: a value beyond the stream's [min, max] so far by `range_margin` of the range (Numenta's
+   "spatial anomaly" rule) is a certain anomaly, p = 1e-10.
+A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2048
+(memory `tail_memory` ticks), log-log interpolated, and beyond the largest level the stream ever exceeded
+extrapolated as a Pareto tail of index `tail_index`: heavy-tailed streams learn that their spikes are usual,
+quiet streams that any jump is not. The forecast and range evidence is refractory: each counts only by how
+much it exceeds its own recent maximum (decaying with half-life `refractory_halflife` ticks), so one incident
+raises one alarm rather than many. score = -log10(p) / 10 of the strongest evidence, clipped to [0, 1]: 0.5
+means a 1-in-100,000 event. The first `warmup` ticks after a (re)start score 0, and surprises of the first
+`SETTLE` ticks, while the normaliser and LSTM state settle, are not learned.
 """
 
 from __future__ import annotations
@@ -34,11 +45,50 @@ from streamer.ticks import Tick
 SCORED, OUT_OF_ORDER = 0, 1
 RESET_REASONS = ("explicit", "segment", "session", "gap")
 
-# Columns of the per-stream float64 statistics table.
-N, MEAN, VAR, PRED, PRED_STD, SHORT, LMEAN, LVAR, SCORE = range(9)
-N_STATS = 9
+# Columns of the per-stream float64 statistics table (SCORE stays column 8).
+N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
+SEASON_SHORT, DAMP_FORECAST, DAMP_RANGE, SCORE, LAST_TS, LOW, HIGH = range(5, 12)
+TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
+SEASON_BINS = 24  # time-of-day bins (hours, UTC)
+TAILS = 12  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
+BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the normalised value: EW mean per bin,
+BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
+BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
+N_STATS = BIN_COUNT + SEASON_BINS  # 120 columns, 960 bytes a stream
 
-_LN_1E10 = math.log(1e10)
+SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
+SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
+SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in normalised units (flat or quantised streams)
+DECADES = 10.0  # score = -log10(p) / DECADES: 1.0 is a 1-in-10^10 event
+_LEVELS = 2.0 ** np.arange(TAIL_LEVELS)
+_LOG10_2 = math.log10(2.0)
+_DAY = 86400.0
+
+
+def tail_decades(rates: np.ndarray, s: np.ndarray, index: float) -> np.ndarray:
+    """-log10 P(S >= s) for each statistic ``s`` [..., k] from its exceedance rates [..., k, TAIL_LEVELS].
+
+    The levels are 1, 2, 4, ... Between two levels the stream has exceeded, log P is interpolated linearly in
+    log s; past the largest level it has exceeded, P falls as a Pareto tail, s^-index; below level 1 (or
+    before any data) P is 1. Rates fall with the level (every exceedance of a level exceeds the ones below),
+    so the number of positive rates is the index of the largest level exceeded, plus one.
+    """
+    top = np.count_nonzero(rates > 0.0, axis=-1) - 1
+    log2_s = np.log2(np.maximum(s, 1e-300))
+    level = np.floor(log2_s).clip(-1, TAIL_LEVELS - 1).astype(np.int64)  # the largest level <= s
+    lo = np.minimum(level, top - 1).clip(0, TAIL_LEVELS - 2)  # interpolate between lo and lo + 1 ...
+    pick = np.stack([lo, lo + 1], axis=-1)
+    ends = np.log2(np.maximum(np.take_along_axis(rates, pick, axis=-1), 1e-300))
+    between = ends[..., 0] + (log2_s - lo) * (ends[..., 1] - ends[..., 0])
+    last = np.maximum(top, 0)  # ... or extrapolate from the largest level exceeded
+    at_last = np.log2(np.maximum(np.take_along_axis(rates, last[..., None], axis=-1)[..., 0], 1e-300))
+    log2_p = np.where(level < top, between, at_last - index * (log2_s - last))
+    return np.where((level < 0) | (top < 0), 0.0, -np.minimum(log2_p, 0.0) * _LOG10_2)
+
+
+def learn_tail(rates: np.ndarray, s: np.ndarray, weight: np.ndarray) -> None:
+    """Fold ``s`` [..., k] into its exceedance rates in place, with EW weight ``weight`` (0: not learned)."""
+    rates += weight[..., None] * ((s[..., None] >= _LEVELS) - rates)
 
 
 @dataclass
@@ -264,19 +314,19 @@ class Detector:
         forecast = np.full(count, np.nan)
         if valid.size:
             values = np.fromiter((ticks[i].value for i in valid.tolist()), dtype=np.float64, count=valid.size)
+            stamps = np.fromiter((ticks[i].ts for i in valid.tolist()), dtype=np.float64, count=valid.size)
             order = np.argsort(wave_of[valid], kind="stable")
             waves = wave_of[valid][order]
             bounds = np.flatnonzero(np.diff(waves)) + 1
             for part in np.split(order, bounds):
                 idx = valid[part]
-                s, e, f = self._step(slot_of[idx], values[part], reset_of[idx])
+                s, e, f = self._step(slot_of[idx], values[part], stamps[part], reset_of[idx])
                 score[idx], error[idx], forecast[idx] = s, e, f
         return BatchResult(score, error, forecast, outcome, reset_of, resets, evicted)
 
     @torch.inference_mode()
-    def _step(self, rows: np.ndarray, value: np.ndarray, reset: np.ndarray):
+    def _step(self, rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray):
         """One step for distinct streams ``rows``: score each value against its forecast, then advance."""
-        cfg = self.settings
         st = self.stats[rows]
         rows_t = torch.from_numpy(rows)
         h = self.h.index_select(0, rows_t)
@@ -290,27 +340,13 @@ class Detector:
         has_forecast = n >= 1
         forecast = np.where(has_forecast, st[:, PRED], np.nan)
         error = np.abs(value - forecast)
-        surprise = np.log1p(np.where(has_forecast, error / np.where(has_forecast, st[:, PRED_STD], 1.0), 0.0))
-
-        # Short-term mean surprise vs the stream's long-run surprise distribution (before this tick).
-        seen = n - 1  # surprises observed before this one
-        short = np.where(seen >= 1, st[:, SHORT] + cfg.short_alpha * (surprise - st[:, SHORT]), surprise)
-        z = (short - st[:, LMEAN]) / np.sqrt(st[:, LVAR] + 1e-4)
-        log_tail = torch.special.log_ndtr(torch.from_numpy(-z)).numpy()
-        score = np.clip(-log_tail / _LN_1E10, 0.0, 1.0)
-        score = np.where(n >= cfg.warmup, score, 0.0)
-        alpha = np.where(has_forecast, np.maximum(1.0 / np.maximum(seen + 1, 1), cfg.long_alpha), 0.0)
-        delta = surprise - st[:, LMEAN]
-        st[:, LMEAN] += alpha * delta
-        st[:, LVAR] = (1.0 - alpha) * (st[:, LVAR] + alpha * delta * delta)
-        st[:, SHORT] = np.where(has_forecast, short, 0.0)
-        st[:, SCORE] = score
-
-        # Advance: normalise, one LSTM step, and keep the forecast for the next tick.
         count, mean, var = self.normaliser.update(n, st[:, MEAN], st[:, VAR], value)
         scale = self.normaliser.scale(mean, var)
-        x = torch.from_numpy((value - mean) / scale).float()
-        mu, log_std, h, c = self.model.step(x, h, c)
+        normalised = (value - mean) / scale
+        score = self._score(st, n, value, normalised, ts, np.where(has_forecast, error, 0.0))
+
+        # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
+        mu, log_std, h, c = self.model.step(torch.from_numpy(normalised).float(), h, c)
         self.h.index_copy_(0, rows_t, h)
         self.c.index_copy_(0, rows_t, c)
         st[:, N], st[:, MEAN], st[:, VAR] = count, mean, var
@@ -318,3 +354,70 @@ class Detector:
         st[:, PRED_STD] = scale * np.exp(log_std.double().numpy())
         self.stats[rows] = st
         return score, error, forecast
+
+    def _score(self, st: np.ndarray, n: np.ndarray, value: np.ndarray, normalised: np.ndarray, ts: np.ndarray,
+               error: np.ndarray) -> np.ndarray:
+        """Score one tick per row of ``st`` (the rows' statistics, updated in place) from its three kinds of
+        evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0 without a forecast."""
+        cfg = self.settings
+        rows = np.arange(len(n))
+        settle = min(SETTLE, cfg.warmup)
+        learned = np.maximum(n - settle, 0.0)  # surprises learned before this one
+        learn = n >= settle
+        live = n >= cfg.warmup
+
+        # Time-of-day profile of the normalised value: this tick's bin.
+        b = (np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64).clip(0, SEASON_BINS - 1)
+        mean_col, var_col, count_col = BIN_MEAN + b, BIN_VAR + b, BIN_COUNT + b
+        bin_mean, bin_var, visits = st[rows, mean_col], st[rows, var_col], st[rows, count_col]
+        seasoned = visits >= SEASON_MIN_VISITS
+
+        # The three surprise statistics and their calibrated tails, -log10 p.
+        stats = np.empty((len(n), 3))
+        std = st[:, PRED_STD]
+        stats[:, 0] = np.where(std > 0, error / np.where(std > 0, std, 1.0), 0.0)  # forecast
+        season = np.abs(normalised - bin_mean) / np.sqrt(bin_var + SEASON_FLOOR ** 2)
+        stats[:, 1] = np.where(seasoned, season, 0.0)  # time of day
+        log_season = np.log1p(stats[:, 1])
+        short = np.where(learned >= 1, st[:, SEASON_SHORT] + (2.0 / (cfg.season_window + 1.0))
+                         * (log_season - st[:, SEASON_SHORT]), log_season)
+        stats[:, 2] = np.expm1(short)  # its short EW mean (of log1p)
+        rates = st[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(len(n), 3, TAIL_LEVELS)
+        decades = tail_decades(rates, stats, cfg.tail_index)
+        weight = np.where(learn, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
+        weights = np.stack([weight, np.where(seasoned, weight, 0.0), np.where(seasoned, weight, 0.0)], axis=1)
+        learn_tail(rates, stats, weights)
+        st[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(len(n), 3 * TAIL_LEVELS)
+        st[:, SEASON_SHORT] = np.where(learn & seasoned, short, st[:, SEASON_SHORT])
+        season_part = np.where(seasoned, np.maximum(decades[:, 1], decades[:, 2]), 0.0)
+
+        # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset
+        # stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
+        bin_seconds = _DAY / SEASON_BINS
+        share = np.clip(ts - st[:, LAST_TS], 0.0, bin_seconds) / bin_seconds
+        rate = np.maximum(1.0 / (visits + 1.0), share / cfg.season_memory_days)
+        delta = normalised - bin_mean
+        st[rows, mean_col] = bin_mean + rate * delta
+        st[rows, var_col] = (1.0 - rate) * (bin_var + rate * delta * delta)
+        st[rows, count_col] = visits + 1.0
+        st[:, LAST_TS] = ts
+
+        # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range.
+        low, high = st[:, LOW], st[:, HIGH]
+        beyond = np.maximum(value - high, low - value) / np.maximum(high - low, 1e-12)
+        novel = learn & (learned >= 1) & (beyond > cfg.range_margin)
+        first = learned < 1
+        st[:, LOW] = np.where(learn, np.where(first, value, np.minimum(low, value)), low)
+        st[:, HIGH] = np.where(learn, np.where(first, value, np.maximum(high, value)), high)
+
+        # Refractory forecast and range evidence: only what exceeds its own decaying recent maximum counts.
+        evidence = np.stack([decades[:, 0], np.where(novel, DECADES, 0.0)], axis=1)
+        damp = st[:, DAMP_FORECAST:DAMP_RANGE + 1]
+        damped = np.maximum(evidence - damp, 0.0)
+        decay = 0.5 ** (1.0 / cfg.refractory_halflife)
+        st[:, DAMP_FORECAST:DAMP_RANGE + 1] = np.where(live[:, None], np.maximum(damp * decay, evidence), damp)
+
+        strongest = np.maximum(damped.max(axis=1), season_part)
+        score = np.where(live, np.clip(strongest / DECADES, 0.0, 1.0), 0.0)
+        st[:, SCORE] = score
+        return score
