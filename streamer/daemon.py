@@ -85,6 +85,7 @@ class Daemon:
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic() + settings.checkpoint.interval_seconds
         self._watchdog = systemd.Watchdog()
+        self._connected = True
         self._start_ms = start_timestamp_ms(settings.kafka.start_from)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
@@ -144,7 +145,8 @@ class Daemon:
             self._commit()
             if time.monotonic() >= next_lag:
                 self._update_lag()
-                next_lag = time.monotonic() + 5.0
+                self._check_connected()
+                next_lag = time.monotonic() + 1.0
 
     def _shutdown(self) -> None:
         systemd.stopping()
@@ -197,9 +199,26 @@ class Daemon:
     def _has_lag(self, tp: TopicPartition) -> bool:
         return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
 
+    def _check_connected(self) -> None:
+        """Not ready while the group coordinator has not answered a heartbeat within the session timeout.
+
+        kafka-python keeps the assignment through a broker outage, so the assignment alone says nothing.
+        """
+        coordinator = self._consumer.metrics().get("consumer-coordinator-metrics", {})
+        silent = coordinator.get("last-heartbeat-seconds-ago", 0.0)
+        session = self._consumer.config["session_timeout_ms"] / 1000
+        connected = silent < session
+        if connected != self._connected:
+            self._connected = connected
+            log.warning("coordinator unreachable" if not connected else "coordinator reachable again",
+                        extra={"last_heartbeat_seconds_ago": round(silent, 1)})
+            with self._lock:
+                self._set_ready()
+
     def _set_ready(self) -> None:
-        self.health.ready = bool(self._owned)
-        self.metrics.ready.set(1 if self._owned else 0)
+        ready = bool(self._owned) and self._connected
+        self.health.ready = ready
+        self.metrics.ready.set(1 if ready else 0)
 
     # --- main-loop steps ---------------------------------------------------------------------------
 
