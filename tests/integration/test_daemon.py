@@ -35,7 +35,7 @@ def wave(stream: str, n: int, seed: int, start: int = 0, spike_from: int | None 
 def test_anomaly_reset_and_commits(broker, topic, run_daemon):
     n = 300
     clean = [wave(f"clean-{k}", n, seed=k) for k in range(5)]
-    anomalous = wave("anomalous", n, seed=99, spike_from=n - 4)
+    anomalous = wave("anomalous", n, seed=99, spike_from=n - 1)  # the latest tick is the anomaly
     # "seg" changes segment half way; "fresh" is a new stream fed exactly seg's second half.
     seg = wave("seg", n // 2, seed=7, segment="a") + wave("seg", n // 2, seed=8, start=n // 2, segment="b")
     fresh = [tick("fresh", *_ts_value(m), segment="b") for m in seg[n // 2:]]
