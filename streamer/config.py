@@ -128,6 +128,19 @@ class MetricsSettings(Section):
     port: int = Field(9108, ge=0, le=65535)
     # Only this many streams (the highest current scores) carry a `stream` label; the rest are aggregated.
     max_stream_series: int = Field(1000, ge=0)
+    # Optional HTTPS and basic auth for /metrics (/healthz and /readyz stay open for probes).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    basic_auth_username: str | None = None
+    basic_auth_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if (self.basic_auth_username is None) != (self.basic_auth_password is None):
+            raise ValueError("basic_auth_username and basic_auth_password go together")
+        return self
 
 
 class ModelSettings(Section):

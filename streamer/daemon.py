@@ -101,7 +101,10 @@ class Daemon:
 
     def run(self) -> None:
         cfg = self.settings
-        server = self.http = MetricsServer(self.registry, self.health, cfg.metrics.host, cfg.metrics.port).start()
+        m = cfg.metrics
+        tls = (m.tls_certfile, m.tls_keyfile) if m.tls_certfile else None
+        auth = (m.basic_auth_username, m.basic_auth_password.get_secret_value()) if m.basic_auth_username else None
+        server = self.http = MetricsServer(self.registry, self.health, m.host, m.port, tls, auth).start()
         log.info("metrics listening", extra={"address": f"{cfg.metrics.host}:{server.port}"})
         try:
             self._consumer = make_consumer(cfg.kafka)

@@ -66,8 +66,10 @@ def _connect(factory, options: dict[str, Any], what: str):
     try:
         return factory(**options)
     except KafkaTimeoutError:
-        raise KafkaSetupError(f"no Kafka broker reachable at {','.join(options['bootstrap_servers'])} "
-                              f"for the {what} (check kafka.bootstrap_servers and the network)") from None
+        raise KafkaSetupError(
+            f"no Kafka broker reachable at {','.join(options['bootstrap_servers'])} for the {what} with "
+            f"security_protocol={options['security_protocol']} (check kafka.bootstrap_servers, the network, "
+            f"and that the TLS/SASL settings match the broker's listener)") from None
     except KafkaError as exc:  # authentication and TLS failures surface here
         raise KafkaSetupError(f"Kafka {what} setup failed: {exc.__class__.__name__}: {exc}") from None
 

@@ -9,11 +9,15 @@ has its series as long as fewer than ``max_stream_series`` streams are anomalous
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -114,15 +118,30 @@ class Health:
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on one port from a background thread."""
+    """Serves /metrics, /healthz and /readyz on one port from a background thread.
 
-    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int):
+    With ``tls`` (cert, key) it speaks HTTPS; with ``basic_auth`` (user, password) /metrics requires it,
+    while the probes stay open: they reveal nothing, and kubelets and load balancers probe without auth.
+    """
+
+    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int,
+                 tls: tuple[Path, Path] | None = None, basic_auth: tuple[str, str] | None = None):
         registry_, health_ = registry, health
+        expected = None
+        if basic_auth is not None:
+            expected = "Basic " + base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    given = self.headers.get("Authorization", "")
+                    if expected is not None and not hmac.compare_digest(given.encode(), expected.encode()):
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="streamer"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     self._send(200, generate_latest(registry_), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     ok = health_.alive()
@@ -145,6 +164,11 @@ class MetricsServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
     @property
