@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
     demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
 
-    from streamer import evaluate
+    from streamer import bench, evaluate
 
     evaluate.add_arguments(sub.add_parser("evaluate", help="NAB score and best alert threshold on labelled data"))
+    bench.add_arguments(sub.add_parser("bench", help="throughput, memory and latency against a local broker"))
     return parser
 
 
@@ -178,4 +179,5 @@ COMMANDS = {
     "train": _module_command("train"),
     "synth": _module_command("synth"),
     "evaluate": _module_command("evaluate"),
+    "bench": _module_command("bench"),
 }
