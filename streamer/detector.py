@@ -121,6 +121,7 @@ class Detector:
     """Holds the state of every stream in flat arrays indexed by slot, and advances them in batches."""
 
     def __init__(self, model: Forecaster, settings: DetectorSettings):
+        torch.set_num_threads(settings.torch_threads)  # process-wide, deliberately: see DetectorSettings
         self.model = model.eval()
         self.settings = settings
         self.normaliser = Normaliser(model.spec.normaliser)
