@@ -121,6 +121,7 @@ class DetectorSettings(Section):
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
+    idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
     # One intra-op thread: a wave is small, and with two threads on a busy 2-core machine torch's thread pool
     # contends with the Kafka client (measured 76k vs 8k ticks/s, 1,000 streams, under load).
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (process-wide)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 
 import numpy as np
 import orjson
@@ -86,6 +86,7 @@ class Daemon:
         self._checkpoint_at = time.monotonic() + settings.checkpoint.interval_seconds
         self._watchdog = systemd.Watchdog()
         self._connected = True
+        self._batch_marks: deque[tuple[float, int]] = deque()
         self._start_ms = start_timestamp_ms(settings.kafka.start_from)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
@@ -149,6 +150,7 @@ class Daemon:
             if time.monotonic() >= next_lag:
                 self._update_lag()
                 self._check_connected()
+                self._expire_idle()
                 next_lag = time.monotonic() + 1.0
 
     def _shutdown(self) -> None:
@@ -201,6 +203,25 @@ class Daemon:
 
     def _has_lag(self, tp: TopicPartition) -> bool:
         return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
+
+    def _expire_idle(self) -> None:
+        """Forget streams that have been silent for ``detector.idle_expiry_seconds`` of wall-clock time.
+
+        The detector counts batches, not seconds, so the loop remembers which batch was current when.
+        """
+        expiry = self.settings.detector.idle_expiry_seconds
+        if not expiry:
+            return
+        now = time.monotonic()
+        self._batch_marks.append((now, self.detector.batches))
+        cutoff = None
+        while self._batch_marks and self._batch_marks[0][0] <= now - expiry:
+            cutoff = self._batch_marks.popleft()[1]
+        if cutoff is not None:
+            with self._lock:
+                expired = self.detector.expire(cutoff + 1)
+            if expired:
+                self.metrics.expired.inc(expired)
 
     def _check_connected(self) -> None:
         """Not ready while the group coordinator has not answered a heartbeat within the session timeout.

@@ -184,6 +184,18 @@ class Detector:
         self.c[slot] = 0.0
         self._free.append(slot)
 
+    @property
+    def batches(self) -> int:
+        """Batches processed so far: a clock for `expire`."""
+        return self._batches
+
+    def expire(self, before_batch: int) -> int:
+        """Forget streams not seen since batch ``before_batch``; returns how many."""
+        stale = [name for name, slot in self.slots.items() if self._last_seen[slot] < before_batch]
+        for name in stale:
+            self.forget(name)
+        return len(stale)
+
     def owned_by(self, owner: int) -> list[str]:
         """Streams whose latest tick came with ``owner`` (see `process`)."""
         return [name for name, slot in self.slots.items() if self._owner[slot] == owner]

@@ -73,6 +73,8 @@ class Metrics:
             self.resets.labels(reason)
         self.evicted = Counter("streamer_evicted_streams", "Streams evicted to stay under max_streams",
                                registry=registry)
+        self.expired = Counter("streamer_expired_streams", "Streams forgotten after detector.idle_expiry_seconds",
+                               registry=registry)
         self.dead_lettered = Counter("streamer_dead_lettered_messages",
                                      "Invalid messages written to the dead-letter topic", registry=registry)
         self.checkpoint_seconds = Histogram("streamer_checkpoint_seconds", "Time to write checkpoints",

@@ -172,3 +172,17 @@ def _wait_metric(port: int, line: str, timeout: float) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"metric line {line!r} not seen within {timeout}s")
+
+
+def test_idle_streams_expire(broker, topic, run_daemon):
+    produce(broker.bootstrap, topic, [tick(f"s{i % 5}", T0 + i, float(i)) for i in range(50)])
+    settings = daemon_settings(broker.bootstrap, [topic])
+    settings = settings.model_copy(update={"detector": settings.detector.model_copy(
+        update={"idle_expiry_seconds": 2.0})})
+    with run_daemon(settings) as running:
+        running.wait_scored(50)
+        deadline = time.monotonic() + 20
+        while running.scrape().get(("streamer_streams", ())) != 0:
+            assert time.monotonic() < deadline, "idle streams were not expired"
+            time.sleep(0.2)
+        assert running.scrape()[("streamer_expired_streams_total", ())] == 5

@@ -143,3 +143,12 @@ def test_export_restore_continues_exactly(model, settings):
     second.restore(states)
     rest, _ = run(second, ticks[230:], batch=50)
     np.testing.assert_allclose(rest, whole[230:], atol=1e-9)
+
+
+def test_expire_forgets_streams_not_seen_since_a_batch(model, settings):
+    det = Detector(model, settings)
+    det.process([Tick("old", T0, 1.0), Tick("both", T0, 1.0)])
+    mark = det.batches
+    det.process([Tick("both", T0 + 60, 1.0), Tick("new", T0 + 60, 1.0)])
+    assert det.expire(mark + 1) == 1
+    assert sorted(det.slots) == ["both", "new"]
