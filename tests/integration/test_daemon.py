@@ -186,3 +186,18 @@ def test_idle_streams_expire(broker, topic, run_daemon):
             assert time.monotonic() < deadline, "idle streams were not expired"
             time.sleep(0.2)
         assert running.scrape()[("streamer_expired_streams_total", ())] == 5
+
+
+def test_backfill_from_a_timestamp_starts_a_new_group_there(broker, topic, run_daemon):
+    from datetime import datetime, timezone
+
+    produce(broker.bootstrap, topic, [tick(f"s{i % 3}", T0 + i, 1.0) for i in range(30)])
+    time.sleep(1.5)
+    start = datetime.now(timezone.utc).isoformat()
+    time.sleep(0.5)
+    produce(broker.bootstrap, topic, [tick(f"s{i % 3}", T0 + 100 + i, 1.0) for i in range(12)])
+    settings = daemon_settings(broker.bootstrap, [topic], start_from=start)
+    with run_daemon(settings) as running:
+        running.wait_scored(12)
+        time.sleep(2)  # nothing older arrives late
+        assert running.daemon.scored == 12
