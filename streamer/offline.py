@@ -90,10 +90,14 @@ def score_file(path: Path, settings: Settings, model: Forecaster, skip_invalid: 
     detector = Detector(model, settings.detector)
     decoder = TickDecoder(settings.ticks)
     summary = ScoreSummary()
-    records = read_records(path, settings.ticks)
+    unreadable: list[RecordError] | None = [] if skip_invalid else None
+    records = read_records(path, settings.ticks, skipped=unreadable)
     rows = list(score_records(records, detector, decoder, settings.resets.for_topic(topic), summary,
                               skip_invalid=skip_invalid, batch=settings.kafka.max_poll_records,
                               source=str(path)))
+    if unreadable:
+        summary.invalid["unreadable"] += len(unreadable)
+        summary.rows += len(unreadable)
     return rows, summary
 
 

@@ -42,7 +42,8 @@ def replay(path: Path, topic: str, settings: Settings, speed: float | None = Non
     producer = make_producer(settings.kafka)
     started = time.monotonic()
     first_ts: float | None = None
-    records: Iterable[Record] = read_records(path, fields)
+    unreadable: list[RecordError] | None = [] if skip_invalid else None
+    records: Iterable[Record] = read_records(path, fields, skipped=unreadable)
     bar = tqdm(records, desc=f"replay {Path(path).name}", unit="msg", disable=not progress)
     try:
         for record in bar:
@@ -66,6 +67,7 @@ def replay(path: Path, topic: str, settings: Settings, speed: float | None = Non
             producer.send(topic, key=key, value=orjson.dumps(record.obj))
             report.produced += 1
         producer.flush()
+        report.skipped_invalid += len(unreadable or ())
     finally:
         producer.close()
         bar.close()

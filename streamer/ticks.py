@@ -175,8 +175,12 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller's `with`
 
 
-def read_records(path: Path, fields: TickSettings, default_stream: str | None = None) -> Iterator[Record]:
+def read_records(path: Path, fields: TickSettings, default_stream: str | None = None,
+                 skipped: list[RecordError] | None = None) -> Iterator[Record]:
     """Rows of a CSV or JSON Lines file (optionally .gz) in the daemon's tick format.
+
+    An unreadable row raises `RecordError` naming the file and line, or, when a ``skipped`` list is
+    given, is appended to it and skipped (a broken header always raises: nothing after it is readable).
 
     A file without a stream column/field is one stream named ``default_stream`` (the file's stem by default),
     which makes the Numenta Anomaly Benchmark's ``timestamp,value`` CSVs work as they are. CSV columns other
@@ -194,17 +198,25 @@ def read_records(path: Path, fields: TickSettings, default_stream: str | None = 
                 try:
                     obj = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    raise RecordError(f"{path}:{number}: malformed JSON") from None
+                    _bad(RecordError(f"{path}:{number}: malformed JSON"), skipped)
+                    continue
                 if isinstance(obj, dict) and fields.stream_field not in obj:
                     obj[fields.stream_field] = default_stream
                 yield Record(number, obj)
         elif kind in ("csv", "tsv", "txt"):
-            yield from _csv_records(handle, path, fields, default_stream)
+            yield from _csv_records(handle, path, fields, default_stream, skipped)
         else:
             raise RecordError(f"{path}: unknown file type {kind!r} (use .csv or .jsonl, optionally .gz)")
 
 
-def _csv_records(handle, path: Path, f: TickSettings, default_stream: str) -> Iterator[Record]:
+def _bad(error: RecordError, skipped: list[RecordError] | None) -> None:
+    if skipped is None:
+        raise error
+    skipped.append(error)
+
+
+def _csv_records(handle, path: Path, f: TickSettings, default_stream: str,
+                 skipped: list[RecordError] | None) -> Iterator[Record]:
     reader = csv.reader(handle)
     header = next(reader, None)
     if not header:
@@ -222,7 +234,8 @@ def _csv_records(handle, path: Path, f: TickSettings, default_stream: str) -> It
         if not row:
             continue
         if len(row) != len(header):
-            raise RecordError(f"{path}:{number}: expected {len(header)} columns, got {len(row)}")
+            _bad(RecordError(f"{path}:{number}: expected {len(header)} columns, got {len(row)}"), skipped)
+            continue
         cells = dict(zip(header, row))
         obj: dict[str, Any] = {f.stream_field: cells.get(f.stream_field) or default_stream}
         raw_ts = cells[ts_col]
@@ -233,7 +246,8 @@ def _csv_records(handle, path: Path, f: TickSettings, default_stream: str) -> It
         try:
             values = {name: float(cells[name]) for name in value_cols}
         except ValueError as exc:
-            raise RecordError(f"{path}:{number}: {exc}") from None
+            _bad(RecordError(f"{path}:{number}: {exc}"), skipped)
+            continue
         if univariate:
             obj[f.value_field] = values[f.value_field]
         else:
