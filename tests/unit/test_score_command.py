@@ -8,8 +8,8 @@ def write_recording(path, bad_row=False):
     for i in range(120):
         for stream in ("a", "b"):
             segment = "one" if i < 60 else "two"
-            lines.append(f"{stream},{1_700_000_000 + 60 * i},{(i % 7) * 1.0 + (50 if stream == 'b' and i == 110 else 0)},"
-                         f"{segment}")
+            value = (i % 7) * 1.0 + (50 if stream == "b" and i == 110 else 0)
+            lines.append(f"{stream},{1_700_000_000 + 60 * i},{value},{segment}")
         if bad_row and i == 30:
             lines.append("a,1700001800.5,not-a-number,one")
     path.write_text("\n".join(lines) + "\n")
