@@ -66,29 +66,31 @@ _DAY = 86400.0
 
 
 def tail_decades(rates: np.ndarray, s: np.ndarray, index: float) -> np.ndarray:
-    """-log10 P(S >= s) for each statistic ``s`` [..., k] from its exceedance rates [..., k, TAIL_LEVELS].
+    """-log10 P(S >= s) for each row of ``s`` [m], from that row's exceedance rates [m, TAIL_LEVELS].
 
     The levels are 1, 2, 4, ... Between two levels the stream has exceeded, log P is interpolated linearly in
     log s; past the largest level it has exceeded, P falls as a Pareto tail, s^-index; below level 1 (or
     before any data) P is 1. Rates fall with the level (every exceedance of a level exceeds the ones below),
     so the number of positive rates is the index of the largest level exceeded, plus one.
     """
-    top = np.count_nonzero(rates > 0.0, axis=-1) - 1
+    m = len(s)
+    top = np.count_nonzero(rates > 0.0, axis=1) - 1
     log2_s = np.log2(np.maximum(s, 1e-300))
     level = np.floor(log2_s).clip(-1, TAIL_LEVELS - 1).astype(np.int64)  # the largest level <= s
     lo = np.minimum(level, top - 1).clip(0, TAIL_LEVELS - 2)  # interpolate between lo and lo + 1 ...
-    pick = np.stack([lo, lo + 1], axis=-1)
-    ends = np.log2(np.maximum(np.take_along_axis(rates, pick, axis=-1), 1e-300))
-    between = ends[..., 0] + (log2_s - lo) * (ends[..., 1] - ends[..., 0])
     last = np.maximum(top, 0)  # ... or extrapolate from the largest level exceeded
-    at_last = np.log2(np.maximum(np.take_along_axis(rates, last[..., None], axis=-1)[..., 0], 1e-300))
-    log2_p = np.where(level < top, between, at_last - index * (log2_s - last))
-    return np.where((level < 0) | (top < 0), 0.0, -np.minimum(log2_p, 0.0) * _LOG10_2)
+    base = np.arange(m) * TAIL_LEVELS
+    flat = rates.reshape(-1)
+    log_rates = np.log2(np.maximum(flat[np.concatenate((base + lo, base + lo + 1, base + last))], 1e-300))
+    at_lo, at_hi, at_last = log_rates[:m], log_rates[m:2 * m], log_rates[2 * m:]
+    log2_p = np.where(level < top, at_lo + (log2_s - lo) * (at_hi - at_lo), at_last - index * (log2_s - last))
+    return np.where((level < 0) | (top < 0), 0.0, np.maximum(-log2_p, 0.0) * _LOG10_2)
 
 
 def learn_tail(rates: np.ndarray, s: np.ndarray, weight: np.ndarray) -> None:
-    """Fold ``s`` [..., k] into its exceedance rates in place, with EW weight ``weight`` (0: not learned)."""
-    rates += weight[..., None] * ((s[..., None] >= _LEVELS) - rates)
+    """Fold ``s`` [m] into the exceedance rates [m, TAIL_LEVELS] in place, with EW weight ``weight`` [m]
+    (0: not learned)."""
+    rates += weight[:, None] * ((s[:, None] >= _LEVELS) - rates)
 
 
 @dataclass
@@ -373,7 +375,9 @@ class Detector:
         """Score one tick per row of ``st`` (the rows' statistics, updated in place) from its three kinds of
         evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0 without a forecast."""
         cfg = self.settings
-        rows = np.arange(len(n))
+        size = len(n)
+        flat = st.reshape(-1)  # st is a fresh C-ordered copy: flat indices address (row, column)
+        row_base = np.arange(size) * N_STATS
         settle = min(SETTLE, cfg.warmup)
         learned = np.maximum(n - settle, 0.0)  # surprises learned before this one
         learn = n >= settle
@@ -381,38 +385,39 @@ class Detector:
 
         # Time-of-day profile of the normalised value: this tick's bin.
         b = (np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64).clip(0, SEASON_BINS - 1)
-        mean_col, var_col, count_col = BIN_MEAN + b, BIN_VAR + b, BIN_COUNT + b
-        bin_mean, bin_var, visits = st[rows, mean_col], st[rows, var_col], st[rows, count_col]
+        at_mean, at_var, at_count = row_base + BIN_MEAN + b, row_base + BIN_VAR + b, row_base + BIN_COUNT + b
+        bin_mean, bin_var, visits = flat[at_mean], flat[at_var], flat[at_count]
         seasoned = visits >= SEASON_MIN_VISITS
 
-        # The three surprise statistics and their calibrated tails, -log10 p.
-        stats = np.empty((len(n), 3))
+        # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
+        stats = np.empty((3, size))
         std = st[:, PRED_STD]
-        stats[:, 0] = np.where(std > 0, error / np.where(std > 0, std, 1.0), 0.0)  # forecast
-        season = np.abs(normalised - bin_mean) / np.sqrt(bin_var + SEASON_FLOOR ** 2)
-        stats[:, 1] = np.where(seasoned, season, 0.0)  # time of day
-        log_season = np.log1p(stats[:, 1])
+        np.divide(error, std, out=stats[0], where=std > 0)  # forecast surprise
+        stats[0, std <= 0] = 0.0
+        stats[1] = np.where(seasoned, np.abs(normalised - bin_mean) / np.sqrt(bin_var + SEASON_FLOOR ** 2), 0.0)
+        log_season = np.log1p(stats[1])  # time-of-day surprise, and its short EW mean (of log1p)
         short = np.where(learned >= 1, st[:, SEASON_SHORT] + (2.0 / (cfg.season_window + 1.0))
                          * (log_season - st[:, SEASON_SHORT]), log_season)
-        stats[:, 2] = np.expm1(short)  # its short EW mean (of log1p)
-        rates = st[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(len(n), 3, TAIL_LEVELS)
-        decades = tail_decades(rates, stats, cfg.tail_index)
+        stats[2] = np.expm1(short)
+        stats = stats.T.reshape(-1)  # row-major (row, statistic), as the rates are laid out
+        rates = st[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(3 * size, TAIL_LEVELS)  # a copy
+        decades = tail_decades(rates, stats, cfg.tail_index).reshape(size, 3)
         weight = np.where(learn, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
-        weights = np.stack([weight, np.where(seasoned, weight, 0.0), np.where(seasoned, weight, 0.0)], axis=1)
-        learn_tail(rates, stats, weights)
-        st[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(len(n), 3 * TAIL_LEVELS)
+        season_weight = np.where(seasoned, weight, 0.0)
+        learn_tail(rates, stats, np.stack((weight, season_weight, season_weight), axis=1).reshape(-1))
+        st[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(size, 3 * TAIL_LEVELS)
         st[:, SEASON_SHORT] = np.where(learn & seasoned, short, st[:, SEASON_SHORT])
         season_part = np.where(seasoned, np.maximum(decades[:, 1], decades[:, 2]), 0.0)
 
         # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset
         # stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
         bin_seconds = _DAY / SEASON_BINS
-        share = np.clip(ts - st[:, LAST_TS], 0.0, bin_seconds) / bin_seconds
-        rate = np.maximum(1.0 / (visits + 1.0), share / cfg.season_memory_days)
+        share = np.clip(ts - st[:, LAST_TS], 0.0, bin_seconds) * (1.0 / bin_seconds)
+        rate = np.maximum(1.0 / (visits + 1.0), share * (1.0 / cfg.season_memory_days))
         delta = normalised - bin_mean
-        st[rows, mean_col] = bin_mean + rate * delta
-        st[rows, var_col] = (1.0 - rate) * (bin_var + rate * delta * delta)
-        st[rows, count_col] = visits + 1.0
+        flat[at_mean] = bin_mean + rate * delta
+        flat[at_var] = (1.0 - rate) * (bin_var + rate * delta * delta)
+        flat[at_count] = visits + 1.0
         st[:, LAST_TS] = ts
 
         # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range.
@@ -424,13 +429,13 @@ class Detector:
         st[:, HIGH] = np.where(learn, np.where(first, value, np.maximum(high, value)), high)
 
         # Refractory forecast and range evidence: only what exceeds its own decaying recent maximum counts.
-        evidence = np.stack([decades[:, 0], np.where(novel, DECADES, 0.0)], axis=1)
+        evidence = np.stack((decades[:, 0], np.where(novel, DECADES, 0.0)), axis=1)
         damp = st[:, DAMP_FORECAST:DAMP_RANGE + 1]
         damped = np.maximum(evidence - damp, 0.0)
         decay = 0.5 ** (1.0 / cfg.refractory_halflife)
         st[:, DAMP_FORECAST:DAMP_RANGE + 1] = np.where(live[:, None], np.maximum(damp * decay, evidence), damp)
 
         strongest = np.maximum(damped.max(axis=1), season_part)
-        score = np.where(live, np.clip(strongest / DECADES, 0.0, 1.0), 0.0)
+        score = np.where(live, np.minimum(strongest * (1.0 / DECADES), 1.0), 0.0)
         st[:, SCORE] = score
         return score
