@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of torch/numpy)")
     parser.add_argument("--torch-threads", type=int,
                         help="what-if: torch.set_num_threads(N) in the daemon's process (default: torch's own choice)")
+    parser.add_argument("--gc-threshold", type=int, metavar="N",
+                        help="what-if: gc.freeze() and gc.set_threshold(N) in the daemon's process before it starts")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu per count")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write every result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep worker specs, logs and results here (default: temp)")
@@ -116,6 +118,7 @@ class Plan:
     profile_native: bool
     bootstrap: str | None
     torch_threads: int | None = None
+    gc_threshold: int | None = None
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -139,7 +142,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         latency_seconds=args.latency_seconds or base["latency_seconds"], latency_rate=args.latency_rate,
         producer=producer, confluent_ceiling=confluent_ceiling, scrape_every=args.scrape_every,
         profile=args.profile, profile_native=args.profile_native, bootstrap=args.bootstrap_servers,
-        torch_threads=args.torch_threads)
+        torch_threads=args.torch_threads, gc_threshold=args.gc_threshold)
 
 
 # --- ticks -----------------------------------------------------------------------------------------------
@@ -418,7 +421,8 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
         def spec(**extra) -> dict:
             s = bench_settings(settings, bootstrap, topic, local)
             return {"settings": _settings_data(s), "counts": produced["counts"], "topic": topic,
-                    "torch_threads": plan.torch_threads, "broker_pid": broker.pid, **extra}
+                    "torch_threads": plan.torch_threads, "gc_threshold": plan.gc_threshold, "broker_pid": broker.pid,
+                    **extra}
 
         timeout = _timeout_for(messages)
         ceiling = workers.run("ceiling", spec(limit=messages), timeout)
@@ -468,7 +472,7 @@ def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str
     ready = workers.workdir / f"latency-{topic}.ready"
     proc, result_path, log_path = workers.start("latency", {
         "settings": _settings_data(s), "topic": topic, "latency": True, "go": str(go), "ready": str(ready),
-        "torch_threads": plan.torch_threads, "broker_pid": broker_pid})
+        "torch_threads": plan.torch_threads, "gc_threshold": plan.gc_threshold, "broker_pid": broker_pid})
     deadline = time.monotonic() + 90
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -570,6 +574,12 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:,.1f} GiB"
 
 
+def _note(text: str) -> list[str]:
+    import textwrap
+
+    return [*textwrap.wrap(text, 116, initial_indent="  ", subsequent_indent="  "), ""]
+
+
 def _cores(seconds: float | None, wall: float) -> str:
     return "" if seconds is None else f"{seconds / wall:.2f}"
 
@@ -628,8 +638,13 @@ def scrape_worst_ms(daemon: dict) -> float:
 
 def render(results: dict) -> str:
     env = results["env"]
-    threads = results["plan"].get("torch_threads")
-    threads = f"set_num_threads({threads}) in the daemon" if threads else f"{env['torch_threads']} threads"
+    daemon_threads = sorted({v["daemon"].get("torch_threads") for v in results["variants"]} - {None})
+    threads = (f"{'/'.join(map(str, daemon_threads))} intra-op thread(s) in the daemon" if daemon_threads
+               else f"{env['torch_threads']} threads")
+    if results["plan"].get("torch_threads"):
+        threads += f", set by --torch-threads {results['plan']['torch_threads']}"
+    if results["plan"].get("gc_threshold"):
+        threads += f"; gc.freeze() + gc.set_threshold({results['plan']['gc_threshold']}) in the daemon"
     lines = [f"streamer bench: {env['cpus']} CPUs, Python {env['python']}, kafka-python {env['kafka_python']}, "
              f"torch {env['torch']} ({threads}), broker {env['broker']}, "
              f"{env['partitions']} partitions",
@@ -639,19 +654,24 @@ def render(results: dict) -> str:
     for v in results["variants"]:
         prod = v["produce"]
         for r in v["rows"]:
+            cpu = r.get("cpu_seconds")
             rows.append([f"{v['streams']:,}", r["label"], f"{r['rate']:,.0f}", f"{r['ratio']:.2f}",
+                         f"{cpu / r['messages'] * 1e6:.1f}" if cpu is not None else "",
                          *[_cores(r.get(key), r["seconds"]) for key in ("cpu_seconds", "broker_cpu_seconds",
                                                                          "other_cpu_seconds")], r["note"]])
-        rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "",
+        rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "", "",
                      f"{prod['messages']:,} ticks, mean {prod['mean_bytes']:.1f} B, {prod['backend']}"])
     lines += ["Throughput"]
-    lines += _table(["streams", "row", "msg/s", "ratio", "cpu", "broker", "other", "notes"], rows, {0, 2, 3, 4, 5, 6})
-    lines += ["  ratio: to the kafka-python ceiling of the same stream count; cpu, broker, other: CPU cores in use "
-              "during the measurement by the measuring process (all threads), the broker, everything else", ""]
+    lines += _table(["streams", "row", "msg/s", "ratio", "CPU us/msg", "cpu", "broker", "other", "notes"], rows,
+                    {0, 2, 3, 4, 5, 6, 7})
+    lines += _note("ratio: to the kafka-python ceiling of the same stream count; CPU us/msg: CPU time of the "
+                   "measuring process (all threads) per message, which depends less on other load than msg/s; cpu, "
+                   "broker, other: CPU cores in use during the measurement by the measuring process, the broker, "
+                   "and everything else on the machine")
     busiest = max((r.get("other_cpu_seconds") or 0.0) / r["seconds"] for v in results["variants"] for r in v["rows"])
     if busiest > 0.25:
-        lines += [f"  WARNING: other processes used up to {busiest:.2f} of the {env['cpus']} CPUs during a measurement;"
-                  " rates are lower than on an otherwise idle machine", ""]
+        lines += _note(f"WARNING: other processes used up to {busiest:.2f} of the {env['cpus']} CPUs during a "
+                       "measurement; rates are lower than on an otherwise idle machine")
 
     rows = []
     for v in results["variants"]:
@@ -668,12 +688,12 @@ def render(results: dict) -> str:
     lines += _table(["streams", "peak RSS", "RSS growth", "arrays B/stream alloc/live", "Python B/stream",
                      "state B/stream", "RSS-delta B/stream", "/metrics bytes", "score series",
                      "scrape ms p50/max idle", "scrape ms max, loaded"], rows, set(range(11)))
-    lines += ["  peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and model "
-              "load; arrays: h, c (float32 x 64 each), stats (9 x float64), last_seen, as allocated (table grows "
-              "by doubling) / live; Python: tracemalloc (Python domain) of the slot dict, names, last_ts, segment "
-              "and day lists; state = arrays as allocated + Python; RSS-delta: cross-check, RSS growth of a "
-              "Detector fed the same streams (includes allocator slack); /metrics scraped over HTTP with the "
-              "default max_stream_series", ""]
+    lines += _note("peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and "
+                   "model load; arrays: every per-slot array of the Detector (h, c, stats, ...) per live stream, as "
+                   "allocated (the table grows by doubling) / per slot; Python: tracemalloc (Python domain) of the "
+                   "slot dict, names and per-slot lists; state = arrays as allocated + Python; RSS-delta: "
+                   "cross-check, RSS growth of a Detector fed the same streams (allocator slack and garbage "
+                   "included); /metrics scraped over HTTP with the default max_stream_series")
 
     for v in results["variants"]:
         lat = v.get("latency")
@@ -684,6 +704,10 @@ def render(results: dict) -> str:
                       f"for {lat['seconds']:.1f} s, {lat['count']:,} ticks: p50 {lat['p50_ms']:.1f} ms, "
                       f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "
                       f"mean poll {lat['mean_poll']:.0f} msgs",
+                      f"  of which production -> returned by poll (broker, client, waiting for the loop): p50 "
+                      f"{lat.get('fetch_p50_ms', math.nan):.1f} ms, p99 {lat.get('fetch_p99_ms', math.nan):.1f} ms; "
+                      f"poll -> scored (_handle): p50 {lat.get('handle_p50_ms', math.nan):.1f} ms, "
+                      f"p99 {lat.get('handle_p99_ms', math.nan):.1f} ms",
                       f"  CPU cores in use: daemon {_cores(lat.get('cpu_seconds'), lat['seconds'])}, broker "
                       f"{_cores(lat.get('broker_cpu_seconds'), lat['seconds'])}, other (the bench's producer "
                       f"included) {_cores(lat.get('other_cpu_seconds'), lat['seconds'])}", ""]
@@ -910,11 +934,15 @@ def _worker_daemon(spec: dict) -> dict:
         import torch
 
         torch.set_num_threads(spec["torch_threads"])
+        if "torch_threads" in type(settings.detector).model_fields:  # the detector sets it from its settings
+            settings = settings.model_copy(update={"detector": settings.detector.model_copy(
+                update={"torch_threads": spec["torch_threads"]})})
     model = Forecaster.load(settings.model.path)
     latency_mode = bool(spec.get("latency"))
     profile = spec.get("profile")
     marks: dict[str, Any] = {}
-    latencies: list[float] = []
+    latencies: list[float] = []  # production -> end of the _handle that scored it (ms)
+    fetched: list[float] = []  # production -> the poll that returned it (ms)
     polls: list[int] = []
 
     class TimedDaemon(Daemon):
@@ -923,17 +951,22 @@ def _worker_daemon(spec: dict) -> dict:
                 marks["first"] = _mark()
                 if profile:
                     marks["profiler"] = _start_profiler(profile)
+            polled_ms = time.time() * 1000.0
             super()._handle(polled)
             if latency_mode:
                 now_ms = time.time() * 1000.0
                 for messages in polled.values():
                     latencies.extend([now_ms - msg.timestamp for msg in messages])
+                    fetched.extend([polled_ms - msg.timestamp for msg in messages])
                 polls.append(sum(len(m) for m in polled.values()))
 
     base_rss = _rss()
     daemon = TimedDaemon(settings, model=model)
+    import torch
+
+    result_threads = torch.get_num_threads()  # as the daemon left it
     topic = settings.kafka.topics[0]
-    result: dict[str, Any] = {"base_rss": base_rss}
+    result: dict[str, Any] = {"base_rss": base_rss, "torch_threads": result_threads}
     failure: list[BaseException] = []
 
     def monitor() -> None:
@@ -946,19 +979,26 @@ def _worker_daemon(spec: dict) -> dict:
 
     thread = threading.Thread(target=monitor, name="bench-monitor", daemon=True)
     thread.start()
+    if spec.get("gc_threshold"):
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(spec["gc_threshold"])
     daemon.run()
     thread.join(30)
     if failure:
         raise failure[0]
-    if profile:
-        _stop_profiler(marks.get("profiler"), profile, result)
+    if profile:  # cProfile: disabled on the thread it profiles
+        _stop_profiler(marks.pop("profiler", None), profile, result)
     result["peak_rss"] = _peak_rss()
     if latency_mode:
         import numpy as np
 
-        lat = np.asarray(latencies)
+        lat, fetch = np.asarray(latencies), np.asarray(fetched)
         result.update(count=int(lat.size), p50_ms=float(np.percentile(lat, 50)), p90_ms=float(np.percentile(lat, 90)),
                       p99_ms=float(np.percentile(lat, 99)), max_ms=float(lat.max()),
+                      fetch_p50_ms=float(np.percentile(fetch, 50)), fetch_p99_ms=float(np.percentile(fetch, 99)),
+                      handle_p50_ms=float(np.percentile(lat - fetch, 50)),
+                      handle_p99_ms=float(np.percentile(lat - fetch, 99)),
                       mean_poll=float(np.mean(polls)), polls=len(polls))
     return result
 
@@ -973,7 +1013,8 @@ def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, re
         raise RuntimeError("the daemon did not start its HTTP endpoint")
     url = f"http://127.0.0.1:{daemon.http.port}/metrics"
     k = settings.kafka
-    checker = consumer_cls(**consumer_options(k))  # same group, never subscribed: reads its commits only
+    # Same group, never subscribed: reads its commits only (its thread, kafka-io-bench-monitor, is the harness's).
+    checker = consumer_cls(**{**consumer_options(k), "client_id": "bench-monitor"})
     if spec.get("latency"):
         Path(spec["ready"]).write_text("ready")
         go = Path(spec["go"])
@@ -997,6 +1038,9 @@ def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, re
             raise RuntimeError("offsets were not committed in time")
         time.sleep(0.005)
     end = _mark()
+    profile = spec.get("profile")
+    if profile and profile["tool"] == "py-spy":  # the profile covers the measured window only
+        _stop_profiler(marks.pop("profiler", None), profile, result)
     checker.close()
     result.update(_rate(total, marks["first"], end))
     idle = [_scrape(url) for _ in range(5)]
@@ -1094,13 +1138,26 @@ def _worker_state(spec: dict) -> dict:
     py_bytes = sum(s.size_diff for s in after.filter_traces(python_domain).compare_to(
         before.filter_traces(python_domain), "filename"))
     capacity = len(det.names)
-    arrays = {"h": det.h.element_size() * det.h.nelement(), "c": det.c.element_size() * det.c.nelement(),
-              "stats": det.stats.nbytes, "last_seen": det._last_seen.nbytes}
+    arrays = _slot_arrays(det, capacity)
     per_slot = sum(arrays.values()) / capacity
     return {"streams": len(det), "capacity": capacity, "arrays": arrays,
             "live_per_stream": per_slot, "alloc_per_stream": sum(arrays.values()) / len(det),
             "python_per_stream": py_bytes / len(det), "rss_per_stream": rss_delta / len(det),
             "method": "arrays: nbytes; Python: tracemalloc domain 0 after gc; RSS: VmRSS delta (untraced pass)"}
+
+
+def _slot_arrays(det, capacity: int) -> dict[str, int]:
+    """Bytes of every numpy array / torch tensor of the detector with one row per slot (h, c, stats, ...)."""
+    import numpy as np
+    import torch
+
+    out = {}
+    for name, value in vars(det).items():
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == capacity:
+            out[name.lstrip("_")] = value.nbytes
+        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == capacity:
+            out[name.lstrip("_")] = value.element_size() * value.nelement()
+    return out
 
 
 WORKERS = {"ceiling": _worker_ceiling, "ceiling-confluent": _worker_ceiling_confluent, "naive": _worker_naive,

@@ -36,7 +36,10 @@ def test_state_worker_counts_arrays_exactly_and_python_side_by_tracemalloc():
     settings = load_settings(None)
     state = bench._worker_state({"settings": bench._settings_data(settings), "streams": 300})
     assert state["streams"] == 300
-    assert state["live_per_stream"] == 2 * 64 * 4 + 9 * 8 + 8  # h, c float32; 9 float64 stats; last_seen
+    arrays = state["arrays"]
+    assert arrays["h"] == arrays["c"] == state["capacity"] * 64 * 4  # float32 x hidden
+    assert arrays["stats"] > 0
+    assert state["live_per_stream"] == sum(arrays.values()) / state["capacity"]
     assert state["alloc_per_stream"] >= state["live_per_stream"]
     assert 50 < state["python_per_stream"] < 2000
 
