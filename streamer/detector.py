@@ -11,19 +11,20 @@ appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 stre
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
 1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty;
-2. time-of-day surprise: the normalised value against that stream's daily profile (24 hourly bins of EW
-   mean/variance, memory `season_memory_days`), instantly and as a short EW mean (`season_window` ticks),
-   which catches a missing or misplaced daily pattern that a short-memory forecaster cannot see;
-3. range novelty: a value beyond the stream's [min, max] so far by `range_margin` of the range (Numenta's
-   "spatial anomaly" rule) is a certain anomaly, p = 1e-10.
+2. time-of-day surprise: the normalised value (the LSTM's input) against that stream's daily profile
+   (24 hourly UTC bins of EW mean and variance, memory `season_memory_days`), instantly and as a short EW
+   mean (`season_window` ticks); it sees a missing or misplaced daily pattern that a short-memory
+   forecaster cannot;
+3. range novelty: a value beyond the stream's [min, max] so far by more than `range_margin` of the range
+   (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10.
 A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2048
-(memory `tail_memory` ticks), log-log interpolated, and beyond the largest level the stream ever exceeded
-extrapolated as a Pareto tail of index `tail_index`: heavy-tailed streams learn that their spikes are usual,
-quiet streams that any jump is not. The forecast and range evidence is refractory: each counts only by how
-much it exceeds its own recent maximum (decaying with half-life `refractory_halflife` ticks), so one incident
-raises one alarm rather than many. score = -log10(p) / 10 of the strongest evidence, clipped to [0, 1]: 0.5
-means a 1-in-100,000 event. The first `warmup` ticks after a (re)start score 0, and surprises of the first
-`SETTLE` ticks, while the normaliser and LSTM state settle, are not learned.
+(memory `tail_memory` ticks), log-log interpolated, and beyond the largest level the stream has exceeded
+extrapolated as a Pareto tail of index `tail_index`: a spiky stream learns that its spikes are usual, a
+quiet one that any jump is not. Forecast evidence is refractory: it counts only by how much it exceeds its own
+recent maximum (decaying with half-life `refractory_halflife` ticks), so one incident raises one alarm, not
+one per tick while the forecaster catches up. score = -log10(p) / 10 of the strongest evidence, clipped to
+[0, 1]: 0.5 means a 1-in-100,000 event. The first `warmup` ticks after a (re)start score 0, and the first
+`SETTLE` ticks' surprises, while the normaliser and LSTM state settle, are not learned.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ RESET_REASONS = ("explicit", "segment", "session", "gap")
 
 # Columns of the per-stream float64 statistics table (SCORE stays column 8).
 N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
-SEASON_SHORT, DAMP_FORECAST, DAMP_RANGE, SCORE, LAST_TS, LOW, HIGH = range(5, 12)
+SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-TAILS = 12  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
+TAILS = 11  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
 BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the normalised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_STATS = BIN_COUNT + SEASON_BINS  # 120 columns, 960 bytes a stream
+N_STATS = BIN_COUNT + SEASON_BINS  # 119 columns, 952 bytes a stream
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -428,14 +429,13 @@ class Detector:
         st[:, LOW] = np.where(learn, np.where(first, value, np.minimum(low, value)), low)
         st[:, HIGH] = np.where(learn, np.where(first, value, np.maximum(high, value)), high)
 
-        # Refractory forecast and range evidence: only what exceeds its own decaying recent maximum counts.
-        evidence = np.stack((decades[:, 0], np.where(novel, DECADES, 0.0)), axis=1)
-        damp = st[:, DAMP_FORECAST:DAMP_RANGE + 1]
-        damped = np.maximum(evidence - damp, 0.0)
+        # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
+        evidence, damp = decades[:, 0], st[:, DAMP_FORECAST]
+        forecast_part = np.maximum(evidence - damp, 0.0)
         decay = 0.5 ** (1.0 / cfg.refractory_halflife)
-        st[:, DAMP_FORECAST:DAMP_RANGE + 1] = np.where(live[:, None], np.maximum(damp * decay, evidence), damp)
+        st[:, DAMP_FORECAST] = np.where(live, np.maximum(damp * decay, evidence), damp)
 
-        strongest = np.maximum(damped.max(axis=1), season_part)
+        strongest = np.maximum(np.maximum(forecast_part, season_part), np.where(novel, DECADES, 0.0))
         score = np.where(live, np.minimum(strongest * (1.0 / DECADES), 1.0), 0.0)
         st[:, SCORE] = score
         return score

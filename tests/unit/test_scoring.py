@@ -1,0 +1,127 @@
+"""The scoring pieces of the detector: calibrated tails, range novelty, the time-of-day profile, refractory alarms."""
+
+import math
+
+import numpy as np
+import pytest
+
+from streamer.config import DetectorSettings
+from streamer.detector import (BIN_COUNT, N_STATS, SCORE, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail,
+                               tail_decades)
+from streamer.ticks import Tick
+
+T0 = 1_700_006_400.0  # a UTC midnight
+HOUR = 3600.0
+
+
+def scores_of(model, values, step=60.0, settings=None, stream="a", start=T0):
+    det = Detector(model, settings or DetectorSettings())
+    ticks = [Tick(stream, start + step * i, float(v)) for i, v in enumerate(values)]
+    return np.concatenate([det.process(ticks[k:k + 500]).score for k in range(0, len(ticks), 500)])
+
+
+def empirical_rates(sample):
+    rates = np.zeros((1, TAIL_LEVELS))
+    for k, s in enumerate(sample):
+        learn_tail(rates, np.array([s]), np.array([1.0 / (k + 1)]))
+    return rates
+
+
+# --- the tail estimate ------------------------------------------------------------------------------------
+
+
+def test_learned_rates_are_the_exceedance_frequencies():
+    sample = np.random.default_rng(0).exponential(3.0, 500)
+    rates = empirical_rates(sample)
+    levels = 2.0 ** np.arange(TAIL_LEVELS)
+    np.testing.assert_allclose(rates[0], [(sample >= u).mean() for u in levels], atol=1e-12)
+
+
+def test_tail_at_levels_interpolation_and_pareto_extrapolation():
+    rates = np.array([[0.5, 0.1, 0.01, 0.001] + [0.0] * (TAIL_LEVELS - 4)])
+    at = lambda s: float(tail_decades(rates, np.array([s]), 4.0)[0])  # noqa: E731
+    assert at(0.5) == 0.0  # below the first level: P = 1
+    assert at(2.0) == pytest.approx(1.0) and at(4.0) == pytest.approx(2.0)  # exactly the rates at the levels
+    assert at(math.sqrt(8.0)) == pytest.approx(1.5)  # log-log interpolation half way between 2 and 4
+    assert at(8.0) == pytest.approx(3.0)  # the largest level ever exceeded
+    assert at(32.0) == pytest.approx(3.0 + 4 * 2 * math.log10(2.0))  # two doublings past it: P / 2^(4*2)
+    assert np.all(np.diff(tail_decades(np.repeat(rates, 200, 0), np.geomspace(0.5, 1e4, 200), 4.0)) >= -1e-12)
+
+
+def test_tail_without_data_is_zero_and_rows_are_independent():
+    rates = np.zeros((2, TAIL_LEVELS))
+    rates[1, :3] = [1.0, 0.5, 0.25]
+    out = tail_decades(rates, np.array([1e6, 2.0]), 4.0)
+    assert out[0] == 0.0 and out[1] == pytest.approx(math.log10(2.0))
+
+
+# --- behaviour of the scores ------------------------------------------------------------------------------
+
+
+def stable(n, seed=0, level=10.0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    return level + np.sin(np.arange(n) / 8) + rng.normal(0, noise, n)
+
+
+def test_a_spike_after_a_stable_history_scores_high(model):
+    values = stable(400)
+    values[300] += 6.0
+    scores = scores_of(model, values)
+    assert scores[300] >= 0.9  # beyond the range the stream ever had: a certain anomaly
+    assert scores[300] > 3 * scores[100:300].max()
+    assert np.all((scores >= 0) & (scores <= 1)) and np.all(scores[:50] == 0)
+
+
+def test_a_repeated_alarm_is_damped(model):
+    values = stable(400, seed=1)
+    values[300] += 6.0
+    values[305] = values[300]  # the same spike again, five ticks later
+    scores = scores_of(model, values)
+    assert scores[300] >= 0.9
+    assert scores[305] < 0.5 * scores[300]
+
+
+def test_regular_spikes_become_usual(model):
+    values = stable(1500, seed=2, noise=0.02)
+    values[200::50] += 5.0  # a spike every 50 ticks, the same size each time
+    scores = scores_of(model, values)
+    spikes = scores[200::50]
+    assert spikes[0] >= 0.9  # the first is new
+    assert spikes[-5:].max() < 0.5 * spikes[0]  # the stream's own history says they are usual
+
+
+def test_a_missing_daily_pattern_scores_higher_than_normal_days(model):
+    hours = np.arange(24 * 24)
+    rng = np.random.default_rng(3)
+    values = 50 + 20 * np.clip(np.sin(2 * np.pi * (hours % 24) / 24), 0, None) + rng.normal(0, 1, hours.size)
+    flat_day = slice(20 * 24, 21 * 24)
+    values[flat_day] = 50 + rng.normal(0, 1, 24)  # day 20: the daytime rise never comes (the range is not left)
+    scores = scores_of(model, values, step=HOUR)
+    assert scores[flat_day].max() > 0.3
+    assert scores[flat_day].max() > 1.5 * scores[10 * 24:20 * 24].max()
+
+
+def test_flat_and_quantised_streams(model):
+    values = np.full(600, 7.0)
+    scores = scores_of(model, values)
+    assert np.all(np.isfinite(scores)) and scores.max() == 0.0
+    values[500:] = 7.5  # one quantum up, for good
+    scores = scores_of(model, values)
+    assert scores[500] >= 0.9
+    assert scores[510:].max() < 0.5  # the new level is not alarmed on every tick
+
+
+def test_a_reset_stream_scores_like_a_fresh_one_including_the_daily_profile(model):
+    det = Detector(model, DetectorSettings())
+    first = [Tick("a", T0 + HOUR * i, float(v), segment="x") for i, v in enumerate(stable(300, seed=4))]
+    second = [Tick("a", T0 + HOUR * (300 + i), float(v), segment="y") for i, v in enumerate(stable(300, seed=5))]
+    det.process(first)
+    again = det.process(second).score
+    fresh = Detector(model, DetectorSettings()).process([Tick("b", t.ts, t.value, t.segment) for t in second]).score
+    np.testing.assert_allclose(again, fresh, atol=1e-9)
+    assert det.stats[det.slots["a"], BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 300
+
+
+def test_state_layout():
+    assert N_STATS == BIN_COUNT + SEASON_BINS and SCORE == 8
+    assert N_STATS * 8 + 2 * 64 * 4 <= 1536  # the per-stream budget at H=64
