@@ -231,7 +231,8 @@ class Daemon:
         coordinator = self._consumer.metrics().get("consumer-coordinator-metrics", {})
         silent = coordinator.get("last-heartbeat-seconds-ago", 0.0)
         session = self._consumer.config["session_timeout_ms"] / 1000
-        connected = silent < session
+        # No verdict before the first assignment and its first heartbeat (the metric reads inf until then).
+        connected = silent < session or silent == float("inf") or not self._owned
         if connected != self._connected:
             self._connected = connected
             log.warning("coordinator unreachable" if not connected else "coordinator reachable again",
