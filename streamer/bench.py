@@ -455,9 +455,11 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
             if plan.profile is not None:
                 plan.profile.mkdir(parents=True, exist_ok=True)
                 out["profile"] = run_profile(plan, workers, spec, streams, messages, timeout)
-    ceiling_rate = out["rows"][0]["rate"]
+    ceiling = out["rows"][0]
     for row in out["rows"]:
-        row["ratio"] = row["rate"] / ceiling_rate
+        row["ratio"] = row["rate"] / ceiling["rate"]
+        if row.get("cpu_seconds") and ceiling.get("cpu_seconds"):
+            row["cpu_ratio"] = (ceiling["cpu_seconds"] / ceiling["messages"]) / (row["cpu_seconds"] / row["messages"])
     return out
 
 
@@ -574,6 +576,14 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:,.1f} GiB"
 
 
+def _gc_share(daemon: dict) -> str:
+    seconds = daemon.get("gc_seconds")
+    if not seconds or not daemon.get("seconds"):
+        return "-"
+    return (f"{100 * sum(seconds) / daemon['seconds']:.1f}% ({daemon['gc_collections'][2]}, longest "
+            f"{1000 * daemon.get('gc_longest', 0.0):.0f} ms)")
+
+
 def _note(text: str) -> list[str]:
     import textwrap
 
@@ -656,18 +666,20 @@ def render(results: dict) -> str:
         for r in v["rows"]:
             cpu = r.get("cpu_seconds")
             rows.append([f"{v['streams']:,}", r["label"], f"{r['rate']:,.0f}", f"{r['ratio']:.2f}",
+                         f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") else "",
                          f"{cpu / r['messages'] * 1e6:.1f}" if cpu is not None else "",
                          *[_cores(r.get(key), r["seconds"]) for key in ("cpu_seconds", "broker_cpu_seconds",
                                                                          "other_cpu_seconds")], r["note"]])
-        rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "", "",
+        rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "", "", "",
                      f"{prod['messages']:,} ticks, mean {prod['mean_bytes']:.1f} B, {prod['backend']}"])
     lines += ["Throughput"]
-    lines += _table(["streams", "row", "msg/s", "ratio", "CPU us/msg", "cpu", "broker", "other", "notes"], rows,
-                    {0, 2, 3, 4, 5, 6, 7})
-    lines += _note("ratio: to the kafka-python ceiling of the same stream count; CPU us/msg: CPU time of the "
-                   "measuring process (all threads) per message, which depends less on other load than msg/s; cpu, "
-                   "broker, other: CPU cores in use during the measurement by the measuring process, the broker, "
-                   "and everything else on the machine")
+    lines += _table(["streams", "row", "msg/s", "ratio", "CPU ratio", "CPU us/msg", "cpu", "broker", "other",
+                     "notes"], rows, {0, 2, 3, 4, 5, 6, 7, 8})
+    lines += _note("ratio: msg/s over the kafka-python ceiling's at the same stream count; CPU us/msg: CPU time of "
+                   "the measuring process (all threads) per message, which depends less on other load than msg/s; "
+                   "CPU ratio: the ceiling's CPU us/msg over the row's (the ratio on an otherwise idle machine if "
+                   "both were CPU-bound); cpu, broker, other: CPU cores in use during the measurement by the "
+                   "measuring process, the broker and everything else on the machine")
     busiest = max((r.get("other_cpu_seconds") or 0.0) / r["seconds"] for v in results["variants"] for r in v["rows"])
     if busiest > 0.25:
         lines += _note(f"WARNING: other processes used up to {busiest:.2f} of the {env['cpus']} CPUs during a "
@@ -683,34 +695,37 @@ def render(results: dict) -> str:
                      f"{s['rss_per_stream']:,.0f}" if v["streams"] >= 10_000 else "-",
                      f"{d['metrics_bytes']:,}", f"{d['metrics_series']:,}",
                      f"{statistics.median(d['scrape_idle_ms']):.1f} / {max(d['scrape_idle_ms']):.1f}",
-                     f"{max(load):.1f} (n={len(load)})" if load else "-"])
+                     f"{max(load):.1f} (n={len(load)})" if load else "-", _gc_share(d)])
     lines += ["Cost"]
     lines += _table(["streams", "peak RSS", "RSS growth", "arrays B/stream alloc/live", "Python B/stream",
                      "state B/stream", "RSS-delta B/stream", "/metrics bytes", "score series",
-                     "scrape ms p50/max idle", "scrape ms max, loaded"], rows, set(range(11)))
+                     "scrape ms p50/max idle", "scrape ms max, loaded", "GC % of run (full GCs)"], rows,
+                    set(range(12)))
     lines += _note("peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and "
                    "model load; arrays: every per-slot array of the Detector (h, c, stats, ...) per live stream, as "
                    "allocated (the table grows by doubling) / per slot; Python: tracemalloc (Python domain) of the "
                    "slot dict, names and per-slot lists; state = arrays as allocated + Python; RSS-delta: "
                    "cross-check, RSS growth of a Detector fed the same streams (allocator slack and garbage "
-                   "included); /metrics scraped over HTTP with the default max_stream_series")
+                   "included); /metrics scraped over HTTP with the default max_stream_series; GC: wall time of "
+                   "the daemon's process in Python's cyclic garbage collector during the streamer run row "
+                   "(gc.callbacks), how many full (generation 2) collections it made and the longest pause")
 
     for v in results["variants"]:
         lat = v.get("latency")
         if lat:
-            lines += [f"Latency ({v['streams']:,} streams): production (Kafka timestamp, ms) -> end of the "
-                      "Daemon._handle call that scored it and updated its metrics",
-                      f"  paced at {lat['rate']:,.0f} msg/s (target {lat['target_rate']:,.0f} = 0.5 x streamer run) "
-                      f"for {lat['seconds']:.1f} s, {lat['count']:,} ticks: p50 {lat['p50_ms']:.1f} ms, "
-                      f"p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms; "
-                      f"mean poll {lat['mean_poll']:.0f} msgs",
-                      f"  of which production -> returned by poll (broker, client, waiting for the loop): p50 "
-                      f"{lat.get('fetch_p50_ms', math.nan):.1f} ms, p99 {lat.get('fetch_p99_ms', math.nan):.1f} ms; "
-                      f"poll -> scored (_handle): p50 {lat.get('handle_p50_ms', math.nan):.1f} ms, "
-                      f"p99 {lat.get('handle_p99_ms', math.nan):.1f} ms",
-                      f"  CPU cores in use: daemon {_cores(lat.get('cpu_seconds'), lat['seconds'])}, broker "
-                      f"{_cores(lat.get('broker_cpu_seconds'), lat['seconds'])}, other (the bench's producer "
-                      f"included) {_cores(lat.get('other_cpu_seconds'), lat['seconds'])}", ""]
+            lines += [f"Latency ({v['streams']:,} streams)"]
+            lines += _note(
+                f"production (Kafka timestamp, ms) -> end of the Daemon._handle call that scored the tick and updated "
+                f"its metrics; paced at {lat['rate']:,.0f} msg/s (target {lat['target_rate']:,.0f} = 0.5 x streamer "
+                f"run) for {lat['seconds']:.1f} s, {lat['count']:,} ticks, mean poll {lat['mean_poll']:.0f} msgs: "
+                f"p50 {lat['p50_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+                f"max {lat['max_ms']:.1f} ms. Of which production -> returned by poll (broker, client, waiting "
+                f"for the loop): p50 {lat.get('fetch_p50_ms', math.nan):.1f} ms, "
+                f"p99 {lat.get('fetch_p99_ms', math.nan):.1f} ms; poll -> scored (_handle): "
+                f"p50 {lat.get('handle_p50_ms', math.nan):.1f} ms, p99 {lat.get('handle_p99_ms', math.nan):.1f} ms. "
+                f"CPU cores in use: daemon {_cores(lat.get('cpu_seconds'), lat['seconds'])}, broker "
+                f"{_cores(lat.get('broker_cpu_seconds'), lat['seconds'])}, other (the bench's producer included) "
+                f"{_cores(lat.get('other_cpu_seconds'), lat['seconds'])}")
         prof = v.get("profile")
         if prof:
             lines += [f"Profile ({prof['tool']}, {v['streams']:,} streams): {prof['raw']}", ""]
@@ -944,6 +959,7 @@ def _worker_daemon(spec: dict) -> dict:
     latencies: list[float] = []  # production -> end of the _handle that scored it (ms)
     fetched: list[float] = []  # production -> the poll that returned it (ms)
     polls: list[int] = []
+    gc_time = _GcTimer(marks)
 
     class TimedDaemon(Daemon):
         def _handle(self, polled) -> None:
@@ -985,8 +1001,10 @@ def _worker_daemon(spec: dict) -> dict:
         gc.set_threshold(spec["gc_threshold"])
     daemon.run()
     thread.join(30)
+    gc_time.close()
     if failure:
         raise failure[0]
+    result.update(gc_seconds=gc_time.seconds, gc_collections=gc_time.collections, gc_longest=gc_time.longest)
     if profile:  # cProfile: disabled on the thread it profiles
         _stop_profiler(marks.pop("profiler", None), profile, result)
     result["peak_rss"] = _peak_rss()
@@ -1001,6 +1019,34 @@ def _worker_daemon(spec: dict) -> dict:
                       handle_p99_ms=float(np.percentile(lat - fetch, 99)),
                       mean_poll=float(np.mean(polls)), polls=len(polls))
     return result
+
+
+class _GcTimer:
+    """Time the cyclic garbage collector spends between the first polled message and the end mark."""
+
+    def __init__(self, marks: dict):
+        self.marks = marks
+        self.seconds = [0.0, 0.0, 0.0]  # per generation
+        self.collections = [0, 0, 0]
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if "first" not in self.marks or "end" in self.marks:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            took = time.perf_counter() - self._started
+            self.seconds[info["generation"]] += took
+            self.longest = max(self.longest, took)
+            self.collections[info["generation"]] += 1
+            self._started = 0.0
+
+    def close(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, result: dict, consumer_cls) -> None:
@@ -1038,6 +1084,7 @@ def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, re
             raise RuntimeError("offsets were not committed in time")
         time.sleep(0.005)
     end = _mark()
+    marks["end"] = end
     profile = spec.get("profile")
     if profile and profile["tool"] == "py-spy":  # the profile covers the measured window only
         _stop_profiler(marks.pop("profiler", None), profile, result)
