@@ -1,0 +1,499 @@
+"""Training the forecaster: ``streamer train INPUT... --output MODEL``.
+
+The trainer sees the data exactly as the detector does:
+
+- files are read with `read_records` and decoded with `TickDecoder.decode_obj` (invalid ticks are skipped and
+  counted, as the daemon does); inputs are read in the order given, one stream continuing across files;
+- per stream, ticks not later than the stream's previous tick are dropped (the detector skips them as out of
+  order), and the detector's reset rules cut a stream into independent *sequences*: an explicit ``reset``, a
+  change of ``segment``, a new session day, or a gap over ``max_gap_seconds`` (`ResetRules`);
+- inputs and targets come from the detector's own `Normaliser` arithmetic, restarted at every sequence start
+  (where the detector zeroes a stream's statistics): ``x_t = (v_t - mean_t) / scale_t`` with ``v_t`` folded
+  into ``mean_t``/``var_t``, target ``(v_{t+1} - mean_t) / scale_t`` (clipped to +-`TARGET_CLIP`), so that
+  ``mean_t + scale_t * mu_t`` is the detector's forecast of ``v_{t+1}``;
+- the forward pass is `Forecaster.step`, the detector's, one step at a time.
+
+Stateful truncated BPTT: the sequences are laid end to end in ``batch`` parallel *lanes*; batch ``k`` is the
+``chunk`` steps ``[k*chunk, (k+1)*chunk)`` of every lane, and the LSTM state is carried (detached) from one
+batch to the next, zeroed where a lane starts a new sequence, just as the detector zeroes a reset stream.
+The loss is the Gaussian negative log-likelihood of the targets. Adam with gradient-norm clipping and a
+cosine-decayed learning rate; an exponential moving average of the weights is what gets validated (a held-out
+split by stream, seeded) and saved; early stopping on validation NLL keeps the best average. Seeded and
+deterministic (single-threaded by default: as fast as two threads for this model size, and bit-reproducible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import heapq
+import math
+import sys
+import time
+import zoneinfo
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from streamer.config import ResetRules, TickSettings
+from streamer.model import Forecaster, ModelSpec, Normaliser, NormaliserSpec
+from streamer.ticks import InvalidTick, RecordError, TickDecoder, read_records
+
+TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+# --- reading: the detector's view of recorded files ---------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """Independent training sequences (a stream between two resets), with the stream each belongs to."""
+
+    streams: list[str] = field(default_factory=list)
+    sequences: list[np.ndarray] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # invalid-tick reasons and "out_of_order"
+    resets: Counter = field(default_factory=Counter)  # reset reasons, as the detector counts them
+    ticks: int = 0
+
+    def add(self, stream: str, values: list[float]) -> None:
+        if len(values) >= 2:  # a lone tick has nothing to forecast
+            self.streams.append(stream)
+            self.sequences.append(np.asarray(values, dtype=np.float64))
+
+
+def _session_day(ts: float, rules: ResetRules, zones: dict) -> int:
+    """The detector's session day (`Detector._session_day`): the same arithmetic."""
+    zone = zones.get(rules.session_timezone)
+    if zone is None:
+        zone = zones[rules.session_timezone] = zoneinfo.ZoneInfo(rules.session_timezone)
+    hours, minutes = map(int, rules.session_start.split(":"))
+    local = datetime.fromtimestamp(ts, zone)
+    return (local.toordinal() * 1440 + local.hour * 60 + local.minute - hours * 60 - minutes) // 1440
+
+
+def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> Corpus:
+    """Read recorded files into per-stream sequences cut at the detector's resets."""
+    decoder = TickDecoder(fields)
+    corpus = Corpus()
+    open_: dict[str, list] = {}  # stream -> [last_ts, segment, day, values]
+    zones: dict = {}
+    sessions = bool(rules.session_timezone)
+    max_gap = rules.max_gap_seconds
+    for path in paths:
+        for record in read_records(Path(path), fields):
+            try:
+                ticks = decoder.decode_obj(record.obj)
+            except InvalidTick as exc:
+                corpus.skipped[exc.reason] += 1
+                continue
+            for tick in ticks:
+                state = open_.get(tick.stream)
+                today = _session_day(tick.ts, rules, zones) if sessions else None
+                if state is None:
+                    open_[tick.stream] = [tick.ts, tick.segment, today, [tick.value]]
+                    corpus.ticks += 1
+                    continue
+                if tick.ts <= state[0]:
+                    corpus.skipped["out_of_order"] += 1
+                    continue
+                if tick.reset:
+                    reason = "explicit"
+                elif tick.segment != state[1]:
+                    reason = "segment"
+                elif sessions and today != state[2]:
+                    reason = "session"
+                elif max_gap and tick.ts - state[0] > max_gap:
+                    reason = "gap"
+                else:
+                    reason = None
+                if reason is not None:
+                    corpus.resets[reason] += 1
+                    corpus.add(tick.stream, state[3])
+                    state[3] = []
+                state[0], state[1], state[2] = tick.ts, tick.segment, today
+                state[3].append(tick.value)
+                corpus.ticks += 1
+    for stream, state in open_.items():
+        corpus.add(stream, state[3])
+    return corpus
+
+
+# --- lanes: stateful batching --------------------------------------------------------------------------------
+
+
+@dataclass
+class Lanes:
+    """Sequences laid end to end in parallel lanes, time along axis 1 (a multiple of the chunk length)."""
+
+    values: np.ndarray  # [B, T] float64 (0 past the end of a lane)
+    reset: np.ndarray  # [B, T] bool: a sequence (or the padding) starts here, so the state is zeroed first
+    has_target: np.ndarray  # [B, T] bool: step t is followed by step t+1 of the same sequence
+    owner: np.ndarray  # [B, T] int: index of the sequence at this step, -1 for padding
+
+
+def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1) -> Lanes:
+    """Lay ``sequences`` (taken in ``order``) into ``lanes`` lanes, each into the currently shortest lane."""
+    order = [int(i) for i in order]
+    lanes = max(1, min(lanes, len(order)))
+    heap = [(0, b) for b in range(lanes)]
+    placed: list[tuple[int, int, int]] = []  # (sequence, lane, start)
+    ends = [0] * lanes
+    for i in order:
+        used, b = heapq.heappop(heap)
+        placed.append((i, b, used))
+        ends[b] = used + len(sequences[i])
+        heapq.heappush(heap, (ends[b], b))
+    steps = max(ends) if ends else 0
+    steps = max(chunk, -(-steps // chunk) * chunk)
+    values = np.zeros((lanes, steps))
+    reset = np.zeros((lanes, steps), dtype=bool)
+    has_target = np.zeros((lanes, steps), dtype=bool)
+    owner = np.full((lanes, steps), -1, dtype=np.int64)
+    for i, b, start in placed:
+        n = len(sequences[i])
+        values[b, start:start + n] = sequences[i]
+        reset[b, start] = True
+        has_target[b, start:start + n - 1] = True
+        owner[b, start:start + n] = i
+    for b in range(lanes):
+        reset[b, ends[b]:] = True
+    return Lanes(values, reset, has_target, owner)
+
+
+def normalise(lanes: Lanes, spec: NormaliserSpec):
+    """Inputs, targets and the normaliser's (mean, scale) at every step, as the detector computes them.
+
+    Vectorised over lanes, looping over time; a lane's statistics are zeroed where it starts a sequence
+    (the detector zeroes a reset stream's row). Returns float32 ``x``, float32 ``y`` (clipped; 0 where there
+    is no target) and float64 ``mean``, ``scale``, all ``[B, T]``.
+    """
+    norm = Normaliser(spec)
+    values = lanes.values
+    count = np.zeros(values.shape[0])
+    mean = np.zeros(values.shape[0])
+    var = np.zeros(values.shape[0])
+    means = np.empty_like(values)
+    scales = np.empty_like(values)
+    for t in range(values.shape[1]):
+        reset = lanes.reset[:, t]
+        if reset.any():
+            count[reset] = mean[reset] = var[reset] = 0.0
+        count, mean, var = norm.update(count, mean, var, values[:, t])
+        means[:, t] = mean
+        scales[:, t] = norm.scale(mean, var)
+    x = ((values - means) / scales).astype(np.float32)
+    y = np.zeros_like(values)
+    y[:, :-1] = (values[:, 1:] - means[:, :-1]) / scales[:, :-1]
+    y = np.where(lanes.has_target, np.clip(y, -TARGET_CLIP, TARGET_CLIP), 0.0).astype(np.float32)
+    return x, y, means, scales
+
+
+class _Tensors:
+    """Time-major tensors of one layout, ready for the step loop."""
+
+    def __init__(self, lanes: Lanes, spec: NormaliserSpec):
+        x, y, self.mean, self.scale = normalise(lanes, spec)
+        self.x = torch.from_numpy(np.ascontiguousarray(x.T))  # [T, B]
+        self.y = torch.from_numpy(np.ascontiguousarray(y.T))
+        self.mask = torch.from_numpy(np.ascontiguousarray(lanes.has_target.T)).float()
+        self.keep = torch.from_numpy(np.ascontiguousarray(~lanes.reset.T)).float().unsqueeze(2)  # [T, B, 1]
+        self.any_reset = lanes.reset.any(axis=0).tolist()
+        self.steps, self.lanes = self.x.shape
+
+
+def _run_steps(model: Forecaster, data: _Tensors, start: int, stop: int, h: torch.Tensor, c: torch.Tensor):
+    """Steps [start, stop) of every lane: (mu [n, B], log_std [n, B], h, c)."""
+    mus, log_stds = [], []
+    for t in range(start, stop):
+        if data.any_reset[t]:
+            keep = data.keep[t]
+            h, c = h * keep, c * keep
+        mu, log_std, h, c = model.step(data.x[t], h, c)
+        mus.append(mu)
+        log_stds.append(log_std)
+    return torch.stack(mus), torch.stack(log_stds), h, c
+
+
+def gaussian_nll(y: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Elementwise negative log-likelihood of ``y`` under N(mu, exp(log_std)^2)."""
+    return 0.5 * ((y - mu) * torch.exp(-log_std)) ** 2 + log_std + _HALF_LOG_2PI
+
+
+@torch.inference_mode()
+def evaluate(model: Forecaster, data: _Tensors, chunk: int = 256) -> float:
+    """Mean NLL per target over a whole layout (state carried through, as in serving)."""
+    h = torch.zeros(data.lanes, model.hidden_size)
+    c = torch.zeros(data.lanes, model.hidden_size)
+    total, count = 0.0, 0.0
+    for start in range(0, data.steps, chunk):
+        stop = min(start + chunk, data.steps)
+        mu, log_std, h, c = _run_steps(model, data, start, stop, h, c)
+        mask = data.mask[start:stop]
+        total += float((gaussian_nll(data.y[start:stop], mu, log_std) * mask).sum())
+        count += float(mask.sum())
+    return total / max(count, 1.0)
+
+
+@torch.inference_mode()
+def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
+    """The forecast of each tick of one sequence through the training code path (NaN for the first tick).
+
+    Equals the detector's ``forecast`` for the same ticks of a fresh stream (the tests check it).
+    """
+    lanes = layout([np.asarray(values, dtype=np.float64)], [0], 1)
+    data = _Tensors(lanes, model.spec.normaliser)
+    h = torch.zeros(1, model.hidden_size)
+    mu, _, _, _ = _run_steps(model, data, 0, len(values), h, h)
+    out = np.full(len(values), np.nan)
+    out[1:] = (data.mean[0, :-1] + data.scale[0, :-1] * mu[:-1, 0].double().numpy())[: len(values) - 1]
+    return out
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    hidden_size: int = 64
+    epochs: int = 24
+    chunk: int = 64
+    batch: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    patience: int = 4
+    max_minutes: float = 0.0  # 0: no limit
+    grad_clip: float = 1.0
+    ema: float = 0.99  # decay of the weight average that is validated and saved (0: the raw weights)
+    threads: int = 1
+    progress: bool | None = None  # None: a progress bar on a terminal only
+
+
+@torch.no_grad()
+def _update_average(averaged: Forecaster, model: Forecaster, decay: float) -> None:
+    for avg, param in zip(averaged.parameters(), model.parameters()):
+        avg.lerp_(param, 1.0 - decay)
+
+
+def split_streams(streams: list[str], fraction: float, seed: int) -> set[str]:
+    """The validation streams: a seeded ``fraction`` of the distinct stream names (at least one if any)."""
+    names = sorted(set(streams))
+    if fraction <= 0 or len(names) < 2:
+        return set()
+    count = min(len(names) - 1, max(1, round(fraction * len(names))))
+    rng = np.random.default_rng([seed, 0xDA7A])
+    return {names[i] for i in rng.permutation(len(names))[:count]}
+
+
+def train(corpus: Corpus, config: TrainConfig, log=None) -> tuple[Forecaster, dict]:
+    """Train a forecaster on ``corpus``; returns the best model (by validation NLL) and a summary dict."""
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, config.threads))
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(corpus, config, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
+    began = time.monotonic()
+    if not corpus.sequences:
+        raise ValueError("no training sequences (every stream has fewer than 2 ticks between resets)")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = Forecaster(ModelSpec(hidden_size=config.hidden_size))
+    spec = model.spec.normaliser
+    val_streams = split_streams(corpus.streams, config.val_fraction, config.seed)
+    train_ids = [i for i, s in enumerate(corpus.streams) if s not in val_streams]
+    val_ids = [i for i, s in enumerate(corpus.streams) if s in val_streams]
+    val_data = _Tensors(layout(corpus.sequences, val_ids, 256, 256), spec) if val_ids else None
+    train_ticks = sum(len(corpus.sequences[i]) for i in train_ids)
+    log(f"training on {len(train_ids)} sequences ({train_ticks} ticks) of "
+        f"{len(set(corpus.streams)) - len(val_streams)} streams; validating on {len(val_ids)} sequences of "
+        f"{len(val_streams)} streams")
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    averaged = copy.deepcopy(model).eval()  # an exponential moving average of the weights: what is evaluated
+    best = math.inf
+    best_state = {k: v.clone() for k, v in averaged.state_dict().items()}
+    best_epoch, bad_epochs, stopped = 0, 0, "epochs"
+    history: list[float] = []
+    if val_data is not None:
+        best = evaluate(model, val_data)
+        history.append(round(best, 5))
+        log(f"epoch 0: val NLL {best:.4f}")
+    deadline = began + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
+    lane_steps = math.ceil(train_ticks / max(1, min(config.batch, len(train_ids))))
+    epoch_steps = math.ceil(lane_steps / config.chunk)  # about: lanes end unevenly
+    bar = tqdm(total=config.epochs * epoch_steps, unit="batch", file=sys.stderr, dynamic_ncols=True,
+               disable=None if config.progress is None else not config.progress)
+    total_steps = config.epochs * epoch_steps
+    updates = 0
+    lr = config.lr
+    train_nll = math.nan
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk), spec)
+        model.train()
+        h = torch.zeros(data.lanes, model.hidden_size)
+        c = torch.zeros(data.lanes, model.hidden_size)
+        total, count = 0.0, 0.0
+        out_of_time = False
+        for start in range(0, data.steps, config.chunk):
+            stop = start + config.chunk
+            mu, log_std, h, c = _run_steps(model, data, start, stop, h.detach(), c.detach())
+            mask = data.mask[start:stop]
+            n = float(mask.sum())
+            if n:
+                nll = (gaussian_nll(data.y[start:stop], mu, log_std) * mask).sum()
+                # Cosine decay from lr to lr/20 over the planned batches.
+                lr = config.lr * (0.05 + 0.475 * (1 + math.cos(math.pi * min(1.0, updates / total_steps))))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                (nll / n).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                updates += 1
+                _update_average(averaged, model, min(config.ema, (1 + updates) / (10 + updates)))
+                total += float(nll.detach())
+                count += n
+            bar.update(1)
+            if bar.n % 20 == 0 and count:
+                bar.set_postfix(epoch=epoch, nll=f"{total / count:.3f}", val=f"{best:.3f}", refresh=False)
+            if time.monotonic() > deadline:
+                out_of_time = True
+                break
+        model.eval()
+        train_nll = total / max(count, 1.0)
+        if val_data is None:
+            best, best_epoch = train_nll, epoch
+            best_state = {k: v.clone() for k, v in averaged.state_dict().items()}
+            log(f"epoch {epoch}: train NLL {train_nll:.4f}")
+        else:
+            val = evaluate(averaged, val_data)
+            history.append(round(val, 5))
+            improved = val < best - 1e-4
+            log(f"epoch {epoch}: train NLL {train_nll:.4f}, val NLL {val:.4f}{' *' if improved else ''}, "
+                f"lr {lr:.2g}, {time.monotonic() - began:.0f} s")
+            if improved:
+                best, best_epoch, bad_epochs = val, epoch, 0
+                best_state = {k: v.clone() for k, v in averaged.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs >= config.patience:
+                    stopped = "patience"
+                    break
+        if out_of_time:
+            stopped = "max_minutes"
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    summary = {
+        "epochs_run": epoch,
+        "best_epoch": best_epoch,
+        "best_val_nll": round(best, 5) if val_data is not None else None,
+        "final_train_nll": round(train_nll, 5),
+        "val_nll_history": history,
+        "stopped": stopped,
+        "train_seconds": round(time.monotonic() - began, 1),
+        "train_sequences": len(train_ids),
+        "train_ticks": train_ticks,
+        "val_streams": len(val_streams),
+        "val_sequences": len(val_ids),
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+    }
+    return model, summary
+
+
+# --- the `streamer train` command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                        help="recorded files (.csv/.jsonl, optionally .gz) in the daemon's tick format")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="model file to write")
+    parser.add_argument("--hidden-size", type=int, default=d.hidden_size,
+                        help=f"LSTM units (default {d.hidden_size}; at most 128 keeps state <= 1.5 KB/stream)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    parser.add_argument("--chunk", type=int, default=d.chunk,
+                        help=f"truncated-BPTT length in steps (default {d.chunk})")
+    parser.add_argument("--batch", type=int, default=d.batch, help=f"parallel lanes (default {d.batch})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                        help=f"fraction of the streams held out for validation (default {d.val_fraction})")
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help=f"stop after this many epochs without a better validation NLL "
+                             f"(default {d.patience})")
+    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                        help="stop after this much wall time, keeping the best weights (default: no limit)")
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                        help=f"gradient-norm clip (default {d.grad_clip})")
+    parser.add_argument("--ema", type=float, default=d.ema,
+                        help=f"decay of the averaged weights that are validated and saved (default {d.ema}; "
+                             "0: the raw weights)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help=f"torch threads (default {d.threads}: bit-reproducible and as fast for this size)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(args: argparse.Namespace, settings) -> int:
+    if not 1 <= args.hidden_size <= 128:
+        print("streamer train: --hidden-size must be between 1 and 128", file=sys.stderr)
+        return 2
+    config = TrainConfig(hidden_size=args.hidden_size, epochs=args.epochs, chunk=args.chunk, batch=args.batch,
+                         lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, patience=args.patience,
+                         max_minutes=args.max_minutes, grad_clip=args.grad_clip, ema=args.ema,
+                         threads=args.threads)
+    rules = ResetRules(**settings.resets.model_dump(exclude={"topics"}))
+    began = time.monotonic()
+    try:
+        corpus = read_corpus(args.inputs, settings.ticks, rules)
+    except (OSError, RecordError) as exc:
+        print(f"streamer train: {exc}", file=sys.stderr)
+        return 1
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(corpus.skipped.items())) or "none"
+    print(f"read {corpus.ticks} ticks of {len(set(corpus.streams))} streams in {len(corpus.sequences)} "
+          f"sequences in {time.monotonic() - began:.1f} s (skipped: {skipped})", file=sys.stderr)
+    try:
+        model, summary = train(corpus, config)
+    except ValueError as exc:
+        print(f"streamer train: {exc}", file=sys.stderr)
+        return 1
+    recipe = " ".join(["streamer train", *map(str, args.inputs), "--output", str(args.output),
+                       *(f"--{k.replace('_', '-')} {v}" for k, v in summary["config"].items())])
+    model.save(args.output, training={
+        "inputs": [{"path": str(p), "sha256": _sha256(p)} for p in args.inputs],
+        "ticks": corpus.ticks,
+        "skipped": dict(corpus.skipped),
+        "resets": dict(corpus.resets),
+        "seed": config.seed,
+        "recipe": recipe,
+        "torch": str(torch.__version__),
+        **summary,
+    })
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size} bytes): best val NLL "
+          f"{summary['best_val_nll']} at epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+          f"{summary['train_seconds']} s", file=sys.stderr)
+    return 0
