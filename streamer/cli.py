@@ -74,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
     demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
 
-    from streamer import bench, evaluate
+    from streamer import bench, evaluate, synth, train
 
     evaluate.add_arguments(sub.add_parser("evaluate", help="NAB score and best alert threshold on labelled data"))
+    train.add_arguments(sub.add_parser("train", help="train the LSTM forecaster on recorded files"))
+    synth.add_arguments(sub.add_parser("synth", help="write a synthetic recorded stream (training data, demos)"))
     bench.add_arguments(sub.add_parser("bench", help="throughput, memory and latency against a local broker"))
     return parser
 

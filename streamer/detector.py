@@ -107,6 +107,36 @@ class BatchResult:
     evicted: int
 
 
+class ResetPolicy:
+    """Decides, tick by tick, whether a stream's state resets: shared by the detector and the trainer, so a
+    model is trained on exactly the sequences the daemon will run it on."""
+
+    def __init__(self, rules: ResetRules):
+        self.max_gap = rules.max_gap_seconds
+        self.zone = zoneinfo.ZoneInfo(rules.session_timezone) if rules.session_timezone else None
+        hours, minutes = map(int, rules.session_start.split(":"))
+        self.start_minutes = hours * 60 + minutes
+
+    def day(self, ts: float) -> int | None:
+        """The session day of a tick (None without sessions): days start at session_start, local time."""
+        if self.zone is None:
+            return None
+        local = datetime.fromtimestamp(ts, self.zone)
+        return (local.toordinal() * 1440 + local.hour * 60 + local.minute - self.start_minutes) // 1440
+
+    def reason(self, tick: Tick, last_ts: float, segment, day: int | None, today: int | None) -> str | None:
+        """Why the stream resets before ``tick`` (given its previous tick's bookkeeping), or None."""
+        if tick.reset:
+            return "explicit"
+        if tick.segment != segment:
+            return "segment"
+        if today != day:
+            return "session"
+        if self.max_gap and tick.ts - last_ts > self.max_gap:
+            return "gap"
+        return None
+
+
 @dataclass
 class StreamStates:
     """Exported state of some streams, row i belonging to ``names[i]``."""
@@ -140,7 +170,6 @@ class Detector:
         self.h = torch.zeros(0, model.hidden_size)
         self.c = torch.zeros(0, model.hidden_size)
         self._batches = 0
-        self._zones: dict[str, zoneinfo.ZoneInfo] = {}
 
     # --- state table -------------------------------------------------------------------------------
 
@@ -257,16 +286,6 @@ class Detector:
             return 0.0
         return float(self.stats[list(self.slots.values()), SCORE].max())
 
-    # --- reset rules -------------------------------------------------------------------------------
-
-    def _session_day(self, ts: float, rules: ResetRules) -> int:
-        zone = self._zones.get(rules.session_timezone)
-        if zone is None:
-            zone = self._zones[rules.session_timezone] = zoneinfo.ZoneInfo(rules.session_timezone)
-        hours, minutes = map(int, rules.session_start.split(":"))
-        local = datetime.fromtimestamp(ts, zone)
-        return (local.toordinal() * 1440 + local.hour * 60 + local.minute - hours * 60 - minutes) // 1440
-
     # --- the batched step --------------------------------------------------------------------------
 
     def process(self, ticks: Sequence[Tick], rules: ResetRules | None = None,
@@ -286,15 +305,14 @@ class Detector:
         resets: Counter = Counter()
         evicted = 0
         seen: dict[int, int] = {}
-        max_gap = rules.max_gap_seconds
-        sessions = bool(rules.session_timezone)
+        policy = ResetPolicy(rules)
         last_ts, segment, day, last_seen = self._last_ts, self._segment, self._day, self._last_seen
         batch = self._batches
 
         # Sequential bookkeeping: ordering, resets and wave assignment need each stream's previous tick.
         for i, tick in enumerate(ticks):
             slot = self.slots.get(tick.stream)
-            today = self._session_day(tick.ts, rules) if sessions else None
+            today = policy.day(tick.ts)
             if slot is None:
                 slot, dropped = self._slot_for(tick.stream)
                 evicted += dropped
@@ -303,16 +321,8 @@ class Detector:
             elif tick.ts <= last_ts[slot]:
                 outcome[i] = OUT_OF_ORDER
                 continue
-            elif tick.reset:
-                reason = "explicit"
-            elif tick.segment != segment[slot]:
-                reason = "segment"
-            elif sessions and today != day[slot]:
-                reason = "session"
-            elif max_gap and tick.ts - last_ts[slot] > max_gap:
-                reason = "gap"
             else:
-                reason = None
+                reason = policy.reason(tick, last_ts[slot], segment[slot], day[slot], today)
             if reason is not None:
                 resets[reason] += 1
                 reset_of[i] = True

@@ -14,6 +14,7 @@ File format: ``torch.save`` of a dict holding only tensors, strings and numbers,
 from __future__ import annotations
 
 import importlib.resources
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,13 @@ class Forecaster(nn.Module):
         return out[:, 0], out[:, 1].clamp(-6.0, 4.0), h, c
 
     def save(self, path: Path, training: dict[str, Any] | None = None) -> None:
+        """Write the model; ``training`` must be plain JSON data (weights_only loading accepts nothing else)."""
+        training = json.loads(json.dumps(training or {}))  # raises here, not at load time, for other types
         blob = {
             "format": FORMAT,
             "version": VERSION,
             "spec": {"hidden_size": self.spec.hidden_size, "normaliser": asdict(self.spec.normaliser)},
-            "training": training or {},
+            "training": training,
             "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
         }
         path = Path(path)

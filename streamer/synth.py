@@ -340,7 +340,7 @@ def _timestamp_arg(raw: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True,
                         help="recorded file to write (.jsonl or .jsonl.gz)")
     parser.add_argument("--streams", type=int, default=20, help="number of streams (default 20)")
@@ -363,7 +363,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the anomaly windows as JSON to this file")
 
 
-def run_synth(args: argparse.Namespace, settings) -> int:
+def run(args: argparse.Namespace, settings) -> int:
     series = generate(args.streams, args.length, args.seed, args.anomalies, interval=args.interval,
                       start=args.start, anomaly_fraction=args.anomaly_fraction,
                       anomaly_after=args.anomaly_after, segment_fraction=args.segment_fraction,
@@ -378,7 +378,3 @@ def run_synth(args: argparse.Namespace, settings) -> int:
           + (f"; anomalies in {len(anomalous)}: {shown}" if anomalous else ""), file=sys.stderr)
     return 0
 
-
-# The generic command protocol of `streamer.cli` (`add_arguments(parser)`, `run(args, settings)`).
-add_arguments = add_synth_arguments
-run = run_synth

@@ -31,10 +31,8 @@ import heapq
 import math
 import sys
 import time
-import zoneinfo
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from streamer.config import ResetRules, TickSettings
+from streamer.detector import ResetPolicy
 from streamer.model import Forecaster, ModelSpec, Normaliser, NormaliserSpec
 from streamer.ticks import InvalidTick, RecordError, TickDecoder, read_records
 
@@ -68,24 +67,12 @@ class Corpus:
             self.sequences.append(np.asarray(values, dtype=np.float64))
 
 
-def _session_day(ts: float, rules: ResetRules, zones: dict) -> int:
-    """The detector's session day (`Detector._session_day`): the same arithmetic."""
-    zone = zones.get(rules.session_timezone)
-    if zone is None:
-        zone = zones[rules.session_timezone] = zoneinfo.ZoneInfo(rules.session_timezone)
-    hours, minutes = map(int, rules.session_start.split(":"))
-    local = datetime.fromtimestamp(ts, zone)
-    return (local.toordinal() * 1440 + local.hour * 60 + local.minute - hours * 60 - minutes) // 1440
-
-
 def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> Corpus:
     """Read recorded files into per-stream sequences cut at the detector's resets."""
     decoder = TickDecoder(fields)
     corpus = Corpus()
     open_: dict[str, list] = {}  # stream -> [last_ts, segment, day, values]
-    zones: dict = {}
-    sessions = bool(rules.session_timezone)
-    max_gap = rules.max_gap_seconds
+    policy = ResetPolicy(rules)
     for path in paths:
         for record in read_records(Path(path), fields):
             try:
@@ -95,7 +82,7 @@ def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> C
                 continue
             for tick in ticks:
                 state = open_.get(tick.stream)
-                today = _session_day(tick.ts, rules, zones) if sessions else None
+                today = policy.day(tick.ts)
                 if state is None:
                     open_[tick.stream] = [tick.ts, tick.segment, today, [tick.value]]
                     corpus.ticks += 1
@@ -103,16 +90,7 @@ def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> C
                 if tick.ts <= state[0]:
                     corpus.skipped["out_of_order"] += 1
                     continue
-                if tick.reset:
-                    reason = "explicit"
-                elif tick.segment != state[1]:
-                    reason = "segment"
-                elif sessions and today != state[2]:
-                    reason = "session"
-                elif max_gap and tick.ts - state[0] > max_gap:
-                    reason = "gap"
-                else:
-                    reason = None
+                reason = policy.reason(tick, state[0], state[1], state[2], today)
                 if reason is not None:
                     corpus.resets[reason] += 1
                     corpus.add(tick.stream, state[3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -119,8 +120,7 @@ def test_sigterm_commits_and_exits_zero(broker, topic, tmp_path):
     group = "sigterm-group"
     env = {**os.environ, "STREAMER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
            "STREAMER_KAFKA__TOPICS": f'["{topic}"]', "STREAMER_KAFKA__GROUP_ID": group,
-           "STREAMER_KAFKA__CONSUMER": '{"session_timeout_ms": %d, "heartbeat_interval_ms": %d}' % (
-               FAST_GROUP["session_timeout_ms"], FAST_GROUP["heartbeat_interval_ms"]),
+           "STREAMER_KAFKA__CONSUMER": json.dumps(FAST_GROUP),
            "STREAMER_METRICS__PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "streamer", "run"], env=env, stderr=subprocess.PIPE)
     try:

@@ -13,10 +13,10 @@ from streamer.synth import (
     ANOMALY_KINDS,
     DEMO,
     DEMO_COMMAND,
-    add_synth_arguments,
+    add_arguments,
     demo_series,
     generate,
-    run_synth,
+    run,
     write_jsonl_gz,
 )
 from streamer.ticks import TickDecoder, read_records
@@ -125,12 +125,12 @@ def test_demo_recording_matches_its_recipe(tmp_path):
 
 def test_synth_command(tmp_path):
     parser = argparse.ArgumentParser()
-    add_synth_arguments(parser)
+    add_arguments(parser)
     out, labels = tmp_path / "out.jsonl.gz", tmp_path / "labels.json"
     args = parser.parse_args(["--output", str(out), "--streams", "6", "--length", "120", "--seed", "2",
                               "--anomalies", "--anomaly-fraction", "0.5", "--start", "2026-01-01T00:00:00Z",
                               "--interval", "60", "--regular", "--labels", str(labels)])
-    assert run_synth(args, Settings()) == 0
+    assert run(args, Settings()) == 0
     expected = generate(6, 120, 2, True, interval=60.0, start=1767225600.0, anomaly_fraction=0.5, regular=True)
     reference = tmp_path / "ref.jsonl.gz"
     write_jsonl_gz(expected, reference, TickSettings())
