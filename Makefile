@@ -28,6 +28,15 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest -q
 
+# The bundled model, reproducibly: a synthetic (non-NAB) corpus, then the trainer (~4 min on 2 cores).
+# Run with default settings (no STREAMER_* overrides): the trainer cuts sequences with the configured resets.
+model: setup
+	mkdir -p build/corpus
+	$(VENV)/bin/streamer synth --output build/corpus/train.jsonl.gz --streams 800 --length 2500 --seed 1 \
+	    --anomalies --anomaly-fraction 0.3 --segment-fraction 0.05
+	$(VENV)/bin/streamer train build/corpus/train.jsonl.gz --output streamer/data/default_model.pt \
+	    --hidden-size 64 --epochs 24 --batch 128 --chunk 64 --lr 0.002 --seed 0 --patience 4
+
 lint: setup
 	$(VENV)/bin/ruff check streamer tests
 

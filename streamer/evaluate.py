@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     corpus: list[nab.Series] = []
     unlabelled: list[str] = []
     rows_total, started = 0, time.perf_counter()
-    for path in tqdm(files, desc="evaluate", unit="file"):
+    for path in tqdm(files, desc="evaluate", unit="file", disable=None):  # a bar on terminals only
         key = path.relative_to(args.data).as_posix()
         if key not in windows:
             unlabelled.append(key)

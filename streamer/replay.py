@@ -44,7 +44,8 @@ def replay(path: Path, topic: str, settings: Settings, speed: float | None = Non
     first_ts: float | None = None
     unreadable: list[RecordError] | None = [] if skip_invalid else None
     records: Iterable[Record] = read_records(path, fields, skipped=unreadable)
-    bar = tqdm(records, desc=f"replay {Path(path).name}", unit="msg", disable=not progress)
+    # disable=None: a bar on a terminal, none in logs (systemd, CI, pipes)
+    bar = tqdm(records, desc=f"replay {Path(path).name}", unit="msg", disable=None if progress else True)
     try:
         for record in bar:
             try:
