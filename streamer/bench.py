@@ -60,7 +60,7 @@ TARGET_P99_MS = 250.0
 NAB_COMMAND = "streamer evaluate shared/nab/data --labels shared/nab/windows.json"
 
 QUICK = {"messages": 100_000, "also_messages": 100_000, "naive_messages": 20_000, "latency_seconds": 8.0}
-DEFAULTS = {"messages": 1_000_000, "also_messages": 200_000, "naive_messages": 100_000, "latency_seconds": 20.0}
+DEFAULTS = {"messages": 1_000_000, "also_messages": None, "naive_messages": 100_000, "latency_seconds": 20.0}
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--also-streams", type=_int_list, default=[100, 100_000], metavar="N,N",
                         help="further stream counts, without naive and latency rows (default 100,100000; '' none)")
     parser.add_argument("--also-messages", type=int,
-                        help="ticks for the further stream counts (default 200,000; quick 100,000)")
+                        help="ticks for the further stream counts (default: --messages)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--naive-messages", type=int, help="prefix the naive baseline consumes (default 100,000)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 20)")
@@ -857,7 +857,10 @@ def _worker_naive(spec: dict) -> dict:
 
     from streamer.kafka_io import consumer_options
 
-    k = Settings(**spec["settings"]).kafka
+    settings = Settings(**spec["settings"])
+    k = settings.kafka
+    torch.set_num_threads(spec.get("torch_threads") or getattr(settings.detector, "torch_threads", None)
+                          or torch.get_num_threads())  # as the daemon's
     cell = torch.nn.LSTMCell(1, HIDDEN).eval()
     gauge = Gauge("naive_score", "naive per-stream score", ["stream"], registry=CollectorRegistry())
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
