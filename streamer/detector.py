@@ -77,8 +77,8 @@ def tail_decades(rates: np.ndarray, s: np.ndarray, index: float) -> np.ndarray:
     m = len(s)
     top = np.count_nonzero(rates > 0.0, axis=1) - 1
     log2_s = np.log2(np.maximum(s, 1e-300))
-    level = np.floor(log2_s).clip(-1, TAIL_LEVELS - 1).astype(np.int64)  # the largest level <= s
-    lo = np.minimum(level, top - 1).clip(0, TAIL_LEVELS - 2)  # interpolate between lo and lo + 1 ...
+    level = np.minimum(np.maximum(np.floor(log2_s), -1.0), TAIL_LEVELS - 1).astype(np.int64)  # largest level <= s
+    lo = np.maximum(np.minimum(np.minimum(level, top - 1), TAIL_LEVELS - 2), 0)  # interpolate lo .. lo + 1 ...
     last = np.maximum(top, 0)  # ... or extrapolate from the largest level exceeded
     base = np.arange(m) * TAIL_LEVELS
     flat = rates.reshape(-1)
@@ -395,7 +395,7 @@ class Detector:
         live = n >= cfg.warmup
 
         # Time-of-day profile of the normalised value: this tick's bin.
-        b = (np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64).clip(0, SEASON_BINS - 1)
+        b = np.minimum((np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64), SEASON_BINS - 1)
         at_mean, at_var, at_count = row_base + BIN_MEAN + b, row_base + BIN_VAR + b, row_base + BIN_COUNT + b
         bin_mean, bin_var, visits = flat[at_mean], flat[at_var], flat[at_count]
         seasoned = visits >= SEASON_MIN_VISITS
@@ -423,7 +423,7 @@ class Detector:
         # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset
         # stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
         bin_seconds = _DAY / SEASON_BINS
-        share = np.clip(ts - st[:, LAST_TS], 0.0, bin_seconds) * (1.0 / bin_seconds)
+        share = np.minimum(np.maximum(ts - st[:, LAST_TS], 0.0), bin_seconds) * (1.0 / bin_seconds)
         rate = np.maximum(1.0 / (visits + 1.0), share * (1.0 / cfg.season_memory_days))
         delta = normalised - bin_mean
         flat[at_mean] = bin_mean + rate * delta
