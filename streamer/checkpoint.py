@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from streamer.detector import StreamStates
+from streamer.detector import N_STATS, StreamStates
 
 FORMAT_VERSION = 1
 
@@ -73,6 +73,9 @@ def decode(data: bytes, model: str) -> Checkpoint:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from None
     if header.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {header.get('format')}, this build reads {FORMAT_VERSION}")
+    if stats.shape[1] != N_STATS:
+        raise CheckpointError(f"checkpoint has {stats.shape[1]} statistics per stream, this detector keeps "
+                              f"{N_STATS}: written by another version; refusing to apply it")
     if header["model"] != model:
         raise CheckpointError(f"checkpoint of {header['topic']}/{header['partition']} was written for model "
                               f"{header['model']}, the loaded model is {model}: refusing to apply it")

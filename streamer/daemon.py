@@ -411,7 +411,7 @@ class Daemon:
         """Called from the HTTP thread at scrape time."""
         with self._lock:
             det = self.detector
-            return ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series), det.max_score(),
+            return ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series), det.max_peak(),
                                  len(det))
 
 

@@ -55,7 +55,9 @@ TAILS = 11  # exceedance rates of the forecast surprise, the time-of-day surpris
 BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the normalised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_STATS = BIN_COUNT + SEASON_BINS  # 119 columns, 952 bytes a stream
+PEAK = BIN_COUNT + SEASON_BINS  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
+PEAK_TS = PEAK + 1
+N_STATS = PEAK_TS + 1  # 121 columns, 968 bytes a stream
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -270,21 +272,23 @@ class Detector:
         self.names[slot] = stream
         return slot, evicted
 
-    def top_scores(self, n: int) -> list[tuple[str, float]]:
-        """The ``n`` streams with the highest current score (for the bounded per-stream metric)."""
+    def top_scores(self, n: int) -> list[tuple[str, float, float]]:
+        """(stream, latest score, held peak) of the ``n`` most recently anomalous streams (highest peaks)."""
         if n <= 0 or not self.slots:
             return []
         slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
-        scores = self.stats[slots, SCORE]
+        peaks = self.stats[slots, PEAK]
         if slots.size > n:
-            keep = np.argpartition(-scores, n - 1)[:n]
-            slots, scores = slots[keep], scores[keep]
-        return [(self.names[s], float(v)) for s, v in zip(slots.tolist(), scores.tolist())]
+            slots = slots[np.argpartition(-peaks, n - 1)[:n]]
+        rows = self.stats[slots]
+        return [(self.names[s], latest, peak)
+                for s, latest, peak in zip(slots.tolist(), rows[:, SCORE].tolist(), rows[:, PEAK].tolist())]
 
-    def max_score(self) -> float:
+    def max_peak(self) -> float:
+        """The highest held peak over all streams."""
         if not self.slots:
             return 0.0
-        return float(self.stats[list(self.slots.values()), SCORE].max())
+        return float(self.stats[list(self.slots.values()), PEAK].max())
 
     # --- the batched step --------------------------------------------------------------------------
 
@@ -370,6 +374,10 @@ class Detector:
         scale = self.normaliser.scale(mean, var)
         normalised = (value - mean) / scale
         score = self._score(st, n, value, normalised, ts, np.where(has_forecast, error, 0.0))
+        # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
+        renew = (ts - st[:, PEAK_TS] > self.settings.peak_hold_seconds) | (score >= st[:, PEAK])
+        st[:, PEAK] = np.where(renew, score, st[:, PEAK])
+        st[:, PEAK_TS] = np.where(renew, ts, st[:, PEAK_TS])
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
         mu, log_std, h, c = self.model.step(torch.from_numpy(normalised).float(), h, c)

@@ -2,9 +2,11 @@
 
 Per-stream scores are not kept as one gauge child per stream (that costs a dict lookup per message and
 grows without bound). Instead a collector asks the detector, at scrape time, for the ``max_stream_series``
-streams with the highest current score: those carry a ``stream`` label; every stream counts towards
-``streamer_streams`` and ``streamer_anomaly_score_max``. A stream above an alert threshold therefore always
-has its series as long as fewer than ``max_stream_series`` streams are anomalous at once.
+most recently anomalous streams (highest held peak): those carry a ``stream`` label on
+``streamer_anomaly_score`` (latest) and ``streamer_anomaly_score_peak`` (held ``peak_hold_seconds``, so an
+alarm of one tick is still there at the next scrape); every stream counts towards ``streamer_streams`` and
+``streamer_anomaly_score_max``. A stream above an alert threshold therefore always has its series as long
+as fewer than ``max_stream_series`` streams are anomalous at once.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ OUTCOMES = ("scored", "invalid", "out_of_order")
 
 @dataclass(frozen=True)
 class ScoreSnapshot:
-    top: list[tuple[str, float]]
-    max_score: float
+    top: list[tuple[str, float, float]]  # (stream, latest score, held peak)
+    max_peak: float
     streams: int
 
 
@@ -46,13 +48,18 @@ class StreamScoreCollector:
     def collect(self) -> Iterable[GaugeMetricFamily]:
         snap = self._snapshot()
         scores = GaugeMetricFamily("streamer_anomaly_score",
-                                   "Latest anomaly score in [0, 1] of the streams with the highest scores",
+                                   "Latest anomaly score in [0, 1] of the most recently anomalous streams",
                                    labels=["stream"])
-        for stream, value in snap.top:
-            scores.add_metric([stream], value)
+        peaks = GaugeMetricFamily("streamer_anomaly_score_peak",
+                                  "Highest score of the last detector.peak_hold_seconds (alert on this one)",
+                                  labels=["stream"])
+        for stream, latest, peak in snap.top:
+            scores.add_metric([stream], latest)
+            peaks.add_metric([stream], peak)
         yield scores
-        yield GaugeMetricFamily("streamer_anomaly_score_max", "Highest latest anomaly score over all streams",
-                                value=snap.max_score)
+        yield peaks
+        yield GaugeMetricFamily("streamer_anomaly_score_max", "Highest held peak score over all streams",
+                                value=snap.max_peak)
         yield GaugeMetricFamily("streamer_streams", "Streams whose state is in memory", value=snap.streams)
 
 

@@ -114,15 +114,29 @@ def test_least_recently_seen_streams_are_evicted(model):
     assert sum(f"s{i}" in det.slots for i in range(50)) == 49
 
 
-def test_top_scores_returns_the_highest(model, settings):
+def test_top_scores_are_the_most_recently_anomalous(model, settings):
+    from streamer.detector import PEAK
+
     det = Detector(model, settings)
     det.process(interleave(*(series(f"s{i}", 50, seed=i) for i in range(10))))
-    slots = det.slots
     for i in range(10):
-        det.stats[slots[f"s{i}"], 8] = i / 10  # SCORE column
+        det.stats[det.slots[f"s{i}"], PEAK] = i / 10
     top = det.top_scores(3)
-    assert sorted(name for name, _ in top) == ["s7", "s8", "s9"]
-    assert det.max_score() == pytest.approx(0.9)
+    assert sorted(name for name, _, _ in top) == ["s7", "s8", "s9"]
+    assert det.max_peak() == pytest.approx(0.9)
+
+
+def test_a_one_tick_alarm_is_held_for_peak_hold_seconds(model):
+    det = Detector(model, DetectorSettings(warmup=20, peak_hold_seconds=600))  # ticks are 60 s apart
+    ticks = series("a", 200, seed=4, anomaly_at=150)[:151] + series("a", 49, seed=5, start=151)
+    alarm = det.process(ticks[:151]).score[150]
+    assert alarm > 0.5
+    after = det.process(ticks[151:156]).score  # 5 minutes later: the latest score fell, the peak holds
+    [(_, latest, peak)] = det.top_scores(1)
+    assert latest == after[-1] < alarm and peak == alarm
+    det.process(ticks[156:])  # 48 minutes later the peak is renewed from later scores
+    [(_, latest, peak)] = det.top_scores(1)
+    assert peak < alarm
 
 
 def test_state_per_stream_is_small(model):

@@ -9,8 +9,9 @@ from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
 def test_score_series_come_from_the_snapshot_only():
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.watch_scores(lambda: ScoreSnapshot([("a", 0.9), ("b", 0.1)], 0.9, 5000))
-    assert registry.get_sample_value("streamer_anomaly_score", {"stream": "a"}) == 0.9
+    metrics.watch_scores(lambda: ScoreSnapshot([("a", 0.2, 0.9), ("b", 0.1, 0.1)], 0.9, 5000))
+    assert registry.get_sample_value("streamer_anomaly_score", {"stream": "a"}) == 0.2
+    assert registry.get_sample_value("streamer_anomaly_score_peak", {"stream": "a"}) == 0.9
     assert registry.get_sample_value("streamer_anomaly_score", {"stream": "c"}) is None
     assert registry.get_sample_value("streamer_anomaly_score_max") == 0.9
     assert registry.get_sample_value("streamer_streams") == 5000

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from streamer.config import DetectorSettings
-from streamer.detector import (BIN_COUNT, N_STATS, SCORE, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail,
-                               tail_decades)
+from streamer.detector import BIN_COUNT, N_STATS, SCORE, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail, tail_decades
 from streamer.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
@@ -123,5 +122,5 @@ def test_a_reset_stream_scores_like_a_fresh_one_including_the_daily_profile(mode
 
 
 def test_state_layout():
-    assert N_STATS == BIN_COUNT + SEASON_BINS and SCORE == 8
+    assert N_STATS == BIN_COUNT + SEASON_BINS + 2 and SCORE == 8  # + the held peak and its time
     assert N_STATS * 8 + 2 * 64 * 4 <= 1536  # the per-stream budget at H=64
