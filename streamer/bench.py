@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, dest="json_path", help="also write every result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep worker specs, logs and results here (default: temp)")
     parser.add_argument("--quick", action="store_true",
-                        help="100,000 ticks per count, 20,000-tick naive prefix, 8 s latency run (about 2 minutes)")
+                        help="100,000 ticks per count, 20,000-tick naive prefix, 8 s latency run (about 75 s)")
 
 
 @dataclass
@@ -761,18 +761,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {"env": _env(plan), "plan": {k: str(v) if isinstance(v, Path) else v
                                                            for k, v in vars(plan).items()}, "variants": []}
-    for streams, messages, main in [(plan.streams, plan.messages, True),
-                                    *[(s, plan.also_messages, False) for s in plan.also_streams]]:
-        variant = run_variant(plan, settings, workers, streams, messages, main)
-        variant["main"] = main
-        results["variants"].append(variant)
+    try:
+        for streams, messages, main in [(plan.streams, plan.messages, True),
+                                        *[(s, plan.also_messages, False) for s in plan.also_streams]]:
+            variant = run_variant(plan, settings, workers, streams, messages, main)
+            variant["main"] = main
+            results["variants"].append(variant)
+    except RuntimeError as exc:  # a worker failed or timed out: its log stays in the work directory
+        print(f"streamer bench: {exc}", file=sys.stderr)
+        return 1
     results["seconds"] = time.monotonic() - started
     text = render(results)
     print(text, end="")
     for v in results["variants"]:
         if v.get("profile"):
             print(v["profile"]["text"], end="")
-    print(f"(took {results['seconds']:.0f} s; worker logs in {workdir})")
+    kept = f"; worker specs, logs and results in {workdir}" if args.workdir else ""
+    print(f"(took {results['seconds']:.0f} s{kept})")
     if args.json_path:
         args.json_path.write_text(json.dumps(results, indent=2, default=str))
     if args.workdir is None:
