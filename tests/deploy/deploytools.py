@@ -18,6 +18,7 @@ DEPLOY = REPO / "deploy"
 # family name -> (type, label names). Counters are exposed with _total, histograms as _bucket/_sum/_count.
 DAEMON_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "streamer_anomaly_score": ("gauge", frozenset({"stream"})),
+    "streamer_anomaly_score_peak": ("gauge", frozenset({"stream"})),
     "streamer_anomaly_score_max": ("gauge", frozenset()),
     "streamer_messages": ("counter", frozenset({"topic", "outcome"})),
     "streamer_invalid_messages": ("counter", frozenset({"reason"})),

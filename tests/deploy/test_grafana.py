@@ -121,7 +121,7 @@ def panel(title: str) -> dict:
 
 @pytest.mark.parametrize("title,kind,metric", [
     ("Anomaly score per stream", "timeseries", "streamer_anomaly_score"),
-    ("Top anomalous streams now", "bargauge", "streamer_anomaly_score"),
+    ("Top anomalous streams now", "bargauge", "streamer_anomaly_score_peak"),
     ("Messages per second by outcome", "timeseries", "streamer_messages_total"),
     ("Consumer lag", "timeseries", "streamer_consumer_lag_messages"),
     ("State resets by reason", "timeseries", "streamer_state_resets_total"),
@@ -290,7 +290,7 @@ def test_anomaly_threshold_is_the_same_in_both_places() -> None:
     expr = promql_parser.parse(prometheus_alerts()["StreamerAnomaly"]["expr"])
     assert isinstance(expr.rhs, promql_parser.NumberLiteral)
     (rule,) = [r for r in GRAFANA_RULES if r["title"] == "StreamerAnomaly"]
-    assert threshold(rule) == ("gt", expr.rhs.val) == ("gt", 0.9)
+    assert threshold(rule) == ("gt", expr.rhs.val) == ("gt", 0.28)
 
 
 def test_dashboard_provider_points_at_a_directory() -> None:
