@@ -113,7 +113,7 @@ class ResetSettings(ResetRules):
 class DetectorSettings(Section):
     """How prediction errors become anomaly scores, and how many streams are kept in memory."""
 
-    warmup: int = Field(50, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
+    warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(4.0, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the damping after an alarm")

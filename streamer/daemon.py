@@ -18,6 +18,7 @@ to that offset. Restored state plus replay from its offset is exactly the uninte
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -101,6 +102,7 @@ class Daemon:
         self._stop.set()
 
     def run(self) -> None:
+        _quiet_gc()
         cfg = self.settings
         m = cfg.metrics
         tls = (m.tls_certfile, m.tls_keyfile) if m.tls_certfile else None
@@ -413,6 +415,18 @@ class Daemon:
             det = self.detector
             return ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series), det.max_peak(),
                                  len(det))
+
+
+def _quiet_gc() -> None:
+    """Move start-up objects (torch, the model) out of the cyclic GC's reach and collect rarely.
+
+    Every poll allocates thousands of short-lived objects; with the default thresholds the GC walked the
+    whole heap often enough to take 18-20% of the daemon's time, with pauses of 100-200 ms (docs/perf.md).
+    The per-message objects hold no reference cycles, so reference counting frees them anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _counts(codes):
