@@ -10,6 +10,9 @@ thread). Partitions that were *lost* (the group evicted us) are never committed.
 partitions that need a start position (``kafka.start_from`` = a timestamp) are positioned by the main
 loop, and their records from that poll are dropped, since they came from the default position.
 
+Without a checkpoint store a revoked partition's streams are dropped and start fresh (a warm-up) wherever
+the partition goes next, even when an eager rebalance gives it straight back: configure a store to avoid it.
+
 Checkpoints (``[checkpoint]``): each stream is tagged with the partition its ticks come from. Every
 ``interval_messages``/``interval_seconds``, on revocation and at shutdown, the state of each partition's
 streams is saved with the partition's next offset; on assignment it is restored and the consumer seeks
@@ -82,6 +85,7 @@ class Daemon:
         self._next_offset: dict[TopicPartition, int] = {}  # first message not yet processed
         self._dirty: set[TopicPartition] = set()  # processed since their last checkpoint
         self._owner_ids: dict[TopicPartition, int] = {}
+        self._lagged: set[TopicPartition] = set()  # partitions with a consumer-lag series
         self._store: Store | None = None
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic() + settings.checkpoint.interval_seconds
@@ -179,6 +183,7 @@ class Daemon:
             self._owned |= set(assigned)
             self._unpositioned |= set(assigned)
             self._set_ready()
+        self.metrics.partition_events.labels("assigned").inc(len(assigned))
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}"
                                                                     for tp in assigned)})
 
@@ -187,24 +192,27 @@ class Daemon:
             if commit and self._store is not None:
                 self._checkpoint(self._dirty & set(partitions))
             pending = {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
-            for tp in partitions:  # their state is the next owner's now
-                for stream in self.detector.owned_by(self._owner_id(tp)):
-                    self.detector.forget(stream)
-                self._next_offset.pop(tp, None)
-                self._dirty.discard(tp)
+            for tp in partitions:  # the next owner restores it from the checkpoint (or starts it fresh)
+                self._forget_partition(tp)
             self._owned -= set(partitions)
             self._unpositioned -= set(partitions)
             for tp in partitions:
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition)) if self._has_lag(tp) else None
+                if tp in self._lagged:  # the series goes with the partition
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+                    self._lagged.discard(tp)
             self._set_ready()
         if pending and commit:
             self._consumer.commit_async(pending)
+        self.metrics.partition_events.labels("revoked" if commit else "lost").inc(len(partitions))
         log.info("partitions revoked" if commit else "partitions lost",
                  extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
                         "committed": len(pending) if commit else 0})
 
-    def _has_lag(self, tp: TopicPartition) -> bool:
-        return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
+    def _forget_partition(self, tp: TopicPartition) -> None:
+        for stream in self.detector.owned_by(self._owner_id(tp)):
+            self.detector.forget(stream)
+        self._next_offset.pop(tp, None)
+        self._dirty.discard(tp)
 
     def _expire_idle(self) -> None:
         """Forget streams that have been silent for ``detector.idle_expiry_seconds`` of wall-clock time.
@@ -408,6 +416,7 @@ class Daemon:
             except KafkaError:
                 continue
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+            self._lagged.add(tp)
 
     def _snapshot(self) -> ScoreSnapshot:
         """Called from the HTTP thread at scrape time."""

@@ -80,6 +80,10 @@ class Metrics:
             self.resets.labels(reason)
         self.evicted = Counter("streamer_evicted_streams", "Streams evicted to stay under max_streams",
                                registry=registry)
+        self.partition_events = Counter("streamer_partition_events", "Partitions assigned, revoked or lost",
+                                        ["event"], registry=registry)
+        for event in ("assigned", "revoked", "lost"):
+            self.partition_events.labels(event)
         self.expired = Counter("streamer_expired_streams", "Streams forgotten after detector.idle_expiry_seconds",
                                registry=registry)
         self.dead_lettered = Counter("streamer_dead_lettered_messages",
