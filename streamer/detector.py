@@ -180,7 +180,7 @@ class Detector:
 
     def _grow(self) -> None:
         old = len(self.names)
-        new = max(64, old * 2)
+        new = max(64, old + old // 4)  # grow by a quarter: at most 25% idle slots (state per stream matters)
         self.names.extend([None] * (new - old))
         self._last_ts.extend([-math.inf] * (new - old))
         self._segment.extend([None] * (new - old))
