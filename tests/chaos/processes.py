@@ -66,3 +66,113 @@ class DaemonProcess:
     def terminate(self, timeout: float = 15) -> int:
         self.proc.terminate()
         return self.proc.wait(timeout)
+
+
+# --- helpers of the outage, flood, hostile-input and checkpoint-store tests (appended; nothing above changed) ---
+
+
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
+    """(status, body) of GET http://127.0.0.1:PORT/PATH; 503 and other errors are answers, not exceptions."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status (``VmRSS``, ``VmHWM``: peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def stop_all(*daemons: DaemonProcess) -> None:
+    """Kill every daemon that is still running (test clean-up; a clean stop is asserted by the test itself)."""
+    for daemon in daemons:
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+
+
+def read_raw(bootstrap: str, topic: str, partitions: int, expected: int, timeout_ms: int = 5000) -> list:
+    """Every record (kafka-python ConsumerRecord: key, value, headers, offset) of a topic, oldest first per
+    partition; stops at ``expected`` records or after ``timeout_ms`` of silence."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms,
+                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    parts = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    out = []
+    try:
+        for message in consumer:
+            out.append(message)
+            if len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+class MotoS3:
+    """A local S3 server (moto, ``pip install 'moto[server]'``) in its own process, with one bucket.
+
+    ``env`` holds what Tansu's ``--storage-engine s3://BUCKET/`` needs to reach it: Tansu's S3 client (Rust
+    object_store) reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_DEFAULT_REGION, AWS_ENDPOINT, and
+    AWS_ALLOW_HTTP=true for a plain-HTTP endpoint.
+    """
+
+    def __init__(self, bucket: str, workdir: Path):
+        self.bucket = bucket
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"moto-{self.port}.log"
+        self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_REGION": "us-east-1", "AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true"}
+        self.proc: subprocess.Popen | None = None
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="test",
+                            aws_secret_access_key="test", region_name="us-east-1")
+
+    def start(self, timeout: float = 30) -> MotoS3:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"moto exited: {self.log_path.read_text()[-2000:]}"
+            try:
+                self.client().create_bucket(Bucket=self.bucket)
+                return self
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.2)
+
+    def object_keys(self) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> MotoS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
