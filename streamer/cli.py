@@ -105,13 +105,17 @@ def cmd_config(args, settings: Settings) -> int:
 
 def cmd_run(args, settings: Settings) -> int:
     stop = _stop_on_signals()  # first, so a SIGTERM during start-up (torch import, model load) is honoured
-    from streamer.daemon import Daemon
+    from streamer.daemon import Daemon, DeliveryError
 
     if args.start_from:
         settings = settings.model_copy(update={
             "kafka": settings.kafka.model_copy(update={"start_from": args.start_from})})
     daemon = Daemon(settings, stop=stop)
-    daemon.run()
+    try:
+        daemon.run()
+    except DeliveryError as exc:
+        log.error("stopping: %s", exc)
+        return 1
     return 0
 
 

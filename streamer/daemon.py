@@ -49,6 +49,10 @@ log = logging.getLogger("streamer.daemon")
 _OUTCOME = {SCORED: "scored", 1: "out_of_order"}
 
 
+class DeliveryError(RuntimeError):
+    """Records the daemon produced (scores, dead letters) were not delivered: stop rather than commit."""
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
@@ -76,6 +80,7 @@ class Daemon:
         self.metrics = Metrics(self.registry, model_name=str(settings.model.path or "bundled"))
         self.metrics.watch_scores(self._snapshot)
         self.health = Health()
+        self.metrics.ready.set_function(lambda: 1 if self.health.is_ready() else 0)
         self.scored = 0  # messages scored since start, for callers that wait (demo, tests)
         self._stop = stop or threading.Event()
         self._lock = threading.Lock()
@@ -98,6 +103,8 @@ class Daemon:
         self._consumer: KafkaConsumer | None = None
         self._producer = None
         self.http: MetricsServer | None = None
+        self._sends: list = []  # futures of the batch's score records and dead letters
+        self._last_snapshot = ScoreSnapshot([], 0.0, 0)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -124,6 +131,11 @@ class Daemon:
             log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id})
             systemd.ready(f"consuming {','.join(cfg.kafka.topics)} as {cfg.kafka.group_id}")
             self._loop()
+        except DeliveryError:
+            # The detector already advanced past offsets that will not be committed: a checkpoint now would
+            # pair that state with the older offset and apply those messages twice after a restart.
+            self._store = None
+            raise
         finally:
             self._shutdown()
             server.stop()
@@ -173,7 +185,6 @@ class Daemon:
         if isinstance(self._store, KafkaStore):
             self._store.close()
         self.health.ready = False
-        self.metrics.ready.set(0)
         log.info("stopped", extra={"scored": self.scored})
 
     # --- rebalance (called on kafka-python's network thread) ---------------------------------------
@@ -251,9 +262,7 @@ class Daemon:
                 self._set_ready()
 
     def _set_ready(self) -> None:
-        ready = bool(self._owned) and self._connected
-        self.health.ready = ready
-        self.metrics.ready.set(1 if ready else 0)
+        self.health.ready = bool(self._owned) and self._connected
 
     # --- main-loop steps ---------------------------------------------------------------------------
 
@@ -361,7 +370,7 @@ class Daemon:
             self.scored += int(scored.sum())
 
         if self._producer is not None:
-            self._producer.flush()  # score records and dead letters reach the broker before the commit
+            self._deliver()  # score records and dead letters reach the broker before the commit
         for tp, messages in polled.items():
             self._next_offset[tp] = messages[-1].offset + 1
             self._uncommitted[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
@@ -383,7 +392,7 @@ class Daemon:
                       "anomaly_score": float(result.score[i]),
                       "error": None if error != error else float(error),
                       "topic": topic, "partition": msg.partition, "offset": msg.offset}
-            send(scores_topic, key=tick.stream.encode(), value=orjson.dumps(record))
+            self._sends.append(send(scores_topic, key=tick.stream.encode(), value=orjson.dumps(record)))
 
     def _reject(self, msg, bad: InvalidTick) -> None:
         self._warn.warning(bad.reason, "invalid message skipped", reason=bad.reason, detail=str(bad),
@@ -392,8 +401,19 @@ class Daemon:
         if topic:
             headers = [("reason", bad.reason.encode()),
                        ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
-            self._producer.send(topic, key=msg.key, value=msg.value, headers=headers)
+            # kafka-python refuses a record with neither key nor value: keep the (empty) payload as b"".
+            value = msg.value if msg.value is not None or msg.key is not None else b""
+            self._sends.append(self._producer.send(topic, key=msg.key, value=value, headers=headers))
             self.metrics.dead_lettered.inc()
+
+    def _deliver(self) -> None:
+        """Flush the batch's records; if any was not delivered, stop without committing what it covers."""
+        self._producer.flush()
+        failed = [f.exception for f in self._sends if f.failed()]
+        self._sends = []
+        if failed:
+            raise DeliveryError(f"{len(failed)} score/dead-letter records were not delivered "
+                                f"({failed[0].__class__.__name__}: {failed[0]}); their offsets stay uncommitted")
 
     def _commit(self) -> None:
         with self._lock:
@@ -419,11 +439,17 @@ class Daemon:
             self._lagged.add(tp)
 
     def _snapshot(self) -> ScoreSnapshot:
-        """Called from the HTTP thread at scrape time."""
-        with self._lock:
+        """Called from the HTTP thread at scrape time. If the batch in hand holds the lock for long (a hung
+        broker stalls the flush), the last snapshot is served: /metrics keeps answering."""
+        if not self._lock.acquire(timeout=1.0):
+            return self._last_snapshot
+        try:
             det = self.detector
-            return ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series), det.max_peak(),
-                                 len(det))
+            self._last_snapshot = ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series),
+                                                det.max_peak(), len(det))
+            return self._last_snapshot
+        finally:
+            self._lock.release()
 
 
 def _quiet_gc() -> None:

@@ -60,6 +60,8 @@ def producer_options(k: KafkaSettings) -> dict[str, Any]:
         "client_id": k.client_id,
         "acks": "all",
         "linger_ms": 5,
+        # Dead letters carry whatever the broker accepted, which can exceed the 1 MiB default.
+        "max_request_size": 16 * 1024 * 1024,
         **_security(k),
         **k.producer,
     }

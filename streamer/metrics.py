@@ -129,6 +129,11 @@ class Health:
     def alive(self) -> bool:
         return time.monotonic() - self._beat < self.stall_seconds
 
+    def is_ready(self) -> bool:
+        """Ready, and the loop beat within 15 s: a loop blocked on a hung broker is not ready long before
+        it counts as stalled."""
+        return self.ready and time.monotonic() - self._beat < min(15.0, self.stall_seconds)
+
 
 class MetricsServer:
     """Serves /metrics, /healthz and /readyz on one port from a background thread.
@@ -160,7 +165,7 @@ class MetricsServer:
                     ok = health_.alive()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
                 elif path == "/readyz":
-                    ok = health_.ready and health_.alive()
+                    ok = health_.is_ready()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
                 else:
                     self._send(404, b"not found\n")

@@ -56,7 +56,10 @@ def parse_ts(raw: Any) -> float:
     if isinstance(raw, bool):
         raise InvalidTick("bad_type", "ts is a bool")
     if isinstance(raw, (int, float)):
-        ts = float(raw)
+        try:
+            ts = float(raw)
+        except OverflowError:  # an integer beyond float range
+            raise InvalidTick("non_finite", "ts") from None
     elif isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.strip())
@@ -84,10 +87,23 @@ def _lenient_json(payload: bytes) -> Any:
 def _number(raw: Any, name: str) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise InvalidTick("bad_type", f"{name} is a {type(raw).__name__}")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an integer beyond float range
+        raise InvalidTick("non_finite", name) from None
     if not math.isfinite(value):
         raise InvalidTick("non_finite", name)
     return value
+
+
+def _name(raw: str, what: str) -> str:
+    """A stream or channel name that can be encoded (a lone surrogate from JSON cannot, and would break the
+    score records and /metrics later)."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTick("bad_type", f"{what} is not valid UTF-8") from None
+    return raw
 
 
 class TickDecoder:
@@ -119,6 +135,8 @@ class TickDecoder:
             stream = key.decode("utf-8", "replace")
         elif not isinstance(stream, str) or not stream:
             raise InvalidTick("bad_type", f"{f.stream_field} is not a non-empty string")
+        else:
+            stream = _name(stream, f.stream_field)
         if f.ts_field not in obj:
             raise InvalidTick("missing_field", f.ts_field)
         ts = parse_ts(obj[f.ts_field])
@@ -138,8 +156,8 @@ class TickDecoder:
             raise InvalidTick("missing_field", f"{f.value_field} or {f.values_field}")
         if not isinstance(values, dict) or not values:
             raise InvalidTick("bad_type", f"{f.values_field} is not a non-empty object")
-        return [Tick(f"{stream}/{name}", ts, _number(v, f"{f.values_field}.{name}"), segment, reset)
-                for name, v in values.items()]
+        return [Tick(_name(f"{stream}/{name}", f.values_field), ts, _number(v, f"{f.values_field}.{name}"),
+                     segment, reset) for name, v in values.items()]
 
     def encode(self, stream: str, ts: float, value: float | dict[str, float], segment: Scalar = None,
                reset: bool = False) -> bytes:
