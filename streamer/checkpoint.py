@@ -12,8 +12,9 @@ Stores:
 - `LocalStore`: one file per partition under a directory (systemd ``StateDirectory``, a Kubernetes volume),
   written to a temporary file, fsynced and renamed, so a reader sees the old or the new one, never half.
 - `KafkaStore`: a compacted topic keyed ``group/topic/partition``, so a partition can move to a replica on
-  another machine. Large states are split into chunks (their own keys) written before a small manifest
-  that names them; a reader trusts only chunks whose id matches the manifest.
+  another machine. Large states are split into chunks keyed by their save's id, written before the small
+  manifest that names that id; the previous save's chunks are tombstoned only after the new manifest, so
+  an interrupted save leaves the previous checkpoint readable.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class KafkaStore:
         self.group = group
         self.model = model
         self.chunk_streams = chunk_streams
+        self._saved: dict[str, dict] = {}  # key -> the manifest of our latest save (its chunks to tombstone)
         self._ensure_topic()
         self._producer = make_producer(kafka_settings.model_copy(update={
             "producer": {**kafka_settings.producer, "max_request_size": 16 * 1024 * 1024, "linger_ms": 0}}))
@@ -148,6 +150,8 @@ class KafkaStore:
         return f"{self.group}/{topic}/{partition}"
 
     def save(self, checkpoint: Checkpoint) -> None:
+        """Chunks under keys of their own save id, then the manifest naming that id, then tombstones for the
+        previous save's chunks: a save cut short leaves the previous checkpoint whole."""
         key = self._key(checkpoint.topic, checkpoint.partition)
         ident = uuid.uuid4().hex
         s = checkpoint.states
@@ -157,13 +161,17 @@ class KafkaStore:
             piece = Checkpoint(checkpoint.topic, checkpoint.partition, checkpoint.offset, checkpoint.model,
                                StreamStates(s.names[part], s.h[part], s.c[part], s.stats[part], s.last_ts[part],
                                             s.segment[part], s.day[part]))
-            self._send(f"{key}/{i}", encode(piece), ident)
-        manifest = {"id": ident, "chunks": chunks, "offset": checkpoint.offset}
-        self._send(key, json.dumps(manifest).encode(), ident)
+            self._send(f"{key}/{ident}/{i}", encode(piece))
+        self._send(key, json.dumps({"id": ident, "chunks": chunks, "offset": checkpoint.offset}).encode())
+        previous = self._saved.get(key)
+        if previous is not None:
+            for i in range(previous["chunks"]):
+                self._send(f"{key}/{previous['id']}/{i}", None)
+        self._saved[key] = {"id": ident, "chunks": chunks}
 
-    def _send(self, key: str, value: bytes, ident: str) -> None:
+    def _send(self, key: str, value: bytes | None) -> None:
         # One record per flush: each produce batch holds one record (see `load` on end offsets).
-        self._producer.send(self.topic, key=key.encode(), value=value, headers=[("id", ident.encode())])
+        self._producer.send(self.topic, key=key.encode(), value=value)
         self._producer.flush()
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
@@ -179,22 +187,23 @@ class KafkaStore:
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             end = consumer.end_offsets([tp])[tp]
-            latest: dict[str, tuple[bytes, bytes]] = {}
+            latest: dict[str, bytes | None] = {}
             while consumer.position(tp) < end:
                 for messages in consumer.poll(timeout_ms=500).values():
                     for m in messages:
                         k = m.key.decode()
                         if k == key or k.startswith(key + "/"):
-                            latest[k] = (m.value, dict(m.headers).get("id", b""))
+                            latest[k] = m.value  # None: a tombstone
         finally:
             consumer.close()
-        if key not in latest:
+        if latest.get(key) is None:
             return None
-        manifest = json.loads(latest[key][0])
+        manifest = json.loads(latest[key])
+        self._saved[key] = {"id": manifest["id"], "chunks": manifest["chunks"]}  # tombstoned by our next save
         pieces = []
         for i in range(manifest["chunks"]):
-            value, ident = latest.get(f"{key}/{i}", (None, b""))
-            if value is None or ident.decode() != manifest["id"]:
+            value = latest.get(f"{key}/{manifest['id']}/{i}")
+            if value is None:
                 raise CheckpointError(f"checkpoint {key} is missing chunk {i} of {manifest['chunks']}")
             pieces.append(decode(value, self.model))
         states = StreamStates(

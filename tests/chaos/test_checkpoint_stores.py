@@ -259,19 +259,18 @@ class _Killed(Exception):
 @pytest.mark.parametrize("records_written", [1, 2, 3])
 def test_kafka_store_interrupted_save_keeps_the_previous_checkpoint(kafka_store, model, records_written):
     """A save dies after ``records_written`` of its records (3 chunks + manifest); the previous checkpoint,
-    whose manifest and chunks are all still in the topic, must load. Currently it is refused: `KafkaStore.load`
-    keeps only the latest record per chunk key, so the new save's first chunk hides the old chunk 0 and the
-    old manifest's id no longer matches -> CheckpointError -> the partition restarts without state."""
+    whose manifest and chunks are all still in the topic (chunks are keyed by their save's id, and the old
+    ones are tombstoned only after the new manifest), must load."""
     hidden, fp = model.hidden_size, model.fingerprint()
     previous = Checkpoint("ticks", 0, 1000, fp, _states(2500, 7, hidden))
     kafka_store.save(previous)
     send, calls = kafka_store._send, []
 
-    def dying_send(key, value, ident):
+    def dying_send(key, value):
         if len(calls) == records_written:
             raise _Killed(key)
         calls.append(key)
-        send(key, value, ident)
+        send(key, value)
 
     kafka_store._send = dying_send
     with pytest.raises(_Killed):
