@@ -120,6 +120,7 @@ class Health:
     """Liveness (the loop made progress recently) and readiness (connected, partitions assigned)."""
 
     stall_seconds: float = 60.0
+    ready_stall_seconds: float = 5.0
     ready: bool = False
     _beat: float = field(default_factory=time.monotonic)
 
@@ -130,9 +131,9 @@ class Health:
         return time.monotonic() - self._beat < self.stall_seconds
 
     def is_ready(self) -> bool:
-        """Ready, and the loop beat within 15 s: a loop blocked on a hung broker is not ready long before
-        it counts as stalled."""
-        return self.ready and time.monotonic() - self._beat < min(15.0, self.stall_seconds)
+        """Ready, and the loop beat within ``ready_stall_seconds``: a loop blocked on a hung broker is not
+        ready long before it counts as stalled (a healthy loop beats at least every poll timeout)."""
+        return self.ready and time.monotonic() - self._beat < self.ready_stall_seconds
 
 
 class MetricsServer:
