@@ -97,6 +97,19 @@ def stop_all(*daemons: DaemonProcess) -> None:
             daemon.kill()
 
 
+def scores_complete(bootstrap: str, scores_topic: str, partitions: int, total: int, timeout: float) -> list[dict]:
+    """Every score record, read again until ``total`` distinct ticks have one (or ``timeout`` passes)."""
+    from tests.integration.kafka_helpers import read_all
+
+    deadline = time.monotonic() + timeout
+    records: list[dict] = []
+    while time.monotonic() < deadline:
+        records = read_all(bootstrap, scores_topic, partitions, expected=10**9, timeout_ms=2000)
+        if len({(r["stream"], r["ts"]) for r in records}) >= total:
+            break
+    return records
+
+
 def read_raw(bootstrap: str, topic: str, partitions: int, expected: int, timeout_ms: int = 5000) -> list:
     """Every record (kafka-python ConsumerRecord: key, value, headers, offset) of a topic, oldest first per
     partition; stops at ``expected`` records or after ``timeout_ms`` of silence."""

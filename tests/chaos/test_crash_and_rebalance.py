@@ -17,9 +17,8 @@ from streamer.broker import create_topic
 from streamer.config import load_settings
 from streamer.offline import score_file
 from streamer.replay import replay
-from tests.chaos.processes import DaemonProcess
+from tests.chaos.processes import DaemonProcess, scores_complete
 from tests.conftest import daemon_settings
-from tests.integration.kafka_helpers import read_all
 from tests.integration.test_equivalence import write_recording
 
 
@@ -63,12 +62,7 @@ def test_kill_9_and_restart_resumes_from_the_checkpoint(broker, tmp_path, record
     second = DaemonProcess(broker.bootstrap, topic, "crash", tmp_path, **env).start()
     try:
         second.wait_up()
-        deadline = time.monotonic() + 90
-        records = []
-        while time.monotonic() < deadline:
-            records = read_all(broker.bootstrap, topic + "-scores", 3, expected=10**9, timeout_ms=2000)
-            if len({(r["stream"], r["ts"]) for r in records}) >= total:
-                break
+        records = scores_complete(broker.bootstrap, topic + "-scores", 3, total, timeout=90)
         duplicates = check_against_offline(records, offline)
         assert duplicates < total // 2  # only the work after the last checkpoint was redone
         assert second.terminate() == 0
@@ -104,12 +98,7 @@ def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording):
         assert producer.is_alive(), "the replay ended before the membership changed"
         assert members.pop(0).terminate() == 0  # a member leaves while messages keep arriving
         producer.join(60)
-        deadline = time.monotonic() + 120
-        records = []
-        while time.monotonic() < deadline:
-            records = read_all(broker.bootstrap, topic + "-scores", 6, expected=10**9, timeout_ms=2000)
-            if len({(r["stream"], r["ts"]) for r in records}) >= total:
-                break
+        records = scores_complete(broker.bootstrap, topic + "-scores", 6, total, timeout=120)
         check_against_offline(records, offline)
         for member in members:
             assert member.terminate() == 0

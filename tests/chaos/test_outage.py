@@ -29,10 +29,9 @@ from streamer.broker import LocalBroker, create_topic, free_port
 from streamer.config import load_settings
 from streamer.offline import score_file
 from streamer.replay import replay
-from tests.chaos.processes import DaemonProcess, MotoS3, http_get, stop_all
+from tests.chaos.processes import DaemonProcess, MotoS3, http_get, scores_complete, stop_all
 from tests.chaos.test_crash_and_rebalance import check_against_offline
 from tests.conftest import FAST_GROUP, daemon_settings
-from tests.integration.kafka_helpers import read_all
 from tests.integration.test_equivalence import write_recording
 
 OUTAGE_SECONDS = 30.0
@@ -47,16 +46,6 @@ def _sample(body: bytes, name: str) -> float | None:
             if sample.name == name:
                 return sample.value
     return None
-
-
-def _scores_complete(bootstrap: str, scores_topic: str, total: int, timeout: float) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    records: list[dict] = []
-    while time.monotonic() < deadline:
-        records = read_all(bootstrap, scores_topic, 3, expected=10**9, timeout_ms=2000)
-        if len({(r["stream"], r["ts"]) for r in records}) >= total:
-            break
-    return records
 
 
 @pytest.mark.slow
@@ -131,7 +120,7 @@ def test_broker_outage_with_persistent_storage(tmp_path, model):
             assert time.monotonic() - back < 90, "not ready within 90 s of the broker's restart"
             time.sleep(0.5)
         ready_after = time.monotonic() - back
-        records = _scores_complete(broker.bootstrap, topic + "-scores", total, timeout=120)
+        records = scores_complete(broker.bootstrap, topic + "-scores", 3, total, timeout=120)
         duplicates = check_against_offline(records, offline)
         assert daemon.proc.poll() is None, "the daemon exited"
         assert daemon.terminate() == 0
@@ -206,7 +195,7 @@ def test_hung_broker_mid_batch(tmp_path, model):
             back = time.monotonic()
             daemon.wait_metric("streamer_ready", lambda v: v == 1, timeout=90)
             ready_after = time.monotonic() - back
-            records = _scores_complete(broker.bootstrap, topic + "-scores", total, timeout=120)
+            records = scores_complete(broker.bootstrap, topic + "-scores", 3, total, timeout=120)
             duplicates = check_against_offline(records, offline)
             assert daemon.proc.poll() is None, "the daemon exited"
             assert daemon.terminate() == 0
