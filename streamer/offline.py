@@ -11,7 +11,7 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,8 @@ class ScoreSummary:
     rows: int = 0
     scored: int = 0
     out_of_order: int = 0
-    invalid: Counter = None
-    resets: Counter = None
-
-    def __post_init__(self):
-        self.invalid = self.invalid or Counter()
-        self.resets = self.resets or Counter()
+    invalid: Counter = field(default_factory=Counter)
+    resets: Counter = field(default_factory=Counter)
 
 
 def score_records(records: Iterable[Record], detector: Detector, decoder: TickDecoder, rules: ResetRules,
