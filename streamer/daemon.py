@@ -131,9 +131,10 @@ class Daemon:
             log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id})
             systemd.ready(f"consuming {','.join(cfg.kafka.topics)} as {cfg.kafka.group_id}")
             self._loop()
-        except DeliveryError:
-            # The detector already advanced past offsets that will not be committed: a checkpoint now would
-            # pair that state with the older offset and apply those messages twice after a restart.
+        except Exception:
+            # A failure mid-batch (undelivered records, a bug) leaves the detector past offsets that will not
+            # be committed: a checkpoint now would pair that state with the older offset and apply those
+            # messages twice after a restart. Stop without one; the last good checkpoint stands.
             self._store = None
             raise
         finally:
