@@ -112,11 +112,16 @@ class TickDecoder:
     def __init__(self, fields: TickSettings, clock=time.time):
         self.f = fields
         self._clock = clock
+        # Field names and limits as plain attributes: this runs once per message on the daemon's hot path.
+        self._stream, self._ts, self._value = fields.stream_field, fields.ts_field, fields.value_field
+        self._values, self._segment, self._reset = fields.values_field, fields.segment_field, fields.reset_field
+        self._max_bytes, self._min_ts, self._future = (fields.max_message_bytes, fields.min_timestamp,
+                                                       fields.max_future_seconds)
 
     def decode(self, payload: bytes | None, key: bytes | None = None) -> list[Tick]:
         if payload is None:
             raise InvalidTick("not_an_object", "tombstone")
-        if len(payload) > self.f.max_message_bytes:
+        if len(payload) > self._max_bytes:
             raise InvalidTick("too_large", f"{len(payload)} bytes")
         try:
             obj = orjson.loads(payload)
@@ -125,38 +130,37 @@ class TickDecoder:
         return self.decode_obj(obj, key)
 
     def decode_obj(self, obj: Any, key: bytes | None = None) -> list[Tick]:
-        f = self.f
         if not isinstance(obj, dict):
             raise InvalidTick("not_an_object", type(obj).__name__)
-        stream = obj.get(f.stream_field)
+        stream = obj.get(self._stream)
         if stream is None:
             if not key:
-                raise InvalidTick("missing_field", f.stream_field)
+                raise InvalidTick("missing_field", self._stream)
             stream = key.decode("utf-8", "replace")
         elif not isinstance(stream, str) or not stream:
-            raise InvalidTick("bad_type", f"{f.stream_field} is not a non-empty string")
-        else:
-            stream = _name(stream, f.stream_field)
-        if f.ts_field not in obj:
-            raise InvalidTick("missing_field", f.ts_field)
-        ts = parse_ts(obj[f.ts_field])
-        if not f.min_timestamp <= ts <= self._clock() + f.max_future_seconds:
+            raise InvalidTick("bad_type", f"{self._stream} is not a non-empty string")
+        elif not stream.isascii():  # only non-ASCII names can hold an unencodable lone surrogate
+            stream = _name(stream, self._stream)
+        if self._ts not in obj:
+            raise InvalidTick("missing_field", self._ts)
+        ts = parse_ts(obj[self._ts])
+        if not self._min_ts <= ts <= self._clock() + self._future:
             raise InvalidTick("bad_timestamp", f"ts {ts} out of range")
-        segment = obj.get(f.segment_field)
+        segment = obj.get(self._segment)
         if isinstance(segment, (dict, list)):
-            raise InvalidTick("bad_type", f"{f.segment_field} is not a scalar")
-        reset = obj.get(f.reset_field, False)
-        if not isinstance(reset, bool):
-            raise InvalidTick("bad_type", f"{f.reset_field} is not a bool")
+            raise InvalidTick("bad_type", f"{self._segment} is not a scalar")
+        reset = obj.get(self._reset, False)
+        if reset is not False and reset is not True:
+            raise InvalidTick("bad_type", f"{self._reset} is not a bool")
 
-        if f.value_field in obj:
-            return [Tick(stream, ts, _number(obj[f.value_field], f.value_field), segment, reset)]
-        values = obj.get(f.values_field)
+        if self._value in obj:
+            return [Tick(stream, ts, _number(obj[self._value], self._value), segment, reset)]
+        values = obj.get(self._values)
         if values is None:
-            raise InvalidTick("missing_field", f"{f.value_field} or {f.values_field}")
+            raise InvalidTick("missing_field", f"{self._value} or {self._values}")
         if not isinstance(values, dict) or not values:
-            raise InvalidTick("bad_type", f"{f.values_field} is not a non-empty object")
-        return [Tick(_name(f"{stream}/{name}", f.values_field), ts, _number(v, f"{f.values_field}.{name}"),
+            raise InvalidTick("bad_type", f"{self._values} is not a non-empty object")
+        return [Tick(_name(f"{stream}/{name}", self._values), ts, _number(v, f"{self._values}.{name}"),
                      segment, reset) for name, v in values.items()]
 
     def encode(self, stream: str, ts: float, value: float | dict[str, float], segment: Scalar = None,
