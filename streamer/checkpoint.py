@@ -119,7 +119,7 @@ class KafkaStore:
     """Checkpoints in a compacted topic (created if missing). Chunks hold at most ``chunk_streams`` streams."""
 
     def __init__(self, kafka_settings, topic: str, group: str, model: str, chunk_streams: int = 1000):
-        from streamer.kafka_io import make_producer
+        from streamer.kafka_io import create_topic, make_producer, security_options
 
         self.kafka = kafka_settings
         self.topic = topic
@@ -127,24 +127,10 @@ class KafkaStore:
         self.model = model
         self.chunk_streams = chunk_streams
         self._saved: dict[str, dict] = {}  # key -> the manifest of our latest save (its chunks to tombstone)
-        self._ensure_topic()
+        create_topic(kafka_settings.bootstrap_servers, topic, 1, {"cleanup.policy": "compact"},
+                     **security_options(kafka_settings))
         self._producer = make_producer(kafka_settings.model_copy(update={
             "producer": {**kafka_settings.producer, "max_request_size": 16 * 1024 * 1024, "linger_ms": 0}}))
-
-    def _ensure_topic(self) -> None:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        from streamer.kafka_io import _security
-
-        admin = KafkaAdminClient(bootstrap_servers=self.kafka.bootstrap_servers, **_security(self.kafka))
-        try:
-            admin.create_topics([NewTopic(self.topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            admin.close()
 
     def _key(self, topic: str, partition: int) -> str:
         return f"{self.group}/{topic}/{partition}"
@@ -177,11 +163,11 @@ class KafkaStore:
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         from kafka import KafkaConsumer, TopicPartition
 
-        from streamer.kafka_io import _security
+        from streamer.kafka_io import security_options
 
         key = self._key(topic, partition)
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,
-                                 **_security(self.kafka))
+                                 **security_options(self.kafka))
         tp = TopicPartition(self.topic, 0)
         try:
             consumer.assign([tp])

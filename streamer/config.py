@@ -21,6 +21,11 @@ class ConfigError(Exception):
     """A configuration value is invalid; the message names the field."""
 
 
+def _empty_to_none(value: Any) -> Any:
+    """An empty string in TOML or the environment means "not set" for optional paths."""
+    return None if value in ("", None) else value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -151,10 +156,7 @@ class MetricsSettings(Section):
 class ModelSettings(Section):
     path: Path | None = Field(None, description="model file; empty means the model bundled with the package")
 
-    @field_validator("path", mode="before")
-    @classmethod
-    def _empty_is_bundled(cls, value: Any) -> Any:
-        return None if value in ("", None) else value
+    _empty_is_bundled = field_validator("path", mode="before")(lambda value: _empty_to_none(value))
 
 
 class CheckpointSettings(Section):
@@ -166,10 +168,7 @@ class CheckpointSettings(Section):
     interval_messages: int = Field(100_000, ge=1, description="checkpoint after this many messages...")
     interval_seconds: float = Field(30.0, gt=0, description="...or this many seconds, whichever comes first")
 
-    @field_validator("path", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if value in ("", None) else value
+    _empty_is_none = field_validator("path", mode="before")(lambda value: _empty_to_none(value))
 
     @model_validator(mode="after")
     def _resolve_store(self) -> CheckpointSettings:

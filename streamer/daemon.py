@@ -364,8 +364,8 @@ class Daemon:
             if result.evicted:
                 m.evicted.inc(result.evicted)
             scored = result.outcome == SCORED
-            if scored.any():
-                last_ts = max(last_ts or 0.0, max(t.ts for t, ok in zip(ticks, scored) if ok))
+            if scored.any():  # the last scored message of the poll
+                last_ts = ticks[int(np.flatnonzero(scored)[-1])].ts
             if self.settings.kafka.scores_topic:
                 self._publish_scores(topic, ticks, sources, result)
             self.scored += int(scored.sum())
@@ -466,7 +466,5 @@ def _quiet_gc() -> None:
 
 
 def _counts(codes):
-    import numpy as np
-
     values, counts = np.unique(codes, return_counts=True)
     return values.tolist(), counts.tolist()

@@ -20,7 +20,7 @@ class KafkaSetupError(RuntimeError):
     """The broker cannot be reached or refused us; the message says which and where."""
 
 
-def _security(k: KafkaSettings) -> dict[str, Any]:
+def security_options(k: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {"security_protocol": k.security_protocol}
     if k.sasl_mechanism:
         options["sasl_mechanism"] = k.sasl_mechanism
@@ -49,7 +49,7 @@ def consumer_options(k: KafkaSettings) -> dict[str, Any]:
         # The broker holds a fetch until data arrives or this passes: 100 ms (not 500) keeps the p99 tick-to-
         # metric latency low at modest rates (measured against Tansu: p99 301-709 ms -> 67-89 ms).
         "fetch_max_wait_ms": 100,
-        **_security(k),
+        **security_options(k),
         **k.consumer,
     }
 
@@ -62,7 +62,7 @@ def producer_options(k: KafkaSettings) -> dict[str, Any]:
         "linger_ms": 5,
         # Dead letters carry whatever the broker accepted, which can exceed the 1 MiB default.
         "max_request_size": 16 * 1024 * 1024,
-        **_security(k),
+        **security_options(k),
         **k.producer,
     }
 
@@ -85,6 +85,23 @@ def make_consumer(k: KafkaSettings) -> KafkaConsumer:
 
 def make_producer(k: KafkaSettings) -> KafkaProducer:
     return _connect(KafkaProducer, producer_options(k), "producer")
+
+
+def create_topic(bootstrap_servers: str | list[str], topic: str, partitions: int = 1,
+                 config: dict[str, str] | None = None, **client_options: Any) -> None:
+    """Create a topic unless it exists (``client_options``: e.g. `security_options`)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                      topic_configs=config or {})])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
 
 
 def start_timestamp_ms(start_from: str) -> int | None:

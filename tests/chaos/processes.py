@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streamer.broker import free_port
+from streamer.broker import free_port, stop_process
 from tests.conftest import FAST_GROUP
 
 
@@ -175,13 +175,8 @@ class MotoS3:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace=10)
         self.proc = None
 
     def __enter__(self) -> MotoS3:
