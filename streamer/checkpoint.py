@@ -31,9 +31,9 @@ from typing import Protocol
 
 import numpy as np
 
-from streamer.detector import N_STATS, StreamStates
+from streamer.detector import N_PROFILE, N_SCALARS, StreamStates
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: float32 profile apart from the float64 scalars
 
 
 class CheckpointError(ValueError):
@@ -61,7 +61,7 @@ def encode(cp: Checkpoint) -> bytes:
               "model": cp.model, "names": s.names, "segment": s.segment, "day": s.day, "written": time.time()}
     buffer = io.BytesIO()
     np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-             h=s.h, c=s.c, stats=s.stats, last_ts=s.last_ts)
+             h=s.h, c=s.c, scalars=s.scalars, profile=s.profile, last_ts=s.last_ts)
     return buffer.getvalue()
 
 
@@ -69,18 +69,20 @@ def decode(data: bytes, model: str) -> Checkpoint:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             header = json.loads(arrays["header"].tobytes())
-            h, c, stats, last_ts = arrays["h"], arrays["c"], arrays["stats"], arrays["last_ts"]
+            h, c, last_ts = arrays["h"], arrays["c"], arrays["last_ts"]
+            scalars, profile = arrays["scalars"], arrays["profile"]
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from None
     if header.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {header.get('format')}, this build reads {FORMAT_VERSION}")
-    if stats.shape[1] != N_STATS:
-        raise CheckpointError(f"checkpoint has {stats.shape[1]} statistics per stream, this detector keeps "
-                              f"{N_STATS}: written by another version; refusing to apply it")
+    if scalars.shape[1:] != (N_SCALARS,) or profile.shape[1:] != (N_PROFILE,):
+        raise CheckpointError(f"checkpoint has {scalars.shape[1:]} + {profile.shape[1:]} statistics per stream, "
+                              f"this detector keeps {N_SCALARS} + {N_PROFILE}: written by another version; "
+                              f"refusing to apply it")
     if header["model"] != model:
         raise CheckpointError(f"checkpoint of {header['topic']}/{header['partition']} was written for model "
                               f"{header['model']}, the loaded model is {model}: refusing to apply it")
-    states = StreamStates(header["names"], h, c, stats, last_ts, header["segment"], header["day"])
+    states = StreamStates(header["names"], h, c, scalars, profile, last_ts, header["segment"], header["day"])
     return Checkpoint(header["topic"], header["partition"], header["offset"], header["model"], states)
 
 
@@ -145,8 +147,7 @@ class KafkaStore:
         for i in range(chunks):
             part = slice(i * self.chunk_streams, (i + 1) * self.chunk_streams)
             piece = Checkpoint(checkpoint.topic, checkpoint.partition, checkpoint.offset, checkpoint.model,
-                               StreamStates(s.names[part], s.h[part], s.c[part], s.stats[part], s.last_ts[part],
-                                            s.segment[part], s.day[part]))
+                               s.part(part))
             self._send(f"{key}/{ident}/{i}", encode(piece))
         self._send(key, json.dumps({"id": ident, "chunks": chunks, "offset": checkpoint.offset}).encode())
         previous = self._saved.get(key)
@@ -192,11 +193,7 @@ class KafkaStore:
             if value is None:
                 raise CheckpointError(f"checkpoint {key} is missing chunk {i} of {manifest['chunks']}")
             pieces.append(decode(value, self.model))
-        states = StreamStates(
-            [n for p in pieces for n in p.states.names],
-            np.concatenate([p.states.h for p in pieces]), np.concatenate([p.states.c for p in pieces]),
-            np.concatenate([p.states.stats for p in pieces]), np.concatenate([p.states.last_ts for p in pieces]),
-            [x for p in pieces for x in p.states.segment], [x for p in pieces for x in p.states.day])
+        states = StreamStates.join([p.states for p in pieces])
         return Checkpoint(topic, partition, manifest["offset"], self.model, states)
 
     def close(self) -> None:

@@ -34,30 +34,36 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from datetime import datetime
 
 import numpy as np
 import torch
 
 from streamer.config import DetectorSettings, ResetRules
-from streamer.model import Forecaster, Normaliser
+from streamer.model import FastCell, Forecaster, Normaliser
 from streamer.ticks import Tick
 
 SCORED, OUT_OF_ORDER = 0, 1
-RESET_REASONS = ("explicit", "segment", "session", "gap")
+RESET_REASONS = ("explicit", "segment", "session", "gap")  # reset code k + 1 is RESET_REASONS[k]; 0: none
+NO_DAY = np.iinfo(np.int64).min  # the session day of a stream without sessions
 
-# Columns of the per-stream float64 statistics table (SCORE stays column 8).
+# Per-stream scalars, float64 [slots, N_SCALARS]: values in the stream's own units and epoch timestamps need
+# the precision (float32 resolves 1.7e9 s to 128 s).
 N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
 SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
+PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
+N_SCALARS = 13
+
+# Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
+# normalised values, where float32's 7 digits are plenty; they are most of a stream's state.
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-TAILS = 11  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
+TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
 BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the normalised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-PEAK = BIN_COUNT + SEASON_BINS  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
-PEAK_TS = PEAK + 1
-N_STATS = PEAK_TS + 1  # 121 columns, 968 bytes a stream
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 536 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -110,8 +116,9 @@ class BatchResult:
 
 
 class ResetPolicy:
-    """Decides, tick by tick, whether a stream's state resets: shared by the detector and the trainer, so a
-    model is trained on exactly the sequences the daemon will run it on."""
+    """Decides whether a stream's state resets before a tick, from the tick and the stream's previous tick:
+    shared by the detector and the trainer, so a model is trained on exactly the sequences the daemon will
+    run it on. Vectorised: one call judges a wave of streams, or a whole recorded stream."""
 
     def __init__(self, rules: ResetRules):
         self.max_gap = rules.max_gap_seconds
@@ -119,24 +126,28 @@ class ResetPolicy:
         hours, minutes = map(int, rules.session_start.split(":"))
         self.start_minutes = hours * 60 + minutes
 
-    def day(self, ts: float) -> int | None:
-        """The session day of a tick (None without sessions): days start at session_start, local time."""
+    def days(self, ts: np.ndarray) -> np.ndarray:
+        """The session day of each tick (`NO_DAY` without sessions): days start at session_start, local time."""
         if self.zone is None:
-            return None
-        local = datetime.fromtimestamp(ts, self.zone)
-        return (local.toordinal() * 1440 + local.hour * 60 + local.minute - self.start_minutes) // 1440
+            return np.full(len(ts), NO_DAY, dtype=np.int64)
+        days = np.empty(len(ts), dtype=np.int64)
+        for i, t in enumerate(ts.tolist()):
+            local = datetime.fromtimestamp(t, self.zone)
+            days[i] = (local.toordinal() * 1440 + local.hour * 60 + local.minute - self.start_minutes) // 1440
+        return days
 
-    def reason(self, tick: Tick, last_ts: float, segment, day: int | None, today: int | None) -> str | None:
-        """Why the stream resets before ``tick`` (given its previous tick's bookkeeping), or None."""
-        if tick.reset:
-            return "explicit"
-        if tick.segment != segment:
-            return "segment"
-        if today != day:
-            return "session"
-        if self.max_gap and tick.ts - last_ts > self.max_gap:
-            return "gap"
-        return None
+    def reasons(self, explicit: np.ndarray, segment: np.ndarray, prev_segment: np.ndarray, day: np.ndarray,
+                prev_day: np.ndarray, ts: np.ndarray, prev_ts: np.ndarray) -> np.ndarray:
+        """Per tick, 0 (no reset) or k + 1 for the first of `RESET_REASONS` that applies: an explicit
+        ``reset``, a change of segment (object arrays, compared with Python's ``!=``), a new session day,
+        a gap longer than ``max_gap_seconds``."""
+        code = np.zeros(len(ts), dtype=np.int8)
+        if self.max_gap:
+            code[ts - prev_ts > self.max_gap] = 4
+        code[day != prev_day] = 3
+        code[segment != prev_segment] = 2
+        code[explicit] = 1
+        return code
 
 
 @dataclass
@@ -146,10 +157,45 @@ class StreamStates:
     names: list[str]
     h: np.ndarray  # float32 [n, hidden]
     c: np.ndarray
-    stats: np.ndarray  # float64 [n, N_STATS]
+    scalars: np.ndarray  # float64 [n, N_SCALARS]
+    profile: np.ndarray  # float32 [n, N_PROFILE]
     last_ts: np.ndarray  # float64 [n]
     segment: list  # scalars
     day: list  # session day numbers or None
+    ARRAYS: ClassVar[tuple[str, ...]] = ("h", "c", "scalars", "profile", "last_ts")
+
+    def part(self, rows: slice) -> StreamStates:
+        return StreamStates(self.names[rows], self.h[rows], self.c[rows], self.scalars[rows], self.profile[rows],
+                            self.last_ts[rows], self.segment[rows], self.day[rows])
+
+    @staticmethod
+    def join(parts: Sequence[StreamStates]) -> StreamStates:
+        return StreamStates(
+            [n for p in parts for n in p.names],
+            *(np.concatenate([getattr(p, name) for p in parts]) for name in StreamStates.ARRAYS),
+            [x for p in parts for x in p.segment], [x for p in parts for x in p.day])
+
+
+def object_array(items: list) -> np.ndarray:
+    """A 1-d object array of ``items`` (np.array would build a 2-d array from tuples)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _waves(slot: np.ndarray) -> list[np.ndarray]:
+    """Positions of every stream's first tick in the batch, then of every stream's second tick, and so on."""
+    size = len(slot)
+    if size == 0:
+        return []
+    order = np.argsort(slot, kind="stable")
+    ordered = slot[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    if len(starts) == size:  # every stream once: one wave (the common case with many streams)
+        return [np.arange(size)]
+    rank = np.arange(size) - np.repeat(starts, np.diff(np.append(starts, size)))  # k for a stream's k-th tick
+    by_rank = np.argsort(rank, kind="stable")
+    return np.split(order[by_rank], np.flatnonzero(np.diff(rank[by_rank])) + 1)
 
 
 class Detector:
@@ -158,17 +204,19 @@ class Detector:
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         torch.set_num_threads(settings.torch_threads)  # process-wide, deliberately: see DetectorSettings
         self.model = model.eval()
+        self.cell = FastCell(model.cell)
         self.settings = settings
         self.normaliser = Normaliser(model.spec.normaliser)
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = []
         self._free: list[int] = []
-        self._last_ts: list[float] = []
-        self._segment: list = []
-        self._day: list[int | None] = []
-        self._last_seen: np.ndarray = np.zeros(0, dtype=np.int64)
-        self._owner: np.ndarray = np.zeros(0, dtype=np.int64)  # e.g. the Kafka partition a stream came from
-        self.stats = np.zeros((0, N_STATS))
+        self._last_ts = np.zeros(0)  # the last accepted tick's time (-inf: a free slot)
+        self._segment = object_array([])
+        self._day = np.zeros(0, dtype=np.int64)
+        self._last_seen = np.zeros(0, dtype=np.int64)  # batch number
+        self._owner = np.zeros(0, dtype=np.int64)  # e.g. the Kafka partition a stream came from
+        self.scalars = np.zeros((0, N_SCALARS))
+        self.profile = np.zeros((0, N_PROFILE), dtype=np.float32)
         self.h = torch.zeros(0, model.hidden_size)
         self.c = torch.zeros(0, model.hidden_size)
         self._batches = 0
@@ -180,18 +228,19 @@ class Detector:
 
     def _grow(self) -> None:
         old = len(self.names)
-        new = max(64, old + old // 4)  # grow by a quarter: at most 25% idle slots (state per stream matters)
-        self.names.extend([None] * (new - old))
-        self._last_ts.extend([-math.inf] * (new - old))
-        self._segment.extend([None] * (new - old))
-        self._day.extend([None] * (new - old))
-        self._last_seen = np.concatenate([self._last_seen, np.zeros(new - old, dtype=np.int64)])
-        self._owner = np.concatenate([self._owner, np.full(new - old, -1, dtype=np.int64)])
-        self.stats = np.concatenate([self.stats, np.zeros((new - old, N_STATS))])
+        more = max(64, old + old // 4) - old  # grow by a quarter: at most 20% idle slots (state per stream matters)
+        self.names.extend([None] * more)
+        self._last_ts = np.concatenate([self._last_ts, np.full(more, -math.inf)])
+        self._segment = np.concatenate([self._segment, object_array([None] * more)])
+        self._day = np.concatenate([self._day, np.full(more, NO_DAY, dtype=np.int64)])
+        self._last_seen = np.concatenate([self._last_seen, np.zeros(more, dtype=np.int64)])
+        self._owner = np.concatenate([self._owner, np.full(more, -1, dtype=np.int64)])
+        self.scalars = np.concatenate([self.scalars, np.zeros((more, N_SCALARS))])
+        self.profile = np.concatenate([self.profile, np.zeros((more, N_PROFILE), dtype=np.float32)])
         hidden = self.model.hidden_size
-        self.h = torch.cat([self.h, torch.zeros(new - old, hidden)])
-        self.c = torch.cat([self.c, torch.zeros(new - old, hidden)])
-        self._free.extend(range(new - 1, old - 1, -1))
+        self.h = torch.cat([self.h, torch.zeros(more, hidden)])
+        self.c = torch.cat([self.c, torch.zeros(more, hidden)])
+        self._free.extend(range(old + more - 1, old - 1, -1))
 
     def _evict(self) -> int:
         """Drop the least recently seen streams (about 1% of the table) to make room; never this batch's."""
@@ -211,9 +260,10 @@ class Detector:
         self.names[slot] = None
         self._last_ts[slot] = -math.inf
         self._segment[slot] = None
-        self._day[slot] = None
+        self._day[slot] = NO_DAY
         self._owner[slot] = -1
-        self.stats[slot] = 0.0
+        self.scalars[slot] = 0.0
+        self.profile[slot] = 0.0
         self.h[slot] = 0.0
         self.c[slot] = 0.0
         self._free.append(slot)
@@ -236,31 +286,32 @@ class Detector:
 
     def export(self, streams: Sequence[str]) -> StreamStates:
         """The complete state of ``streams`` (for checkpoints); `restore` of it recreates them exactly."""
-        slots = [self.slots[s] for s in streams]
-        index = torch.tensor(slots, dtype=torch.long)
+        slots = np.array([self.slots[s] for s in streams], dtype=np.int64)
+        index = torch.from_numpy(slots)
         return StreamStates(
             names=list(streams),
-            h=self.h.index_select(0, index).numpy().copy(),
-            c=self.c.index_select(0, index).numpy().copy(),
-            stats=self.stats[slots].copy(),
-            last_ts=np.array([self._last_ts[s] for s in slots]),
-            segment=[self._segment[s] for s in slots],
-            day=[self._day[s] for s in slots])
+            h=self.h.index_select(0, index).numpy(),
+            c=self.c.index_select(0, index).numpy(),
+            scalars=self.scalars[slots],
+            profile=self.profile[slots],
+            last_ts=self._last_ts[slots],
+            segment=self._segment[slots].tolist(),
+            day=[None if d == NO_DAY else d for d in self._day[slots].tolist()])
 
     def restore(self, states: StreamStates, owner: int = -1) -> None:
         """Install exported state, replacing whatever these streams had."""
-        for i, stream in enumerate(states.names):
-            slot = self.slots.get(stream)
-            if slot is None:
-                slot, _ = self._slot_for(stream)
-            self.h[slot] = torch.from_numpy(states.h[i])
-            self.c[slot] = torch.from_numpy(states.c[i])
-            self.stats[slot] = states.stats[i]
-            self._last_ts[slot] = float(states.last_ts[i])
-            self._segment[slot] = states.segment[i]
-            self._day[slot] = states.day[i]
-            self._last_seen[slot] = self._batches
-            self._owner[slot] = owner
+        slots = np.array([self.slots.get(s) if s in self.slots else self._slot_for(s)[0] for s in states.names],
+                         dtype=np.int64)
+        index = torch.from_numpy(slots)
+        self.h.index_copy_(0, index, torch.from_numpy(states.h))
+        self.c.index_copy_(0, index, torch.from_numpy(states.c))
+        self.scalars[slots] = states.scalars
+        self.profile[slots] = states.profile
+        self._last_ts[slots] = states.last_ts
+        self._segment[slots] = object_array(states.segment)
+        self._day[slots] = [NO_DAY if d is None else d for d in states.day]
+        self._last_seen[slots] = self._batches
+        self._owner[slots] = owner
 
     def _slot_for(self, stream: str) -> tuple[int, int]:
         """Slot of a new stream, and how many streams were evicted to make room."""
@@ -270,6 +321,20 @@ class Detector:
         slot = self._free.pop()
         self.slots[stream] = slot
         self.names[slot] = stream
+        self._last_seen[slot] = self._batches
+        return slot, evicted
+
+    def _slots_of(self, streams: list[str]) -> tuple[np.ndarray, int]:
+        """The slot of each tick's stream (new streams get one), and how many streams were evicted."""
+        slot = np.array([self.slots.get(s, -1) for s in streams], dtype=np.int64)
+        self._last_seen[slot[slot >= 0]] = self._batches  # this batch's streams are not evicted for new ones
+        evicted = 0
+        for i in np.flatnonzero(slot < 0).tolist():
+            known = self.slots.get(streams[i])  # a new stream's second tick in this batch
+            if known is None:
+                known, dropped = self._slot_for(streams[i])
+                evicted += dropped
+            slot[i] = known
         return slot, evicted
 
     def top_scores(self, n: int) -> list[tuple[str, float, float]]:
@@ -277,10 +342,10 @@ class Detector:
         if n <= 0 or not self.slots:
             return []
         slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
-        peaks = self.stats[slots, PEAK]
+        peaks = self.scalars[slots, PEAK]
         if slots.size > n:
             slots = slots[np.argpartition(-peaks, n - 1)[:n]]
-        rows = self.stats[slots]
+        rows = self.scalars[slots]
         return [(self.names[s], latest, peak)
                 for s, latest, peak in zip(slots.tolist(), rows[:, SCORE].tolist(), rows[:, PEAK].tolist())]
 
@@ -288,7 +353,7 @@ class Detector:
         """The highest held peak over all streams."""
         if not self.slots:
             return 0.0
-        return float(self.stats[list(self.slots.values()), PEAK].max())
+        return float(self.scalars[list(self.slots.values()), PEAK].max())
 
     # --- the batched step --------------------------------------------------------------------------
 
@@ -296,73 +361,54 @@ class Detector:
                 owners: np.ndarray | None = None) -> BatchResult:
         """Advance every stream by its ticks in this batch and score each tick.
 
+        Wave by wave (module docstring): a tick not later than its stream's last accepted one is skipped as
+        out of order; the others are checked for a reset against their stream's previous tick and stepped.
         ``owners`` (one int per tick) tags each stream with where its ticks come from, so a driver can
         export or drop the streams of one Kafka partition (`owned_by`).
         """
-        rules = rules or ResetRules()
+        policy = ResetPolicy(rules or ResetRules())
         self._batches += 1
         count = len(ticks)
-        outcome = np.full(count, SCORED, dtype=np.int8)
-        slot_of = np.full(count, -1, dtype=np.int64)
-        wave_of = np.full(count, -1, dtype=np.int64)
-        reset_of = np.zeros(count, dtype=bool)
-        resets: Counter = Counter()
-        evicted = 0
-        seen: dict[int, int] = {}
-        policy = ResetPolicy(rules)
-        last_ts, segment, day, last_seen = self._last_ts, self._segment, self._day, self._last_seen
-        batch = self._batches
-
-        # Sequential bookkeeping: ordering, resets and wave assignment need each stream's previous tick.
-        for i, tick in enumerate(ticks):
-            slot = self.slots.get(tick.stream)
-            today = policy.day(tick.ts)
-            if slot is None:
-                slot, dropped = self._slot_for(tick.stream)
-                evicted += dropped
-                last_seen = self._last_seen  # the table may have grown
-                reason = None
-            elif tick.ts <= last_ts[slot]:
-                outcome[i] = OUT_OF_ORDER
-                continue
-            else:
-                reason = policy.reason(tick, last_ts[slot], segment[slot], day[slot], today)
-            if reason is not None:
-                resets[reason] += 1
-                reset_of[i] = True
-            wave = seen.get(slot, 0)
-            seen[slot] = wave + 1
-            slot_of[i], wave_of[i] = slot, wave
-            last_ts[slot], segment[slot], day[slot] = tick.ts, tick.segment, today
-            last_seen[slot] = batch
-
-        valid = np.flatnonzero(wave_of >= 0)
-        if owners is not None:
-            self._owner[slot_of[valid]] = owners[valid]
-        score = np.full(count, np.nan)
-        error = np.full(count, np.nan)
-        forecast = np.full(count, np.nan)
-        if valid.size:
-            values = np.fromiter((ticks[i].value for i in valid.tolist()), dtype=np.float64, count=valid.size)
-            stamps = np.fromiter((ticks[i].ts for i in valid.tolist()), dtype=np.float64, count=valid.size)
-            order = np.argsort(wave_of[valid], kind="stable")
-            waves = wave_of[valid][order]
-            bounds = np.flatnonzero(np.diff(waves)) + 1
-            for part in np.split(order, bounds):
-                idx = valid[part]
-                s, e, f = self._step(slot_of[idx], values[part], stamps[part], reset_of[idx])
-                score[idx], error[idx], forecast[idx] = s, e, f
-        return BatchResult(score, error, forecast, outcome, reset_of, resets, evicted)
+        ts = np.fromiter([t.ts for t in ticks], dtype=np.float64, count=count)
+        value = np.fromiter([t.value for t in ticks], dtype=np.float64, count=count)
+        explicit = np.fromiter([t.reset for t in ticks], dtype=bool, count=count)
+        segment = object_array([t.segment for t in ticks])
+        day = policy.days(ts)
+        slot, evicted = self._slots_of([t.stream for t in ticks])
+        outcome = np.full(count, OUT_OF_ORDER, dtype=np.int8)
+        code = np.zeros(count, dtype=np.int8)
+        score, error, forecast = np.full(count, np.nan), np.full(count, np.nan), np.full(count, np.nan)
+        for idx in _waves(slot):
+            rows = slot[idx]
+            prev_ts = self._last_ts[rows]
+            later = ts[idx] > prev_ts
+            if not later.all():
+                idx, rows, prev_ts = idx[later], rows[later], prev_ts[later]
+                if not idx.size:
+                    continue
+            reasons = policy.reasons(explicit[idx], segment[idx], self._segment[rows], day[idx], self._day[rows],
+                                     ts[idx], prev_ts)
+            reasons[prev_ts == -math.inf] = 0  # a stream's first tick has nothing to reset
+            outcome[idx], code[idx] = SCORED, reasons
+            score[idx], error[idx], forecast[idx] = self._step(rows, value[idx], ts[idx], reasons > 0)
+            self._last_ts[rows], self._segment[rows], self._day[rows] = ts[idx], segment[idx], day[idx]
+            if owners is not None:
+                self._owner[rows] = owners[idx]
+        counts = np.bincount(code, minlength=len(RESET_REASONS) + 1)[1:].tolist()
+        resets = Counter({reason: n for reason, n in zip(RESET_REASONS, counts) if n})
+        return BatchResult(score, error, forecast, outcome, code > 0, resets, evicted)
 
     @torch.inference_mode()
     def _step(self, rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray):
         """One step for distinct streams ``rows``: score each value against its forecast, then advance."""
-        st = self.stats[rows]
+        st = self.scalars[rows]
+        pr = self.profile[rows].astype(np.float64)
         rows_t = torch.from_numpy(rows)
         h = self.h.index_select(0, rows_t)
         c = self.c.index_select(0, rows_t)
         if reset.any():
             st[reset] = 0.0
+            pr[reset] = 0.0
             keep = torch.from_numpy(~reset).unsqueeze(1)
             h, c = h * keep, c * keep
 
@@ -373,30 +419,32 @@ class Detector:
         count, mean, var = self.normaliser.update(n, st[:, MEAN], st[:, VAR], value)
         scale = self.normaliser.scale(mean, var)
         normalised = (value - mean) / scale
-        score = self._score(st, n, value, normalised, ts, np.where(has_forecast, error, 0.0))
+        score = self._score(st, pr, n, value, normalised, ts, np.where(has_forecast, error, 0.0))
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         renew = (ts - st[:, PEAK_TS] > self.settings.peak_hold_seconds) | (score >= st[:, PEAK])
         st[:, PEAK] = np.where(renew, score, st[:, PEAK])
         st[:, PEAK_TS] = np.where(renew, ts, st[:, PEAK_TS])
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
-        mu, log_std, h, c = self.model.step(torch.from_numpy(normalised).float(), h, c)
+        mu, log_std, h, c = self.model.step(torch.from_numpy(normalised).float(), h, c, self.cell)
         self.h.index_copy_(0, rows_t, h)
         self.c.index_copy_(0, rows_t, c)
         st[:, N], st[:, MEAN], st[:, VAR] = count, mean, var
         st[:, PRED] = mean + scale * mu.double().numpy()
         st[:, PRED_STD] = scale * np.exp(log_std.double().numpy())
-        self.stats[rows] = st
+        self.scalars[rows] = st
+        self.profile[rows] = pr
         return score, error, forecast
 
-    def _score(self, st: np.ndarray, n: np.ndarray, value: np.ndarray, normalised: np.ndarray, ts: np.ndarray,
-               error: np.ndarray) -> np.ndarray:
-        """Score one tick per row of ``st`` (the rows' statistics, updated in place) from its three kinds of
-        evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0 without a forecast."""
+    def _score(self, st: np.ndarray, pr: np.ndarray, n: np.ndarray, value: np.ndarray, normalised: np.ndarray,
+               ts: np.ndarray, error: np.ndarray) -> np.ndarray:
+        """Score one tick per row of ``st`` and ``pr`` (the rows' scalars and profile, updated in place) from
+        its three kinds of evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0
+        without a forecast."""
         cfg = self.settings
         size = len(n)
-        flat = st.reshape(-1)  # st is a fresh C-ordered copy: flat indices address (row, column)
-        row_base = np.arange(size) * N_STATS
+        flat = pr.reshape(-1)  # pr is a fresh C-ordered copy: flat indices address (row, column)
+        row_base = np.arange(size) * N_PROFILE
         settle = min(SETTLE, cfg.warmup)
         learned = np.maximum(n - settle, 0.0)  # surprises learned before this one
         learn = n >= settle
@@ -419,12 +467,12 @@ class Detector:
                          * (log_season - st[:, SEASON_SHORT]), log_season)
         stats[2] = np.expm1(short)
         stats = stats.T.reshape(-1)  # row-major (row, statistic), as the rates are laid out
-        rates = st[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(3 * size, TAIL_LEVELS)  # a copy
+        rates = pr[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(3 * size, TAIL_LEVELS)  # a copy
         decades = tail_decades(rates, stats, cfg.tail_index).reshape(size, 3)
         weight = np.where(learn, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
         season_weight = np.where(seasoned, weight, 0.0)
         learn_tail(rates, stats, np.stack((weight, season_weight, season_weight), axis=1).reshape(-1))
-        st[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(size, 3 * TAIL_LEVELS)
+        pr[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(size, 3 * TAIL_LEVELS)
         st[:, SEASON_SHORT] = np.where(learn & seasoned, short, st[:, SEASON_SHORT])
         season_part = np.where(seasoned, np.maximum(decades[:, 1], decades[:, 2]), 0.0)
 

@@ -31,7 +31,7 @@ import heapq
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,9 +40,9 @@ import torch
 from tqdm import tqdm
 
 from streamer.config import ResetRules, TickSettings
-from streamer.detector import ResetPolicy
+from streamer.detector import RESET_REASONS, ResetPolicy, object_array
 from streamer.model import Forecaster, ModelSpec, Normaliser, NormaliserSpec
-from streamer.ticks import InvalidTick, RecordError, TickDecoder, read_records
+from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
 
 TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -61,18 +61,18 @@ class Corpus:
     resets: Counter = field(default_factory=Counter)  # reset reasons, as the detector counts them
     ticks: int = 0
 
-    def add(self, stream: str, values: list[float]) -> None:
+    def add(self, stream: str, values: np.ndarray) -> None:
         if len(values) >= 2:  # a lone tick has nothing to forecast
             self.streams.append(stream)
             self.sequences.append(np.asarray(values, dtype=np.float64))
 
 
 def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> Corpus:
-    """Read recorded files into per-stream sequences cut at the detector's resets."""
+    """Read recorded files into per-stream sequences cut at the detector's resets (the same `ResetPolicy`,
+    and the same out-of-order rule: a tick not later than every earlier tick of its stream is skipped)."""
     decoder = TickDecoder(fields)
     corpus = Corpus()
-    open_: dict[str, list] = {}  # stream -> [last_ts, segment, day, values]
-    policy = ResetPolicy(rules)
+    by_stream: dict[str, list[Tick]] = defaultdict(list)
     for path in paths:
         for record in read_records(Path(path), fields):
             try:
@@ -81,25 +81,25 @@ def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> C
                 corpus.skipped[exc.reason] += 1
                 continue
             for tick in ticks:
-                state = open_.get(tick.stream)
-                today = policy.day(tick.ts)
-                if state is None:
-                    open_[tick.stream] = [tick.ts, tick.segment, today, [tick.value]]
-                    corpus.ticks += 1
-                    continue
-                if tick.ts <= state[0]:
-                    corpus.skipped["out_of_order"] += 1
-                    continue
-                reason = policy.reason(tick, state[0], state[1], state[2], today)
-                if reason is not None:
-                    corpus.resets[reason] += 1
-                    corpus.add(tick.stream, state[3])
-                    state[3] = []
-                state[0], state[1], state[2] = tick.ts, tick.segment, today
-                state[3].append(tick.value)
-                corpus.ticks += 1
-    for stream, state in open_.items():
-        corpus.add(stream, state[3])
+                by_stream[tick.stream].append(tick)
+    policy = ResetPolicy(rules)
+    for stream, ticks in by_stream.items():
+        ts = np.array([t.ts for t in ticks])
+        later = ts > np.maximum.accumulate(np.concatenate(([-np.inf], ts[:-1])))
+        if not later.all():
+            corpus.skipped["out_of_order"] += int(np.count_nonzero(~later))
+            ticks = [t for t, ok in zip(ticks, later.tolist()) if ok]
+            ts = ts[later]
+        segment, day = object_array([t.segment for t in ticks]), policy.days(ts)
+        explicit = np.array([t.reset for t in ticks], dtype=bool)
+        code = policy.reasons(explicit[1:], segment[1:], segment[:-1], day[1:], day[:-1], ts[1:], ts[:-1])
+        for reason, n in zip(RESET_REASONS, np.bincount(code, minlength=len(RESET_REASONS) + 1)[1:].tolist()):
+            if n:
+                corpus.resets[reason] += n
+        values = np.array([t.value for t in ticks])
+        for sequence in np.split(values, np.flatnonzero(code) + 1):
+            corpus.add(stream, sequence)
+        corpus.ticks += len(ticks)
     return corpus
 
 

@@ -29,7 +29,7 @@ from kafka.partitioner.default import murmur2
 from streamer.broker import create_topic
 from streamer.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore
 from streamer.config import load_settings
-from streamer.detector import N_STATS, StreamStates
+from streamer.detector import N_PROFILE, N_SCALARS, StreamStates
 from streamer.offline import score_file
 from streamer.replay import replay
 from tests.chaos.processes import DaemonProcess, stop_all
@@ -60,7 +60,7 @@ def _check_local_store(root: Path, group: str, topic: str, fingerprint: str, str
         assert 0 < checkpoint.offset <= sizes[partition], (partition, checkpoint.offset, sizes[partition])
         names = checkpoint.states.names
         assert names and set(names) <= streams_of[partition]
-        assert checkpoint.states.h.shape[0] == checkpoint.states.stats.shape[0] == len(names)
+        assert checkpoint.states.h.shape[0] == checkpoint.states.scalars.shape[0] == len(names)
     leftovers = sorted(p.name for p in directory.glob(".*.tmp")) if directory.is_dir() else []
     return len(files), leftovers
 
@@ -175,7 +175,8 @@ def _states(n: int, seed: int, hidden: int, prefix: str = "s") -> StreamStates:
         names=[f"{prefix}{i:05d}/ü" for i in range(n)],
         h=rng.standard_normal((n, hidden)).astype(np.float32),
         c=rng.standard_normal((n, hidden)).astype(np.float32),
-        stats=rng.standard_normal((n, N_STATS)),
+        scalars=rng.standard_normal((n, N_SCALARS)),
+        profile=rng.standard_normal((n, N_PROFILE)).astype(np.float32),
         last_ts=rng.uniform(1.7e9, 1.8e9, n),
         segment=[segments[i % len(segments)] for i in range(n)],
         day=[None if i % 3 else 20_000 + i for i in range(n)])
@@ -185,7 +186,7 @@ def _assert_equal(loaded: Checkpoint, saved: Checkpoint) -> None:
     assert (loaded.topic, loaded.partition, loaded.offset) == (saved.topic, saved.partition, saved.offset)
     a, b = loaded.states, saved.states
     assert a.names == b.names and a.segment == b.segment and a.day == b.day
-    for field in ("h", "c", "stats", "last_ts"):
+    for field in StreamStates.ARRAYS:
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
         assert getattr(a, field).dtype == getattr(b, field).dtype
 

@@ -38,7 +38,7 @@ def test_state_worker_counts_arrays_exactly_and_python_side_by_tracemalloc():
     assert state["streams"] == 300
     arrays = state["arrays"]
     assert arrays["h"] == arrays["c"] == state["capacity"] * 64 * 4  # float32 x hidden
-    assert arrays["stats"] > 0
+    assert arrays["scalars"] > 0 and arrays["profile"] > 0
     assert state["live_per_stream"] == sum(arrays.values()) / state["capacity"]
     assert state["alloc_per_stream"] >= state["live_per_stream"]
     assert 50 < state["python_per_stream"] < 2000

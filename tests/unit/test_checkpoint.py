@@ -3,7 +3,7 @@ import pytest
 
 from streamer.checkpoint import Checkpoint, CheckpointError, LocalStore, decode, encode
 from streamer.config import DetectorSettings
-from streamer.detector import Detector
+from streamer.detector import Detector, StreamStates
 from streamer.ticks import Tick
 
 
@@ -19,7 +19,7 @@ def test_roundtrip_keeps_every_field(model):
     back = decode(encode(cp), model.fingerprint())
     assert (back.topic, back.partition, back.offset) == ("ticks", 3, 42)
     assert back.states.names == cp.states.names and back.states.segment == cp.states.segment
-    for field in ("h", "c", "stats", "last_ts"):
+    for field in StreamStates.ARRAYS:
         np.testing.assert_array_equal(getattr(back.states, field), getattr(cp.states, field))
 
 
