@@ -7,6 +7,9 @@ A batch is a list of ticks in arrival order. Each stream must advance one step p
 but different streams are independent, so the batch is cut into *waves*: wave k holds the k-th tick of
 every stream present. A wave is one vectorised step (one LSTM call) over all its streams; a stream that
 appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 streams is about 2 torch calls.
+The bookkeeping is vectorised too (ordering, resets, slots), so no Python code runs once per tick here
+beyond reading the ticks' fields. State lives in two tables: float64 scalars (values in the stream's units,
+timestamps) and a float32 profile (tail rates, the daily profile), 536 bytes a stream besides h and c.
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
@@ -34,8 +37,8 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 from datetime import datetime
+from typing import ClassVar
 
 import numpy as np
 import torch
