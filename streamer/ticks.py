@@ -130,6 +130,15 @@ class TickDecoder:
         return self.decode_obj(obj, key)
 
     def decode_obj(self, obj: Any, key: bytes | None = None) -> list[Tick]:
+        # Fast path for the common tick, {stream: ASCII str, ts: number, value: finite float} and nothing
+        # else: it accepts only what the general path below accepts, with the same result (1.75 -> 0.9 us a
+        # message, docs/perf.md). Anything else, valid or not, takes the general path and its exact reasons.
+        if type(obj) is dict and len(obj) == 3:
+            stream, ts, value = obj.get(self._stream), obj.get(self._ts), obj.get(self._value)
+            if (type(stream) is str and stream and stream.isascii() and type(value) is float and math.isfinite(value)
+                    and (type(ts) is float or type(ts) is int)
+                    and self._min_ts <= ts <= self._clock() + self._future):
+                return [Tick(stream, float(ts), value)]
         if not isinstance(obj, dict):
             raise InvalidTick("not_an_object", type(obj).__name__)
         stream = obj.get(self._stream)

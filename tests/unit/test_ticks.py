@@ -106,3 +106,31 @@ def test_unreadable_rows_name_file_and_line(tmp_path):
     jl.write_text('{"stream": "a", "ts": 1, "value": 1}\n{broken\n')
     with pytest.raises(RecordError, match=r"bad.jsonl:2"):
         list(read_records(jl, TickSettings()))
+
+
+@pytest.mark.parametrize("obj", [
+    {"stream": "a", "ts": 1767225600, "value": 1.5},
+    {"stream": "a", "ts": 1767225600.25, "value": -0.0},
+    {"stream": "a", "ts": 1767225600, "value": 3},  # an int value
+    {"stream": "é", "ts": 1767225600, "value": 1.5},  # non-ASCII name
+    {"stream": "a", "ts": "2026-01-01T00:00:00Z", "value": 1.5},  # ISO time
+    {"stream": "a", "ts": 1767225600, "value": 1.5, "segment": "x"},
+])
+def test_the_fast_path_decodes_like_the_general_path(obj):
+    decoder = TickDecoder(TickSettings())
+    general = decoder.decode_obj({**obj, "other": 1})  # a fourth field: the general path (it ignores the field)
+    assert decoder.decode(orjson.dumps(obj)) == general
+
+
+@pytest.mark.parametrize("obj, reason", [
+    ({"stream": "a", "ts": 1767225600, "value": float("nan")}, "non_finite"),
+    ({"stream": "a", "ts": float("inf"), "value": 1.0}, "non_finite"),
+    ({"stream": "a", "ts": True, "value": 1.0}, "bad_type"),
+    ({"stream": "", "ts": 1767225600, "value": 1.0}, "bad_type"),
+    ({"stream": "a", "ts": 1e20, "value": 1.0}, "bad_timestamp"),
+    ({"stream": "a", "ts": 1767225600, "value": True}, "bad_type"),
+])
+def test_three_field_objects_the_fast_path_refuses_get_the_general_reason(obj, reason):
+    with pytest.raises(InvalidTick) as caught:
+        TickDecoder(TickSettings()).decode_obj(obj)
+    assert caught.value.reason == reason
