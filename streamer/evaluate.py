@@ -1,8 +1,9 @@
 """Score labelled recordings and report the Numenta Anomaly Benchmark score and the best alert threshold.
 
-`streamer evaluate DATA --labels WINDOWS.json [--output DIR]` scores every CSV/JSONL file under DATA with a
-fresh detector (exactly as `streamer score` does), then sweeps the threshold once per profile over the
-whole corpus. The best threshold is the one to put in an alert rule on ``streamer_anomaly_score``.
+`streamer evaluate DATA --labels WINDOWS.json [--output DIR]` scores every CSV/JSONL file under DATA as a
+fresh detector would (exactly as `streamer score` does; all files in one pass, see `score_files`), then
+sweeps the threshold once per profile over the whole corpus. The best threshold is the one to put in an
+alert rule on ``streamer_anomaly_score``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from streamer import nab
 from streamer.config import Settings
 from streamer.model import Forecaster
-from streamer.offline import ScoredRow, score_file, write_scores_csv
+from streamer.offline import ScoredRow, score_files, write_scores_csv
 from streamer.ticks import parse_ts
 
 # NAB's three profiles, used when no profiles.json lies beside the labels.
@@ -44,20 +44,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(f"no recorded files under {args.data}")
     model = Forecaster.load(settings.model.path)
 
+    labelled = [p for p in files if p.relative_to(args.data).as_posix() in windows]
+    unlabelled = [p.relative_to(args.data).as_posix() for p in files if p not in labelled]
+    started = time.perf_counter()
+    scored = score_files(labelled, settings, model)
+    elapsed = time.perf_counter() - started
     corpus: list[nab.Series] = []
-    unlabelled: list[str] = []
-    rows_total, started = 0, time.perf_counter()
-    for path in tqdm(files, desc="evaluate", unit="file", disable=None):  # a bar on terminals only
+    for path, rows in zip(labelled, scored):
         key = path.relative_to(args.data).as_posix()
-        if key not in windows:
-            unlabelled.append(key)
-            continue
-        rows, _ = score_file(path, settings, model)
-        rows_total += len(rows)
         if args.output:
             write_scores_csv(rows, args.output / key)
         corpus.append(_series(key, rows, windows[key]))
-    elapsed = time.perf_counter() - started
+    rows_total = sum(map(len, scored))
     if not corpus:
         raise ValueError(f"none of the files under {args.data} has labels in {args.labels}")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,32 @@ def score_file(path: Path, settings: Settings, model: Forecaster, skip_invalid: 
         summary.invalid["unreadable"] += len(unreadable)
         summary.rows += len(unreadable)
     return rows, summary
+
+
+def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster) -> list[list[ScoredRow]]:
+    """Score several files, each exactly as `score_file` would with a fresh detector, in one pass.
+
+    The files' streams are kept apart by a prefix (``"<n>:"``, removed again from the rows) and their rows
+    are interleaved, row i of every file in the same batch, so a wave steps one stream of every file at
+    once instead of one stream in all: far fewer, wider LSTM calls for the same scores.
+    """
+    detector = Detector(model, settings.detector)
+    stream_field = settings.ticks.stream_field
+
+    def tagged(n: int, path: Path) -> Iterator[Record]:
+        for record in read_records(path, settings.ticks):
+            if isinstance(record.obj, dict) and isinstance(record.obj.get(stream_field), str):
+                record.obj[stream_field] = f"{n}:{record.obj[stream_field]}"
+            yield record
+
+    merged = (record for group in zip_longest(*(tagged(n, p) for n, p in enumerate(paths)))
+              for record in group if record is not None)
+    rows: list[list[ScoredRow]] = [[] for _ in paths]
+    for row in score_records(merged, detector, TickDecoder(settings.ticks), settings.resets.for_topic(""),
+                             ScoreSummary(), batch=settings.kafka.max_poll_records):
+        n, row.stream = row.stream.split(":", 1)
+        rows[int(n)].append(row)
+    return rows
 
 
 def write_scores_csv(rows: list[ScoredRow], path: Path) -> None:
