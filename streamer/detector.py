@@ -9,14 +9,15 @@ every stream present. A wave is one vectorised step (one LSTM call) over all its
 appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 streams is about 2 torch calls.
 The bookkeeping is vectorised too (ordering, resets, slots), so no Python code runs once per tick here
 beyond reading the ticks' fields. State lives in two tables: float64 scalars (values in the stream's units,
-timestamps) and a float32 profile (tail rates, the daily profile), 536 bytes a stream besides h and c.
+timestamps) and a float32 profile (tail rates, the daily profile), 552 bytes a stream besides h and c.
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
 1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty;
-2. time-of-day surprise: the normalised value (the LSTM's input) against that stream's daily profile
-   (24 hourly UTC bins of EW mean and variance, memory `season_memory_days`), instantly and as a short EW
-   mean (`season_window` ticks); it sees a missing or misplaced daily pattern that a short-memory
+2. time-of-day surprise: the value in units of the stream's slow mean and standard deviation (memory
+   `season_memory_days`, not the LSTM's fast normaliser, which would flatten a daily pattern) against that
+   stream's daily profile (24 hourly UTC bins of EW mean and variance, same memory), instantly and as a
+   short EW mean (`season_window` ticks); it sees a missing or misplaced daily pattern that a short-memory
    forecaster cannot;
 3. range novelty: a value beyond the stream's [min, max] so far by more than `range_margin` of the range
    (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10.
@@ -56,25 +57,27 @@ NO_DAY = np.iinfo(np.int64).min  # the session day of a stream without sessions
 N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
 SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
-N_SCALARS = 13
+LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
+N_SCALARS = 15
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
-# normalised values, where float32's 7 digits are plenty; they are most of a stream's state.
+# standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
-BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the normalised value: EW mean per bin,
+BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 536 bytes a stream besides h and c
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 552 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
-SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in normalised units (flat or quantised streams)
+SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in slow standard deviations (flat or quantised streams)
 DECADES = 10.0  # score = -log10(p) / DECADES: 1.0 is a 1-in-10^10 event
 _LEVELS = 2.0 ** np.arange(TAIL_LEVELS)
 _LOG10_2 = math.log10(2.0)
 _DAY = 86400.0
+_HOUR = _DAY / SEASON_BINS  # the span of a time-of-day bin
 
 
 def tail_decades(rates: np.ndarray, s: np.ndarray, index: float) -> np.ndarray:
@@ -422,7 +425,7 @@ class Detector:
         count, mean, var = self.normaliser.update(n, st[:, MEAN], st[:, VAR], value)
         scale = self.normaliser.scale(mean, var)
         normalised = (value - mean) / scale
-        score = self._score(st, pr, n, value, normalised, ts, np.where(has_forecast, error, 0.0))
+        score = self._score(st, pr, n, value, ts, np.where(has_forecast, error, 0.0))
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         renew = (ts - st[:, PEAK_TS] > self.settings.peak_hold_seconds) | (score >= st[:, PEAK])
         st[:, PEAK] = np.where(renew, score, st[:, PEAK])
@@ -439,8 +442,8 @@ class Detector:
         self.profile[rows] = pr
         return score, error, forecast
 
-    def _score(self, st: np.ndarray, pr: np.ndarray, n: np.ndarray, value: np.ndarray, normalised: np.ndarray,
-               ts: np.ndarray, error: np.ndarray) -> np.ndarray:
+    def _score(self, st: np.ndarray, pr: np.ndarray, n: np.ndarray, value: np.ndarray, ts: np.ndarray,
+               error: np.ndarray) -> np.ndarray:
         """Score one tick per row of ``st`` and ``pr`` (the rows' scalars and profile, updated in place) from
         its three kinds of evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0
         without a forecast."""
@@ -453,7 +456,19 @@ class Detector:
         learn = n >= settle
         live = n >= cfg.warmup
 
-        # Time-of-day profile of the normalised value: this tick's bin.
+        # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
+        # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
+        # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
+        hours = np.minimum(np.maximum(ts - st[:, LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
+        level_rate = np.maximum(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * cfg.season_memory_days)))
+        level_mean, level_var = st[:, LEVEL_MEAN], st[:, LEVEL_VAR]
+        delta = value - level_mean
+        level_mean = level_mean + level_rate * delta
+        level_var = (1.0 - level_rate) * (level_var + level_rate * delta * delta)
+        st[:, LEVEL_MEAN], st[:, LEVEL_VAR] = level_mean, level_var
+        level = (value - level_mean) / self.normaliser.scale(level_mean, level_var)
+
+        # Time-of-day profile of the level: this tick's bin.
         b = np.minimum((np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64), SEASON_BINS - 1)
         at_mean, at_var, at_count = row_base + BIN_MEAN + b, row_base + BIN_VAR + b, row_base + BIN_COUNT + b
         bin_mean, bin_var, visits = flat[at_mean], flat[at_var], flat[at_count]
@@ -464,7 +479,7 @@ class Detector:
         std = st[:, PRED_STD]
         np.divide(error, std, out=stats[0], where=std > 0)  # forecast surprise
         stats[0, std <= 0] = 0.0
-        stats[1] = np.where(seasoned, np.abs(normalised - bin_mean) / np.sqrt(bin_var + SEASON_FLOOR ** 2), 0.0)
+        stats[1] = np.where(seasoned, np.abs(level - bin_mean) / np.sqrt(bin_var + SEASON_FLOOR ** 2), 0.0)
         log_season = np.log1p(stats[1])  # time-of-day surprise, and its short EW mean (of log1p)
         short = np.where(learned >= 1, st[:, SEASON_SHORT] + (2.0 / (cfg.season_window + 1.0))
                          * (log_season - st[:, SEASON_SHORT]), log_season)
@@ -481,10 +496,8 @@ class Detector:
 
         # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset
         # stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
-        bin_seconds = _DAY / SEASON_BINS
-        share = np.minimum(np.maximum(ts - st[:, LAST_TS], 0.0), bin_seconds) * (1.0 / bin_seconds)
-        rate = np.maximum(1.0 / (visits + 1.0), share * (1.0 / cfg.season_memory_days))
-        delta = normalised - bin_mean
+        rate = np.maximum(1.0 / (visits + 1.0), hours * (1.0 / cfg.season_memory_days))
+        delta = level - bin_mean
         flat[at_mean] = bin_mean + rate * delta
         flat[at_var] = (1.0 - rate) * (bin_var + rate * delta * delta)
         flat[at_count] = visits + 1.0
