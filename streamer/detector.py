@@ -9,7 +9,7 @@ every stream present. A wave is one vectorised step (one LSTM call) over all its
 appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 streams is about 2 torch calls.
 The bookkeeping is vectorised too (ordering, resets, slots), so no Python code runs once per tick here
 beyond reading the ticks' fields. State lives in two tables: float64 scalars (values in the stream's units,
-timestamps) and a float32 profile (tail rates, the daily profile), 552 bytes a stream besides h and c.
+timestamps) and a float32 profile (tail rates, the daily profile), 568 bytes a stream besides h and c.
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
@@ -27,7 +27,9 @@ extrapolated as a Pareto tail of index `tail_index`: a spiky stream learns that 
 quiet one that any jump is not. Forecast evidence is refractory: it counts only by how much it exceeds its own
 recent maximum (decaying with half-life `refractory_halflife` ticks), so one incident raises one alarm, not
 one per tick while the forecaster catches up. score = -log10(p) / 10 of the strongest evidence, clipped to
-[0, 1]: 0.5 means a 1-in-100,000 event. The first `warmup` ticks after a (re)start score 0, and the first
+[0, 1]: 0.5 means a 1-in-100,000 event. One incident, one alarm, whatever the evidence: within
+`incident_ticks` ticks of the tick that opened (or last raised) a stream's incident, a tick scores only if it
+beats that tick's score, else 0. The first `warmup` ticks after a (re)start score 0, and the first
 `SETTLE` ticks' surprises, while the normaliser and LSTM state settle, are not learned.
 """
 
@@ -58,7 +60,8 @@ N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of 
 SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
-N_SCALARS = 15
+INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
+N_SCALARS = 17
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
@@ -68,7 +71,7 @@ TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise
 BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 552 bytes a stream besides h and c
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 568 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -519,5 +522,13 @@ class Detector:
 
         strongest = np.maximum(np.maximum(forecast_part, season_part), np.where(novel, DECADES, 0.0))
         score = np.where(live, np.minimum(strongest * (1.0 / DECADES), 1.0), 0.0)
+
+        # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the
+        # stream's incident, a tick scores only if it beats that tick's score (and then raises the incident).
+        held, age = st[:, INCIDENT], st[:, INCIDENT_AGE] + 1.0
+        raises = live & ((score > held) | (age > cfg.incident_ticks))
+        score = np.where(raises, score, 0.0)
+        st[:, INCIDENT] = np.where(raises, score, held)
+        st[:, INCIDENT_AGE] = np.where(raises, 0.0, age)
         st[:, SCORE] = score
         return score

@@ -1,4 +1,5 @@
-"""The scoring pieces of the detector: calibrated tails, range novelty, the time-of-day profile, refractory alarms."""
+"""The scoring pieces of the detector: calibrated tails, range novelty, the time-of-day profile, refractory alarms,
+one alarm per incident."""
 
 import math
 
@@ -6,11 +7,13 @@ import numpy as np
 import pytest
 
 from streamer.config import DetectorSettings
-from streamer.detector import BIN_COUNT, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail, tail_decades
+from streamer.detector import (BIN_COUNT, BIN_MEAN, LEVEL_MEAN, LEVEL_VAR, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail,
+                               tail_decades)
 from streamer.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
 HOUR = 3600.0
+_DAY_S = 86400.0
 
 
 def scores_of(model, values, step=60.0, settings=None, stream="a", start=T0):
@@ -98,6 +101,61 @@ def test_a_missing_daily_pattern_scores_higher_than_normal_days(model):
     scores = scores_of(model, values, step=HOUR)
     assert scores[flat_day].max() > 0.3
     assert scores[flat_day].max() > 1.5 * scores[10 * 24:20 * 24].max()
+
+
+def square_wave_days(days, step, seed=6):
+    """A daily square wave like NAB's art_daily_* files: 20 at night, 80 from 07:00 to 19:00 UTC, noise 2."""
+    t = np.arange(int(days * _DAY_S / step)) * step
+    hour = (t % _DAY_S) / HOUR
+    return np.where((hour >= 7) & (hour < 19), 80.0, 20.0) + np.random.default_rng(seed).normal(0, 2, t.size)
+
+
+@pytest.mark.parametrize("step", [60.0, 300.0])
+def test_the_daily_profile_keeps_the_shape_of_a_daily_pattern_whatever_the_tick_rate(model, step):
+    # The profile is kept in the stream's slow units (mean and std over days): a square wave's day hours sit
+    # at +1 std and its night hours at -1, at any tick rate. In the LSTM's fast units (a memory of ~100 ticks)
+    # a long flat night and a long flat day would both be ~0, and the pattern's shape lost.
+    det = Detector(model, DetectorSettings())
+    values = square_wave_days(6, step)
+    det.process([Tick("a", T0 + step * i, float(v)) for i, v in enumerate(values)])
+    bins = det.profile[det.slots["a"], BIN_MEAN:BIN_MEAN + SEASON_BINS]
+    np.testing.assert_allclose(bins[8:18], 1.0, atol=0.3)
+    np.testing.assert_allclose(np.r_[bins[:6], bins[20:]], -1.0, atol=0.3)
+    level = det.scalars[det.slots["a"], [LEVEL_MEAN, LEVEL_VAR]]
+    assert level[0] == pytest.approx(50.0, abs=2.0) and math.sqrt(level[1]) == pytest.approx(30.0, abs=2.0)
+
+
+def test_a_missing_daily_jump_is_seen_on_a_strongly_periodic_stream(model):
+    values = square_wave_days(14, 300.0)
+    per_day, missing = 288, slice(10 * 288 + 7 * 12, 10 * 288 + 19 * 12)
+    values[missing] -= 60.0  # day 10: the daytime jump never comes (the range is not left)
+    scores = scores_of(model, values, step=300.0)
+    assert scores[missing].max() > 0.35
+    assert scores[missing].max() > 1.5 * scores[5 * per_day:10 * per_day].max()
+
+
+def hold_reference(raw, ticks):
+    """The incident rule, written out: a tick scores if it beats the score that opened or last raised the
+    incident, or if that was more than ``ticks`` ticks ago; else 0."""
+    out, held, age = np.zeros_like(raw), 0.0, 0
+    for i, s in enumerate(raw):
+        age += 1
+        if s > 0 and (s > held or age > ticks):
+            out[i], held, age = s, s, 0
+    return out
+
+
+def test_one_incident_one_alarm(model):
+    values = stable(700, seed=7, noise=0.1)
+    values[300] += 6.0
+    values[305] = values[300]  # the same spike again within the incident: no new alarm
+    values[500] -= 6.0  # a new incident far later: a full alarm
+    raw = scores_of(model, values, settings=DetectorSettings(incident_ticks=0))
+    held = scores_of(model, values, settings=DetectorSettings(incident_ticks=12))
+    assert raw[300] >= 0.9 and held[300] == raw[300]
+    assert held[305] == 0.0 and held[301:313].max() == 0.0
+    assert held[500] >= 0.9
+    np.testing.assert_array_equal(held, hold_reference(raw, 12))  # a pure filter of the raw scores
 
 
 def test_flat_and_quantised_streams(model):
