@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from streamer.config import DetectorSettings
-from streamer.detector import (BIN_COUNT, BIN_MEAN, LEVEL_MEAN, LEVEL_VAR, SEASON_BINS, TAIL_LEVELS, Detector, learn_tail,
-                               tail_decades)
+from streamer.detector import (
+    BIN_COUNT,
+    BIN_MEAN,
+    LEVEL_MEAN,
+    LEVEL_VAR,
+    SEASON_BINS,
+    TAIL_LEVELS,
+    Detector,
+    learn_tail,
+    tail_decades,
+)
 from streamer.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
