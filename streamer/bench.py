@@ -984,9 +984,10 @@ def _worker_daemon(spec: dict) -> dict:
             marks["handled"] = marks.get("handled", 0) + sum(len(m) for m in polled.values())
             if latency_mode:
                 now_ms = time.time() * 1000.0
+                stamp = self._consumer.timestamp_ms
                 for messages in polled.values():
-                    latencies.extend([now_ms - msg.timestamp for msg in messages])
-                    fetched.extend([polled_ms - msg.timestamp for msg in messages])
+                    latencies.extend([now_ms - stamp(msg) for msg in messages])
+                    fetched.extend([polled_ms - stamp(msg) for msg in messages])
                 polls.append(sum(len(m) for m in polled.values()))
 
     base_rss = _rss()
