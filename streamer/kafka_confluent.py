@@ -8,8 +8,10 @@ so `streamer.daemon` does not know which client it drives:
   them through the accessors ``value``, ``key``, ``offset``, ``partition``, ``timestamp_ms``;
 * rebalance callbacks (assigned, revoked, lost) run inside ``poll`` on the calling thread, and ``close``
   runs the final revocation the same way;
-* ``commit`` is synchronous, also from the revocation callback (librdkafka allows it there, and it makes
-  the handover exact: the next owner starts where we stopped);
+* ``commit`` (after each poll) is asynchronous: the loop does not wait a broker round trip per poll, commits
+  are sent in order on one connection, failures are logged from the ``on_commit`` callback, and ``close``
+  waits for outstanding commits (librdkafka does not leave the group before). ``commit_revoked``, from the
+  revocation callback, is synchronous: the handover is exact, the next owner starts where we stopped;
 * readiness: librdkafka's statistics (``statistics.interval.ms``, served by ``poll``) say whether the group
   coordinator is up; ``all brokers down`` marks it down at once; a session timeout ends in ``lost``.
 
@@ -198,7 +200,8 @@ class ConfluentConsumer(_Client):
         ck = _import()
         self._ck = ck
         self._group_state: str | None = None  # cgrp.state of the last statistics, "up" when joined
-        options = {"statistics.interval.ms": 1000, **consumer_options(k), "stats_cb": self._on_stats}
+        options = {"statistics.interval.ms": 1000, **consumer_options(k), "stats_cb": self._on_stats,
+                   "on_commit": self._on_commit}
         super().__init__(ck.Consumer, options, "consumer")
         self._consumer = self._client
         self._tps: dict[tuple[str, int], TopicPartition] = {}
@@ -276,6 +279,22 @@ class ConfluentConsumer(_Client):
         return [self._ck.TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Asynchronous; a failure is logged when librdkafka reports it (the next commit covers it)."""
+        try:
+            self._consumer.commit(offsets=self._offsets(offsets), asynchronous=True)
+        except self._ck.KafkaException as exc:
+            raise CommitFailed(str(exc.args[0] if exc.args else exc)) from None
+
+    def _on_commit(self, error, partitions) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if error is not None or failed:
+            first = failed[0] if failed else None
+            log.warning("offset commit failed", extra={
+                "error": str(error if error is not None else first.error),
+                "partitions": [f"{p.topic}/{p.partition}" for p in failed] or None})
+
+    def commit_revoked(self, offsets: dict[TopicPartition, int]) -> None:
+        """Synchronous: this runs inside poll/close on the loop's thread, where blocking is allowed."""
         try:
             done = self._consumer.commit(offsets=self._offsets(offsets), asynchronous=False)
         except self._ck.KafkaException as exc:
@@ -284,8 +303,6 @@ class ConfluentConsumer(_Client):
         if failed:
             raise CommitFailed(f"{len(failed)} partition(s), e.g. {failed[0].topic}/{failed[0].partition}: "
                                f"{failed[0].error}")
-
-    commit_revoked = commit  # runs on this thread, inside poll/close: a blocking commit is allowed there
 
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """As `streamer.kafka_io.PythonConsumer.start_offset` (-1, librdkafka's OFFSET_END: the end)."""
@@ -323,7 +340,8 @@ class ConfluentConsumer(_Client):
         return up, {"group_state": self._group_state, "all_brokers_down": self._all_down}
 
     def close(self) -> None:
-        self._consumer.close()  # leaves the group: runs the revocation callback on this thread
+        # Waits for outstanding commits, then leaves the group: runs the revocation callback on this thread.
+        self._consumer.close()
 
 
 class ConfluentProducer(_Client):
