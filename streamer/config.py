@@ -52,9 +52,17 @@ class KafkaSettings(Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
+    # Client library of the daemon's consumer and producer: kafka-python (pure Python, the default) or
+    # confluent-kafka (librdkafka; optional: pip install 'streamer[confluent]'). docs/perf.md compares them.
+    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
     # Extra kafka-python options passed through (e.g. session_timeout_ms); they win over the ones above.
+    # With confluent-kafka, only the names with an exact librdkafka equivalent are accepted (translated).
     consumer: dict[str, Any] = {}
     producer: dict[str, Any] = {}
+    # Extra librdkafka properties for confluent-kafka (e.g. "fetch.wait.max.ms"); they win over all above.
+    # Unused with kafka-python.
+    librdkafka_consumer: dict[str, Any] = {}
+    librdkafka_producer: dict[str, Any] = {}
 
     @field_validator("bootstrap_servers", "topics", mode="before")
     @classmethod
@@ -65,6 +73,16 @@ class KafkaSettings(Section):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _client_options(self) -> KafkaSettings:
+        """With confluent-kafka, the kafka-python tables must translate (a typo is an error, not ignored)."""
+        if self.client == "confluent-kafka":
+            from streamer.kafka_confluent import CONSUMER_NAMES, PRODUCER_NAMES, translate
+
+            translate(self.consumer, CONSUMER_NAMES, "kafka.consumer")
+            translate(self.producer, PRODUCER_NAMES, "kafka.producer")
+        return self
 
 
 class TickSettings(Section):
@@ -237,7 +255,7 @@ def _describe(exc: ValidationError) -> str:
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data with every secret masked (for `streamer config` and logs)."""
     data = settings.model_dump(mode="json")
-    for section in ("consumer", "producer"):  # pass-through tables may hold passwords too
+    for section in ("consumer", "producer", "librdkafka_consumer", "librdkafka_producer"):  # may hold passwords
         for key in data["kafka"][section]:
             if any(word in key.lower() for word in ("password", "secret", "token")):
                 data["kafka"][section][key] = "**********"

@@ -3,12 +3,18 @@
 Delivery is at-least-once: an offset is committed only after every message before it was scored, its
 metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker.
 
-Threads: kafka-python 3 runs rebalance callbacks on its own network thread. `_lock` is held while a batch
-is processed, so a revocation waits for the batch in hand to finish and then commits what was processed
-for the partitions it gives up (with ``commit_async``: a blocking call there would stall the network
-thread). Partitions that were *lost* (the group evicted us) are never committed. Newly assigned
-partitions that need a start position (``kafka.start_from`` = a timestamp) are positioned by the main
-loop, and their records from that poll are dropped, since they came from the default position.
+Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
+in `streamer.kafka_io` (kafka-python, the default) and implemented again in `streamer.kafka_confluent`
+(confluent-kafka). Polled messages are the client's own objects, read through the consumer's accessors.
+
+Threads: kafka-python 3 runs rebalance callbacks on its own network thread; confluent-kafka runs them inside
+``poll`` (and ``close``) on the main thread, where `_lock` is never held. `_lock` is held while a batch is
+processed, so a revocation waits for the batch in hand to finish and then commits what was processed for
+the partitions it gives up (kafka-python: asynchronously, a blocking call there would stall the network
+thread; confluent-kafka: synchronously). Partitions that were *lost* (the group evicted us) are never
+committed. Newly assigned partitions that need a start position (a checkpoint, or ``kafka.start_from`` = a
+timestamp) are positioned by the main loop after the poll that assigned them, and their records from that
+poll are dropped, since they came from the default position.
 
 Without a checkpoint store a revoked partition's streams are dropped and start fresh (a warm-up) wherever
 the partition goes next, even when an eager rebalance gives it straight back: configure a store to avoid it.
@@ -25,20 +31,18 @@ import gc
 import logging
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 
 import numpy as np
 import orjson
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamer import systemd
 from streamer.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore, Store
 from streamer.config import Settings
 from streamer.detector import SCORED, Detector
-from streamer.kafka_io import make_consumer, make_producer, start_offset, start_timestamp_ms
+from streamer.kafka_io import CommitFailed, open_consumer, open_producer, start_timestamp_ms
 from streamer.logs import RateLimited
 from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
 from streamer.model import Forecaster
@@ -53,18 +57,20 @@ class DeliveryError(RuntimeError):
     """Records the daemon produced (scores, dead letters) were not delivered: stop rather than commit."""
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener:
+    """Rebalance callbacks, as the client backends call them (kafka_io's consumer surface)."""
+
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
 
-    def on_partitions_revoked(self, revoked):
-        self.daemon._release(revoked, commit=True)
+    def revoked(self, partitions):
+        self.daemon._release(partitions, commit=True)
 
-    def on_partitions_lost(self, lost):
-        self.daemon._release(lost, commit=False)
+    def lost(self, partitions):
+        self.daemon._release(partitions, commit=False)
 
-    def on_partitions_assigned(self, assigned):
-        self.daemon._assigned(assigned)
+    def assigned(self, partitions):
+        self.daemon._assigned(partitions)
 
 
 class Daemon:
@@ -84,7 +90,7 @@ class Daemon:
         self.scored = 0  # messages scored since start, for callers that wait (demo, tests)
         self._stop = stop or threading.Event()
         self._lock = threading.Lock()
-        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}  # next offset to commit
         self._unpositioned: set[TopicPartition] = set()
         self._owned: set[TopicPartition] = set()
         self._next_offset: dict[TopicPartition, int] = {}  # first message not yet processed
@@ -100,10 +106,9 @@ class Daemon:
         self._start_ms = start_timestamp_ms(settings.kafka.start_from)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
-        self._consumer: KafkaConsumer | None = None
+        self._consumer = None  # kafka_io.PythonConsumer or kafka_confluent.ConfluentConsumer
         self._producer = None
         self.http: MetricsServer | None = None
-        self._sends: list = []  # futures of the batch's score records and dead letters
         self._last_snapshot = ScoreSnapshot([], 0.0, 0)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -121,14 +126,15 @@ class Daemon:
         server = self.http = MetricsServer(self.registry, self.health, m.host, m.port, tls, auth).start()
         log.info("metrics listening", extra={"address": f"{cfg.metrics.host}:{server.port}"})
         try:
-            self._consumer = make_consumer(cfg.kafka)
+            self._consumer = open_consumer(cfg.kafka)
             if cfg.kafka.scores_topic or cfg.kafka.dead_letter_topic:
-                self._producer = make_producer(cfg.kafka)
+                self._producer = open_producer(cfg.kafka)
             self._store = self._open_store()
             for topic in cfg.kafka.topics:
                 self.metrics.init_topic(topic)
-            self._consumer.subscribe(cfg.kafka.topics, listener=_Listener(self))
-            log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id})
+            self._consumer.subscribe(cfg.kafka.topics, _Listener(self))
+            log.info("consuming", extra={"topics": cfg.kafka.topics, "group": cfg.kafka.group_id,
+                                         "client": cfg.kafka.client})
             systemd.ready(f"consuming {','.join(cfg.kafka.topics)} as {cfg.kafka.group_id}")
             self._loop()
         except Exception:
@@ -156,7 +162,7 @@ class Daemon:
         while not self._stop.is_set():
             self.health.beat()
             self._watchdog.maybe_ping(time.monotonic(), healthy=True)
-            polled = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_poll_records)
+            polled = self._consumer.poll(cfg.poll_timeout_ms, cfg.max_poll_records)
             skip = self._position_new_partitions()
             if polled:
                 with self._lock:
@@ -179,16 +185,15 @@ class Daemon:
                 with self._lock:
                     self._checkpoint(self._dirty & self._owned)
             self._commit()
-            self._consumer.close(autocommit=False)  # invokes on_partitions_revoked: nothing left to commit
+            self._consumer.close()  # runs the revocation callback: nothing left to commit
         if self._producer is not None:
-            self._producer.flush()
             self._producer.close()
         if isinstance(self._store, KafkaStore):
             self._store.close()
         self.health.ready = False
         log.info("stopped", extra={"scored": self.scored})
 
-    # --- rebalance (called on kafka-python's network thread) ---------------------------------------
+    # --- rebalance (kafka-python: on its network thread; confluent-kafka: inside poll/close) ----------
 
     def _assigned(self, assigned) -> None:
         with self._lock:
@@ -214,7 +219,10 @@ class Daemon:
                     self._lagged.discard(tp)
             self._set_ready()
         if pending and commit:
-            self._consumer.commit_async(pending)
+            try:
+                self._consumer.commit_revoked(pending)
+            except CommitFailed as exc:
+                self._warn.warning("commit", "offset commit on revocation failed", error=str(exc))
         self.metrics.partition_events.labels("revoked" if commit else "lost").inc(len(partitions))
         log.info("partitions revoked" if commit else "partitions lost",
                  extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
@@ -246,19 +254,16 @@ class Daemon:
                 self.metrics.expired.inc(expired)
 
     def _check_connected(self) -> None:
-        """Not ready while the group coordinator has not answered a heartbeat within the session timeout.
+        """Not ready while the client says the group coordinator is unreachable (see each `connected`).
 
-        kafka-python keeps the assignment through a broker outage, so the assignment alone says nothing.
+        A client may keep its assignment through a broker outage, so the assignment alone says nothing.
         """
-        coordinator = self._consumer.metrics().get("consumer-coordinator-metrics", {})
-        silent = coordinator.get("last-heartbeat-seconds-ago", 0.0)
-        session = self._consumer.config["session_timeout_ms"] / 1000
-        # No verdict before the first assignment and its first heartbeat (the metric reads inf until then).
-        connected = silent < session or silent == float("inf") or not self._owned
+        connected, detail = self._consumer.connected()
+        connected = connected or not self._owned  # no verdict before the first assignment
         if connected != self._connected:
             self._connected = connected
             log.warning("coordinator unreachable" if not connected else "coordinator reachable again",
-                        extra={"last_heartbeat_seconds_ago": round(silent, 1)})
+                        extra=detail)
             with self._lock:
                 self._set_ready()
 
@@ -287,7 +292,7 @@ class Daemon:
                                                        "offset": checkpoint.offset,
                                                        "streams": len(checkpoint.states.names)})
                 continue
-            offset = start_offset(self._consumer, tp, self._start_ms) if self._start_ms is not None else None
+            offset = self._consumer.start_offset(tp, self._start_ms) if self._start_ms is not None else None
             if offset is not None:
                 self._consumer.seek(tp, offset)
                 moved.add(tp)
@@ -330,20 +335,28 @@ class Daemon:
         """Decode, score and publish one poll; record the offsets that are now safe to commit."""
         started = time.perf_counter()
         m = self.metrics
-        by_topic: dict[str, tuple[list[Tick], list, list]] = defaultdict(lambda: ([], [], []))
+        c = self._consumer
+        value_of, key_of, offset_of = c.value, c.key, c.offset
+        decode = self.decoder.decode
+        publish = bool(self.settings.kafka.scores_topic)
+        by_topic: dict[str, tuple[list[Tick], list, list]] = {}
         invalid: Counter = Counter()
         for tp, messages in polled.items():
-            ticks, sources, owners = by_topic[tp.topic]
+            entry = by_topic.get(tp.topic)
+            if entry is None:
+                entry = by_topic[tp.topic] = ([], [], [])
+            ticks, sources, owners = entry
             first = len(ticks)
-            for msg in messages:
+            for msg in messages:  # the per-message path: keep it to a call and an append
                 try:
-                    decoded = self.decoder.decode(msg.value, msg.key)
+                    decoded = decode(value_of(msg), key_of(msg))
                 except InvalidTick as bad:
                     invalid[(tp.topic, bad.reason)] += 1
-                    self._reject(msg, bad)
+                    self._reject(tp, msg, bad)
                     continue
-                ticks.extend(decoded)
-                sources.extend([msg] * len(decoded))
+                ticks += decoded
+                if publish:  # the source message of each tick, for its score record
+                    sources += [msg] * len(decoded)
             owners.append((first, len(ticks), self._owner_id(tp)))
         for (topic, reason), n in invalid.items():
             m.invalid.labels(reason).inc(n)
@@ -366,15 +379,14 @@ class Daemon:
             scored = result.outcome == SCORED
             if scored.any():  # the last scored message of the poll
                 last_ts = ticks[int(np.flatnonzero(scored)[-1])].ts
-            if self.settings.kafka.scores_topic:
+            if publish:
                 self._publish_scores(topic, ticks, sources, result)
             self.scored += int(scored.sum())
 
         if self._producer is not None:
             self._deliver()  # score records and dead letters reach the broker before the commit
         for tp, messages in polled.items():
-            self._next_offset[tp] = messages[-1].offset + 1
-            self._uncommitted[tp] = OffsetAndMetadata(messages[-1].offset + 1, "", -1)
+            self._next_offset[tp] = self._uncommitted[tp] = offset_of(messages[-1]) + 1
             self._since_checkpoint += len(messages)
         self._dirty.update(polled)
         now = time.time()
@@ -386,35 +398,34 @@ class Daemon:
     def _publish_scores(self, topic: str, ticks: list[Tick], sources: list, result) -> None:
         send = self._producer.send
         scores_topic = self.settings.kafka.scores_topic
+        partition_of, offset_of = self._consumer.partition, self._consumer.offset
         for i in (result.outcome == SCORED).nonzero()[0].tolist():
             tick, msg = ticks[i], sources[i]
             error = result.error[i]
             record = {"stream": tick.stream, "ts": tick.ts, "value": tick.value,
                       "anomaly_score": float(result.score[i]),
                       "error": None if error != error else float(error),
-                      "topic": topic, "partition": msg.partition, "offset": msg.offset}
-            self._sends.append(send(scores_topic, key=tick.stream.encode(), value=orjson.dumps(record)))
+                      "topic": topic, "partition": partition_of(msg), "offset": offset_of(msg)}
+            send(scores_topic, tick.stream.encode(), orjson.dumps(record))
 
-    def _reject(self, msg, bad: InvalidTick) -> None:
+    def _reject(self, tp: TopicPartition, msg, bad: InvalidTick) -> None:
+        offset = self._consumer.offset(msg)
         self._warn.warning(bad.reason, "invalid message skipped", reason=bad.reason, detail=str(bad),
-                           topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                           topic=tp.topic, partition=tp.partition, offset=offset)
         topic = self.settings.kafka.dead_letter_topic
         if topic:
-            headers = [("reason", bad.reason.encode()),
-                       ("source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+            key, value = self._consumer.key(msg), self._consumer.value(msg)
+            headers = [("reason", bad.reason.encode()), ("source", f"{tp.topic}/{tp.partition}/{offset}".encode())]
             # kafka-python refuses a record with neither key nor value: keep the (empty) payload as b"".
-            value = msg.value if msg.value is not None or msg.key is not None else b""
-            self._sends.append(self._producer.send(topic, key=msg.key, value=value, headers=headers))
+            self._producer.send(topic, key, value if value is not None or key is not None else b"", headers)
             self.metrics.dead_lettered.inc()
 
     def _deliver(self) -> None:
         """Flush the batch's records; if any was not delivered, stop without committing what it covers."""
-        self._producer.flush()
-        failed = [f.exception for f in self._sends if f.failed()]
-        self._sends = []
+        failed = self._producer.deliver()
         if failed:
             raise DeliveryError(f"{len(failed)} score/dead-letter records were not delivered "
-                                f"({failed[0].__class__.__name__}: {failed[0]}); their offsets stay uncommitted")
+                                f"({failed[0]}); their offsets stay uncommitted")
 
     def _commit(self) -> None:
         with self._lock:
@@ -423,20 +434,12 @@ class Daemon:
             return
         try:
             self._consumer.commit(offsets)
-        except KafkaError as exc:  # e.g. a rebalance in progress: the next owner re-reads from the last commit
-            self._warn.warning("commit", "offset commit failed", error=f"{exc.__class__.__name__}: {exc}")
+        except CommitFailed as exc:  # e.g. a rebalance in progress: the next owner re-reads from the last commit
+            self._warn.warning("commit", "offset commit failed", error=str(exc))
 
     def _update_lag(self) -> None:
-        consumer = self._consumer
-        for tp in list(self._owned):
-            end = consumer.highwater(tp)
-            if end is None:
-                continue
-            try:
-                position = consumer.position(tp, timeout_ms=100)
-            except KafkaError:
-                continue
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+        for tp, lag in self._consumer.lag(list(self._owned)).items():
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             self._lagged.add(tp)
 
     def _snapshot(self) -> ScoreSnapshot:

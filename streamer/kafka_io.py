@@ -1,23 +1,46 @@
-"""Kafka clients built from settings, and the group-start position for backfills.
+"""Kafka clients built from settings: the daemon's client seam and its default, kafka-python, backend.
+
+The daemon drives a consumer and a producer through a small surface (`PythonConsumer` / `PythonProducer`
+here, `streamer.kafka_confluent.ConfluentConsumer` / `ConfluentProducer` for ``kafka.client =
+"confluent-kafka"``); `open_consumer` / `open_producer` pick the backend. Consumer surface:
+
+* ``subscribe(topics, listener)``: ``listener.assigned/revoked/lost(partitions)`` (kafka-python runs them on
+  its network thread, confluent-kafka inside ``poll``/``close`` on the calling thread);
+* ``poll(timeout_ms, max_records) -> {TopicPartition: [message, ...]}`` with the client's *own* message
+  objects, read through the accessors ``value(m)``, ``key(m)``, ``offset(m)``, ``partition(m)``,
+  ``timestamp_ms(m)`` (no wrapper object per message: the per-message path stays as cheap as the client);
+* ``seek``, ``commit(offsets)`` (raises `CommitFailed`), ``commit_revoked(offsets)`` (from the revocation
+  callback), ``start_offset`` (``kafka.start_from`` = a timestamp), ``lag``, ``connected``, ``close``.
+
+Producer surface: ``send(topic, key, value, headers)`` and ``deliver() -> [failure, ...]`` (flush, then
+the records that were not delivered since the last call).
 
 Everything kafka-python specific that is not the run loop lives here: option mapping (security settings
 included), client construction with errors a person can act on, and `start_offset`, which turns
-``kafka.start_from`` into a position for partitions the group has never committed.
+``kafka.start_from`` into a position for partitions the group has never committed. `make_consumer` /
+`make_producer` (raw kafka-python clients) also serve the Kafka checkpoint store and `streamer replay`,
+which use kafka-python whatever ``kafka.client`` says.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
 
 from streamer.config import KafkaSettings
 
 
 class KafkaSetupError(RuntimeError):
     """The broker cannot be reached or refused us; the message says which and where."""
+
+
+class CommitFailed(RuntimeError):
+    """An offset commit failed (e.g. a rebalance in progress); the next owner re-reads from the last commit."""
 
 
 def security_options(k: KafkaSettings) -> dict[str, Any]:
@@ -114,14 +137,131 @@ def start_timestamp_ms(start_from: str) -> int | None:
     return int(parsed.timestamp() * 1000)
 
 
-def start_offset(consumer: KafkaConsumer, tp: TopicPartition, timestamp_ms: int) -> int | None:
-    """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
+def open_consumer(k: KafkaSettings):
+    """The daemon's consumer for ``kafka.client``."""
+    if k.client == "confluent-kafka":
+        from streamer.kafka_confluent import ConfluentConsumer
 
-    Partitions the group already committed resume from their commit: a backfill never rewinds a group.
-    """
-    if consumer.committed(tp) is not None:
-        return None
-    found = consumer.offsets_for_times({tp: timestamp_ms}).get(tp)
-    if found is not None:
-        return found.offset
-    return consumer.end_offsets([tp])[tp]  # nothing at or after the timestamp: start at the end
+        return ConfluentConsumer(k)
+    return PythonConsumer(k)
+
+
+def open_producer(k: KafkaSettings):
+    """The daemon's producer (score records, dead letters) for ``kafka.client``."""
+    if k.client == "confluent-kafka":
+        from streamer.kafka_confluent import ConfluentProducer
+
+        return ConfluentProducer(k)
+    return PythonProducer(k)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, listener):
+        self.listener = listener
+
+    def on_partitions_revoked(self, revoked):
+        self.listener.revoked(list(revoked))
+
+    def on_partitions_lost(self, lost):
+        self.listener.lost(list(lost))
+
+    def on_partitions_assigned(self, assigned):
+        self.listener.assigned(list(assigned))
+
+
+class PythonConsumer:
+    """kafka-python's KafkaConsumer with the daemon's consumer surface (see the module docstring)."""
+
+    # ConsumerRecord is a namedtuple: attrgetter reads its fields in C.
+    value = staticmethod(attrgetter("value"))
+    key = staticmethod(attrgetter("key"))
+    offset = staticmethod(attrgetter("offset"))
+    partition = staticmethod(attrgetter("partition"))
+    timestamp_ms = staticmethod(attrgetter("timestamp"))
+
+    def __init__(self, k: KafkaSettings):
+        self._consumer = make_consumer(k)
+
+    def subscribe(self, topics: list[str], listener) -> None:
+        self._consumer.subscribe(topics, listener=_Listener(listener))
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
+        return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._consumer.seek(tp, offset)
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            raise CommitFailed(f"{exc.__class__.__name__}: {exc}") from None
+
+    def commit_revoked(self, offsets: dict[TopicPartition, int]) -> None:
+        """From the revocation callback, on kafka-python's network thread: a blocking commit would stall it."""
+        self._consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+
+    def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
+
+        Partitions the group already committed resume from their commit: a backfill never rewinds a group.
+        """
+        consumer = self._consumer
+        if consumer.committed(tp) is not None:
+            return None
+        found = consumer.offsets_for_times({tp: timestamp_ms}).get(tp)
+        if found is not None:
+            return found.offset
+        return consumer.end_offsets([tp])[tp]  # nothing at or after the timestamp: start at the end
+
+    def lag(self, partitions) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in partitions:
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            out[tp] = max(0, end - position)
+        return out
+
+    def connected(self) -> tuple[bool, dict]:
+        """False while the group coordinator has not answered a heartbeat within the session timeout.
+
+        kafka-python keeps the assignment through a broker outage, so the assignment alone says nothing.
+        """
+        coordinator = self._consumer.metrics().get("consumer-coordinator-metrics", {})
+        silent = coordinator.get("last-heartbeat-seconds-ago", 0.0)
+        session = self._consumer.config["session_timeout_ms"] / 1000
+        # No verdict before the first heartbeat (the metric reads inf until then).
+        return silent < session or silent == float("inf"), {"last_heartbeat_seconds_ago": round(silent, 1)}
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)  # invokes on_partitions_revoked
+
+
+class PythonProducer:
+    """kafka-python's KafkaProducer with the daemon's producer surface."""
+
+    def __init__(self, k: KafkaSettings):
+        self._producer = make_producer(k)
+        self._sends: list = []
+        self._failures: list[str] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers=None) -> None:
+        try:
+            self._sends.append(self._producer.send(topic, key=key, value=value, headers=headers))
+        except KafkaError as exc:  # e.g. larger than max_request_size: not delivered, like a failed future
+            self._failures.append(f"{topic}: {exc.__class__.__name__}: {exc}")
+
+    def deliver(self) -> list[str]:
+        self._producer.flush()
+        failed = [f"{e.__class__.__name__}: {e}" for e in (f.exception for f in self._sends if f.failed())]
+        failures, self._failures, self._sends = self._failures + failed, [], []
+        return failures
+
+    def close(self) -> None:
+        self._producer.flush()
+        self._producer.close()

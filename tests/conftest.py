@@ -20,6 +20,25 @@ NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 
 
+def _have_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Client backends (kafka.client) the daemon's broker tests run with; confluent-kafka is an optional extra.
+CLIENTS = ["kafka-python", pytest.param("confluent-kafka", marks=pytest.mark.skipif(
+    not _have_confluent(), reason="confluent-kafka not installed (pip install '.[confluent]')"))]
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request) -> str:
+    """The value of kafka.client: tests taking this fixture run once per client backend."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def model() -> Forecaster:
     return Forecaster.load(None)

@@ -48,30 +48,34 @@ def setup_topics(broker, partitions):
     return topic
 
 
-def test_kill_9_and_restart_resumes_from_the_checkpoint(broker, tmp_path, recording):
+def test_kill_9_and_restart_resumes_from_the_checkpoint(broker, tmp_path, recording, client):
+    """Commits run ahead of the last checkpoint when the first daemon dies: the second must restore the
+    checkpoint and seek back to its offset (else it would skip state or apply messages twice)."""
     path, total, offline = recording
     topic = setup_topics(broker, 3)
     replay(path, topic, daemon_settings(broker.bootstrap, [topic]), progress=False)
-    env = {"STREAMER_KAFKA__SCORES_TOPIC": topic + "-scores", "STREAMER_KAFKA__MAX_POLL_RECORDS": "300",
+    env = {"STREAMER_KAFKA__CLIENT": client,
+           "STREAMER_KAFKA__SCORES_TOPIC": topic + "-scores", "STREAMER_KAFKA__MAX_POLL_RECORDS": "300",
            "STREAMER_CHECKPOINT__PATH": str(tmp_path / "state"), "STREAMER_CHECKPOINT__INTERVAL_MESSAGES": "1000"}
-    first = DaemonProcess(broker.bootstrap, topic, "crash", tmp_path, **env).start()
+    first = DaemonProcess(broker.bootstrap, topic, f"crash-{client}", tmp_path, **env).start()
     scored = first.wait_metric("streamer_messages_total", lambda v: v >= total // 2, outcome="scored")
     first.kill()  # mid-stream, between checkpoints, with uncommitted work
     assert scored < total
 
-    second = DaemonProcess(broker.bootstrap, topic, "crash", tmp_path, **env).start()
+    second = DaemonProcess(broker.bootstrap, topic, f"crash-{client}", tmp_path, **env).start()
     try:
         second.wait_up()
         records = scores_complete(broker.bootstrap, topic + "-scores", 3, total, timeout=90)
         duplicates = check_against_offline(records, offline)
         assert duplicates < total // 2  # only the work after the last checkpoint was redone
+        assert "checkpoint restored" in second.log_path.read_text()
         assert second.terminate() == 0
     finally:
         if second.proc.poll() is None:
             second.kill()
 
 
-def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording):
+def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording, client):
     """Three members over six partitions: two join and one leaves while the recording is being produced.
 
     The recording spans 400 minutes; replayed at 1200x it takes 20 s, long enough for both rebalances to
@@ -82,16 +86,18 @@ def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording):
 
     path, total, offline = recording
     topic = setup_topics(broker, 6)
-    env = {"STREAMER_KAFKA__SCORES_TOPIC": topic + "-scores", "STREAMER_KAFKA__MAX_POLL_RECORDS": "200",
+    env = {"STREAMER_KAFKA__CLIENT": client,
+           "STREAMER_KAFKA__SCORES_TOPIC": topic + "-scores", "STREAMER_KAFKA__MAX_POLL_RECORDS": "200",
            "STREAMER_CHECKPOINT__PATH": str(tmp_path / "state"), "STREAMER_CHECKPOINT__INTERVAL_MESSAGES": "2000"}
-    members = [DaemonProcess(broker.bootstrap, topic, "rebalance", tmp_path, **env).start()]
+    members = [DaemonProcess(broker.bootstrap, topic, f"rebalance-{client}", tmp_path, **env).start()]
     try:
         members[0].wait_metric("streamer_ready", lambda v: v == 1)
         producer = threading.Thread(target=replay, args=(path, topic, daemon_settings(broker.bootstrap, [topic])),
                                     kwargs={"speed": 1200.0, "progress": False})
         producer.start()
         time.sleep(4)
-        members += [DaemonProcess(broker.bootstrap, topic, "rebalance", tmp_path, **env).start() for _ in range(2)]
+        members += [DaemonProcess(broker.bootstrap, topic, f"rebalance-{client}", tmp_path, **env).start()
+                    for _ in range(2)]
         for member in members:
             member.wait_metric("streamer_ready", lambda v: v == 1)
         time.sleep(2)

@@ -136,7 +136,7 @@ def _topics(broker, stem: str) -> tuple[str, str, str]:
     return topic, topic + "-scores", topic + "-dlq"
 
 
-def test_hostile_input_is_counted_dead_lettered_and_skipped(broker, tmp_path, run_daemon, model):
+def test_hostile_input_is_counted_dead_lettered_and_skipped(broker, tmp_path, run_daemon, model, client):
     rng = random.Random(20260101)
     garbage = _garbage(rng)
     valid = _valid_ticks(rng)
@@ -174,7 +174,7 @@ def test_hostile_input_is_counted_dead_lettered_and_skipped(broker, tmp_path, ru
     assert sum(row.score > 0 for row in offline) > n_valid // 10  # the comparison covers real scores
 
     settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, dead_letter_topic=dlq,
-                               max_poll_records=97)
+                               max_poll_records=97, client=client)
     started = time.monotonic()
     with run_daemon(settings) as running:
         _wait(running, len(events))
@@ -253,7 +253,7 @@ def _send_null_record(producer: KafkaProducer, topic: str, partition: int) -> No
 
 
 @pytest.mark.parametrize("pill", list(PILLS))
-def test_poison_pill(broker, run_daemon, pill):
+def test_poison_pill(broker, run_daemon, pill, client):
     """One bad message between valid ticks on a single partition: counted, dead-lettered, skipped."""
     (key, value), reason = PILLS[pill]
     topic, scores_topic, dlq = _topics(broker, f"pill-{pill.replace('_', '-')}")
@@ -272,7 +272,8 @@ def test_poison_pill(broker, run_daemon, pill):
     producer.flush()
     producer.close()
 
-    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, dead_letter_topic=dlq)
+    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, dead_letter_topic=dlq,
+                               client=client)
     with run_daemon(settings) as running:
         _wait(running, 61, timeout=60)
         assert running.thread.is_alive(), "the daemon's loop died (see the traceback above)"

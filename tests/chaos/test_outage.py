@@ -49,7 +49,7 @@ def _sample(body: bytes, name: str) -> float | None:
 
 
 @pytest.mark.slow
-def test_broker_outage_with_persistent_storage(tmp_path, model):
+def test_broker_outage_with_persistent_storage(tmp_path, model, client):
     pytest.importorskip("moto.server", reason="needs moto[server] (dev dependency) for Tansu's S3 storage")
     pytest.importorskip("boto3")
     recording = tmp_path / "recording.jsonl.gz"
@@ -72,7 +72,7 @@ def test_broker_outage_with_persistent_storage(tmp_path, model):
         assert replay(recording, topic, produce_settings, end=middle, progress=False).produced == first_half
 
         daemon = DaemonProcess(broker.bootstrap, topic, "outage", tmp_path,
-                               STREAMER_KAFKA__SCORES_TOPIC=topic + "-scores",
+                               STREAMER_KAFKA__CLIENT=client, STREAMER_KAFKA__SCORES_TOPIC=topic + "-scores",
                                STREAMER_KAFKA__MAX_POLL_RECORDS="300",
                                STREAMER_CHECKPOINT__PATH=str(tmp_path / "state"),
                                STREAMER_CHECKPOINT__INTERVAL_MESSAGES="1000").start()
@@ -160,7 +160,7 @@ def _watch_outage(daemon: DaemonProcess, seconds: float, metrics_timeout: float 
 
 
 @pytest.mark.slow
-def test_hung_broker_mid_batch(tmp_path, model):
+def test_hung_broker_mid_batch(tmp_path, model, client):
     import os
     import signal
 
@@ -176,7 +176,7 @@ def test_hung_broker_mid_batch(tmp_path, model):
             create_topic(broker.bootstrap, topic, 3)
             create_topic(broker.bootstrap, topic + "-scores", 3)
             daemon = DaemonProcess(broker.bootstrap, topic, "hung", tmp_path,
-                                   STREAMER_KAFKA__SCORES_TOPIC=topic + "-scores",
+                                   STREAMER_KAFKA__CLIENT=client, STREAMER_KAFKA__SCORES_TOPIC=topic + "-scores",
                                    STREAMER_CHECKPOINT__PATH=str(tmp_path / "state")).start()
             daemon.wait_metric("streamer_ready", lambda v: v == 1, timeout=90)
             produced = replay(recording, topic, daemon_settings(broker.bootstrap, [topic]), progress=False).produced

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from streamer.broker import create_topic, free_port
+from tests.chaos.processes import read_raw
 from tests.conftest import FAST_GROUP, daemon_settings
 from tests.integration.kafka_helpers import committed, produce, read_all, tick
 
@@ -33,7 +34,7 @@ def wave(stream: str, n: int, seed: int, start: int = 0, spike_from: int | None 
     return out
 
 
-def test_anomaly_reset_and_commits(broker, topic, run_daemon):
+def test_anomaly_reset_and_commits(broker, topic, run_daemon, client):
     n = 300
     clean = [wave(f"clean-{k}", n, seed=k) for k in range(5)]
     anomalous = wave("anomalous", n, seed=99, spike_from=n - 1)  # the latest tick is the anomaly
@@ -46,7 +47,8 @@ def test_anomaly_reset_and_commits(broker, topic, run_daemon):
 
     scores_topic = topic + "-scores"
     create_topic(broker.bootstrap, scores_topic, partitions=3)
-    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, max_poll_records=500)
+    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, max_poll_records=500,
+                               client=client)
     with run_daemon(settings) as running:
         running.wait_scored(len(messages))
         metrics = running.scrape()
@@ -89,7 +91,7 @@ GARBAGE = [
 ]
 
 
-def test_ten_thousand_messages_with_garbage(broker, topic, run_daemon):
+def test_ten_thousand_messages_with_garbage(broker, topic, run_daemon, client):
     rng = random.Random(3)
     messages, expected_invalid, valid = [], Counter(), 0
     counters = Counter()
@@ -103,22 +105,32 @@ def test_ten_thousand_messages_with_garbage(broker, topic, run_daemon):
             counters[stream] += 1
             messages.append(tick(stream, T0 + counters[stream], rng.gauss(0, 1)))
             valid += 1
-    produce(broker.bootstrap, topic, messages)
-    settings = daemon_settings(broker.bootstrap, [topic])
+    per_partition = produce(broker.bootstrap, topic, messages)
+    dlq = topic + "-dlq"
+    create_topic(broker.bootstrap, dlq, partitions=1)
+    settings = daemon_settings(broker.bootstrap, [topic], dead_letter_topic=dlq, client=client)
     with run_daemon(settings) as running:
         running.wait_processed(len(messages))
         metrics = running.scrape()
+        deadline = time.monotonic() + 10  # the commit follows the poll's processing
+        while committed(broker.bootstrap, settings.kafka.group_id, topic, 3) != dict(per_partition):
+            assert time.monotonic() < deadline, "offsets not committed"
+            time.sleep(0.2)
     assert metrics[("streamer_messages_total", (("outcome", "scored"), ("topic", topic)))] == valid
     assert metrics[("streamer_messages_total", (("outcome", "invalid"), ("topic", topic)))] == sum(
         expected_invalid.values())
     for reason, count in expected_invalid.items():
         assert metrics[("streamer_invalid_messages_total", (("reason", reason),))] == count
+    total_invalid = sum(expected_invalid.values())
+    assert metrics[("streamer_dead_lettered_messages_total", ())] == total_invalid
+    letters = read_raw(broker.bootstrap, dlq, 1, expected=total_invalid, timeout_ms=5000)
+    assert Counter(dict(letter.headers)["reason"].decode() for letter in letters) == expected_invalid
 
 
-def test_sigterm_commits_and_exits_zero(broker, topic, tmp_path):
+def test_sigterm_commits_and_exits_zero(broker, topic, tmp_path, client):
     port = free_port()
-    group = "sigterm-group"
-    env = {**os.environ, "STREAMER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+    group = f"sigterm-group-{client}"
+    env = {**os.environ, "STREAMER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMER_KAFKA__CLIENT": client,
            "STREAMER_KAFKA__TOPICS": f'["{topic}"]', "STREAMER_KAFKA__GROUP_ID": group,
            "STREAMER_KAFKA__CONSUMER": json.dumps(FAST_GROUP),
            "STREAMER_METRICS__PORT": str(port)}
@@ -139,9 +151,10 @@ def test_sigterm_commits_and_exits_zero(broker, topic, tmp_path):
     assert offsets == {p: per_partition.get(p, 0) or None for p in range(3)}
 
 
-def test_unreachable_broker_is_a_clear_error():
+def test_unreachable_broker_is_a_clear_error(client):
     env = {**os.environ, "STREAMER_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-           "STREAMER_METRICS__PORT": "0", "STREAMER_KAFKA__CONSUMER": '{"request_timeout_ms": 3000}'}
+           "STREAMER_KAFKA__CLIENT": client, "STREAMER_METRICS__PORT": "0",
+           "STREAMER_KAFKA__CONSUMER": '{"request_timeout_ms": 3000}'}
     done = subprocess.run([sys.executable, "-m", "streamer", "run"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2
@@ -188,7 +201,7 @@ def test_idle_streams_expire(broker, topic, run_daemon):
         assert running.scrape()[("streamer_expired_streams_total", ())] == 5
 
 
-def test_backfill_from_a_timestamp_starts_a_new_group_there(broker, topic, run_daemon):
+def test_backfill_from_a_timestamp_starts_a_new_group_there(broker, topic, run_daemon, client):
     from datetime import datetime, timezone
 
     produce(broker.bootstrap, topic, [tick(f"s{i % 3}", T0 + i, 1.0) for i in range(30)])
@@ -196,7 +209,7 @@ def test_backfill_from_a_timestamp_starts_a_new_group_there(broker, topic, run_d
     start = datetime.now(timezone.utc).isoformat()
     time.sleep(0.5)
     produce(broker.bootstrap, topic, [tick(f"s{i % 3}", T0 + 100 + i, 1.0) for i in range(12)])
-    settings = daemon_settings(broker.bootstrap, [topic], start_from=start)
+    settings = daemon_settings(broker.bootstrap, [topic], start_from=start, client=client)
     with run_daemon(settings) as running:
         running.wait_scored(12)
         time.sleep(2)  # nothing older arrives late

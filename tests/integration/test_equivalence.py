@@ -33,16 +33,17 @@ def write_recording(path, streams=40, length=250, seed=0):
     return streams * length
 
 
-def test_offline_scores_equal_daemon_scores(broker, tmp_path, run_daemon, model):
+def test_offline_scores_equal_daemon_scores(broker, tmp_path, run_daemon, model, client):
     path = tmp_path / "recording.jsonl.gz"
     total = write_recording(path)
     offline, summary = score_file(path, load_settings(None), model)
     assert summary.scored == total and sum(summary.resets.values()) > 0
 
-    topic = "equivalence"
+    topic = f"equivalence-{client}"
     create_topic(broker.bootstrap, topic, partitions=3)
     create_topic(broker.bootstrap, topic + "-scores", partitions=3)
-    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=topic + "-scores", max_poll_records=317)
+    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=topic + "-scores", max_poll_records=317,
+                               client=client)
     report = replay(path, topic, settings, speed=None, progress=False)
     assert report.produced == total
     with run_daemon(settings) as running:

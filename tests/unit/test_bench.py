@@ -96,6 +96,25 @@ def test_render_has_every_row_and_a_verdict_per_target():
     assert [ok for ok, _, _ in verdicts] == [True, False, True, False, True]
 
 
+def test_confluent_rows_have_their_own_ratios_and_targets():
+    main = _variant(10_000, True, 80_000.0)
+    rows = {r["row"]: r for r in main["rows"]}
+    extra = [_row("ceiling-confluent", 500_000.0), _row("naive-confluent", 10_000.0), _row("run-confluent", 160_000.0)]
+    for r in extra:
+        r["ratio"] = r["rate"] / rows["ceiling"]["rate"]
+    main["rows"] += extra
+    main["confluent"] = {"ratio": 160_000.0 / 500_000.0, "cpu_ratio": 0.2, "naive_factor": 16.0}
+    results = {"env": {"cpus": 2, "python": "3.11", "kafka_python": "3", "confluent_kafka": "2.16.1", "torch": "2",
+                       "torch_threads": 2, "broker": "tansu", "partitions": 4, "producer": "kafka-python"},
+               "plan": {}, "variants": [main]}
+    text = bench.render(results)
+    assert "confluent-kafka 2.16.1" in text and "run-confluent" in text
+    assert "streamer run = 0.32 x the confluent ceiling (CPU ratio 0.20) and 16.0 x the naive" in " ".join(text.split())
+    verdicts = {target: ok for ok, target, _ in bench.targets(results)}
+    assert verdicts["confluent streamer run >= 0.3 x confluent ceiling (10,000 streams)"] is True
+    assert verdicts["confluent streamer run >= 20 x confluent naive"] is False
+
+
 def _args(*argv):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
@@ -132,3 +151,25 @@ def test_tiny_end_to_end_run_prints_the_whole_table(broker, capsys, tmp_path):
         assert math.isfinite(r["ratio"]) and 0 < r["ratio"] < 100
     assert variant["daemon"]["streams_in_memory"] == 40
     assert variant["latency"]["count"] >= 1 and variant["latency"]["p50_ms"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bench._confluent_version() is None, reason="confluent-kafka not installed")
+def test_tiny_run_with_the_confluent_rows(broker, capsys, tmp_path):
+    """The ceiling, naive and streamer run rows once more with kafka.client = confluent-kafka."""
+    args = _args("--messages", "3000", "--streams", "40", "--also-streams", "", "--naive-messages", "500",
+                 "--latency-seconds", "1", "--producer", "kafka-python", "--confluent", "--scrape-every", "0",
+                 "--bootstrap-servers", broker.bootstrap, "--json", str(tmp_path / "r.json"))
+    assert bench.run(args, load_settings(None)) == 0
+    out = capsys.readouterr().out
+    for label in ("ceiling: confluent-kafka + orjson", "naive with confluent-kafka",
+                  "streamer run, kafka.client=confluent-kafka", "confluent streamer run >= 0.3 x confluent ceiling",
+                  "confluent streamer run >= 20 x confluent naive"):
+        assert label in out
+    import json
+
+    (variant,) = json.loads((tmp_path / "r.json").read_text())["variants"]
+    rows = {r["row"]: r for r in variant["rows"]}
+    assert rows["ceiling-confluent"]["messages"] == rows["run-confluent"]["messages"] == 3000
+    assert rows["naive-confluent"]["messages"] == 500
+    assert 0 < variant["confluent"]["ratio"] < 100 and variant["confluent"]["naive_factor"] > 0
