@@ -40,6 +40,7 @@ class KafkaSettings(Section):
     start_from: str = "earliest"
     max_poll_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
+    commit_interval_ms: int = Field(1000, ge=0, description="commit processed offsets this often; 0: every poll")
     # Optional outputs: one JSON record per scored tick, and the original bytes of rejected messages.
     scores_topic: str | None = None
     dead_letter_topic: str | None = None

@@ -1,7 +1,9 @@
 """The run loop: poll -> decode -> one batched detector step -> metrics (and score records) -> commit.
 
 Delivery is at-least-once: an offset is committed only after every message before it was scored, its
-metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker.
+metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker. Processed
+offsets are committed every ``kafka.commit_interval_ms`` (a commit per poll cost a broker round trip per
+2,000 messages), on revocation and at shutdown; a crash replays at most that interval's messages.
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
 in `streamer.kafka_io` (kafka-python, the default) and implemented again in `streamer.kafka_confluent`
@@ -158,7 +160,7 @@ class Daemon:
 
     def _loop(self) -> None:
         cfg = self.settings.kafka
-        next_lag = 0.0
+        next_lag = next_commit = 0.0
         while not self._stop.is_set():
             self.health.beat()
             self._watchdog.maybe_ping(time.monotonic(), healthy=True)
@@ -171,7 +173,9 @@ class Daemon:
             if self._store is not None and self._checkpoint_due():
                 with self._lock:
                     self._checkpoint(self._dirty & self._owned)
-            self._commit()
+            if time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
+                self._commit()
+                next_commit = time.monotonic() + cfg.commit_interval_ms / 1000
             if time.monotonic() >= next_lag:
                 self._update_lag()
                 self._check_connected()
