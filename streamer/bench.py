@@ -767,7 +767,7 @@ def render(results: dict) -> str:
                     set(range(12)))
     lines += _note("peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and "
                    "model load; arrays: every per-slot array of the Detector (h, c, stats, ...) per live stream, as "
-                   "allocated (the table grows by doubling) / per slot; Python: tracemalloc (Python domain) of the "
+                   "allocated (the table grows by an eighth) / per slot; Python: tracemalloc (Python domain) of the "
                    "slot dict, names and per-slot lists; state = arrays as allocated + Python; RSS-delta: "
                    "cross-check, RSS growth of a Detector fed the same streams (allocator slack and garbage "
                    "included); /metrics scraped over HTTP with the default max_stream_series; GC: wall time of "

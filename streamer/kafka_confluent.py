@@ -8,7 +8,7 @@ so `streamer.daemon` does not know which client it drives:
   them through the accessors ``value``, ``key``, ``offset``, ``partition``, ``timestamp_ms``;
 * rebalance callbacks (assigned, revoked, lost) run inside ``poll`` on the calling thread, and ``close``
   runs the final revocation the same way;
-* ``commit`` (after each poll) is asynchronous: the loop does not wait a broker round trip per poll, commits
+* ``commit`` (every ``kafka.commit_interval_ms``) is asynchronous: the loop does not wait a round trip, commits
   are sent in order on one connection, failures are logged from the ``on_commit`` callback, and ``close``
   waits for outstanding commits (librdkafka does not leave the group before). ``commit_revoked``, from the
   revocation callback, is synchronous: the handover is exact, the next owner starts where we stopped;
