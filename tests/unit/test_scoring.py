@@ -191,18 +191,22 @@ def test_a_reset_stream_scores_like_a_fresh_one_including_the_daily_profile(mode
     assert det.profile[det.slots["a"], BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 300
 
 
-def test_a_novel_tick_is_not_learned_into_the_surprise_tails(model):
+def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_slow_level(model):
     values = stable(600, seed=8)
     values[500] += 20.0  # far beyond the range: a certain anomaly
     det = Detector(model, DetectorSettings())
     ticks = [Tick("a", T0 + 60.0 * i, float(v)) for i, v in enumerate(values)]
     det.process(ticks[:500])
-    tails = lambda: det.profile[det.slots["a"], TAILS:BIN_MEAN].copy()  # noqa: E731
-    before = tails()
+    slot = det.slots["a"]
+    learned = lambda: np.r_[det.profile[slot, TAILS:BIN_MEAN], det.scalars[slot, [LEVEL_MEAN, LEVEL_VAR]]]  # noqa: E731
+    before = learned()
     assert det.process(ticks[500:501]).score[0] >= 0.9
-    np.testing.assert_array_equal(tails(), before)  # the anomaly did not teach the stream that spikes are usual
+    # the anomaly neither taught the stream that spikes are usual nor inflated its slow deviation
+    np.testing.assert_array_equal(learned(), before)
+    assert det.profile[slot, BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 501  # it is in the daily profile
     det.process(ticks[501:502])  # an ordinary tick is learned
-    assert not np.array_equal(tails(), before)
+    after = learned()
+    assert not np.array_equal(after[:-2], before[:-2]) and not np.array_equal(after[-2:], before[-2:])
 
 
 def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(model):
