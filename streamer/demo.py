@@ -23,7 +23,7 @@ from streamer.replay import replay
 
 TOPIC, SCORES = "ticks", "scores"
 PARTITIONS = 4
-ALERT_THRESHOLD = 0.28  # the best NAB threshold of the bundled model (`streamer evaluate`), as in the alert rules
+ALERT_THRESHOLD = 0.30  # the best NAB threshold of the bundled model (`streamer evaluate`), as in the alert rules
 # Tansu needs short group timeouts, or a group join takes ~23 s (and a stuck rebalance up to 5 min).
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 

@@ -13,14 +13,19 @@ timestamps) and a float32 profile (tail rates, the daily profile), 568 bytes a s
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
-1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty;
+1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty, scored only with
+   `forecast_evidence` (off by default: on NAB it raised more false alarms than detections, with a Gaussian
+   or a Laplace head alike; its tail is still kept, so switching it on needs no warm-up);
 2. time-of-day surprise: the value in units of the stream's slow mean and standard deviation (memory
    `season_memory_days`, not the LSTM's fast normaliser, which would flatten a daily pattern) against that
    stream's daily profile (24 hourly UTC bins of EW mean and variance, same memory), instantly and as a
    short EW mean (`season_window` ticks); it sees a missing or misplaced daily pattern that a short-memory
    forecaster cannot;
 3. range novelty: a value beyond the stream's [min, max] so far by more than `range_margin` of the range
-   (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10.
+   (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10; such a tick is learned neither into the
+   surprise tails (it would teach the stream that its anomalies are usual, for the rest of the incident and
+   the next ones) nor into the slow level (it would inflate the yardstick of 2. for days), though it widens
+   the range and is learned into the daily profile.
 A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2048
 (memory `tail_memory` ticks), log-log interpolated, and beyond the largest level the stream has exceeded
 extrapolated as a Pareto tail of index `tail_index`: a spiky stream learns that its spikes are usual, a
@@ -459,11 +464,23 @@ class Detector:
         learn = n >= settle
         live = n >= cfg.warmup
 
+        # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already
+        # a certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it
+        # would teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day
+        # surprise, blunting it for days. It does widen the range and enter the daily profile.
+        low, high = st[:, LOW], st[:, HIGH]
+        beyond = np.maximum(value - high, low - value) / np.maximum(high - low, 1e-12)
+        novel = learn & (learned >= 1) & (beyond > cfg.range_margin)
+        first = learned < 1
+        st[:, LOW] = np.where(learn, np.where(first, value, np.minimum(low, value)), low)
+        st[:, HIGH] = np.where(learn, np.where(first, value, np.maximum(high, value)), high)
+
         # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
         # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
         # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
         hours = np.minimum(np.maximum(ts - st[:, LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
-        level_rate = np.maximum(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * cfg.season_memory_days)))
+        level_rate = np.where(novel, 0.0, np.maximum(1.0 / (n + 1.0),
+                                                     hours * (1.0 / (SEASON_BINS * cfg.season_memory_days))))
         level_mean, level_var = st[:, LEVEL_MEAN], st[:, LEVEL_VAR]
         delta = value - level_mean
         level_mean = level_mean + level_rate * delta
@@ -490,7 +507,7 @@ class Detector:
         stats = stats.T.reshape(-1)  # row-major (row, statistic), as the rates are laid out
         rates = pr[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(3 * size, TAIL_LEVELS)  # a copy
         decades = tail_decades(rates, stats, cfg.tail_index).reshape(size, 3)
-        weight = np.where(learn, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
+        weight = np.where(learn & ~novel, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
         season_weight = np.where(seasoned, weight, 0.0)
         learn_tail(rates, stats, np.stack((weight, season_weight, season_weight), axis=1).reshape(-1))
         pr[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(size, 3 * TAIL_LEVELS)
@@ -506,17 +523,9 @@ class Detector:
         flat[at_count] = visits + 1.0
         st[:, LAST_TS] = ts
 
-        # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range.
-        low, high = st[:, LOW], st[:, HIGH]
-        beyond = np.maximum(value - high, low - value) / np.maximum(high - low, 1e-12)
-        novel = learn & (learned >= 1) & (beyond > cfg.range_margin)
-        first = learned < 1
-        st[:, LOW] = np.where(learn, np.where(first, value, np.minimum(low, value)), low)
-        st[:, HIGH] = np.where(learn, np.where(first, value, np.maximum(high, value)), high)
-
         # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
         evidence, damp = decades[:, 0], st[:, DAMP_FORECAST]
-        forecast_part = np.maximum(evidence - damp, 0.0)
+        forecast_part = np.maximum(evidence - damp, 0.0) if cfg.forecast_evidence else 0.0
         decay = 0.5 ** (1.0 / cfg.refractory_halflife)
         st[:, DAMP_FORECAST] = np.where(live, np.maximum(damp * decay, evidence), damp)
 

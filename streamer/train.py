@@ -46,6 +46,7 @@ from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_rec
 
 TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
 
 
 # --- reading: the detector's view of recorded files ---------------------------------------------------------
@@ -204,9 +205,18 @@ def gaussian_nll(y: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> to
     return 0.5 * ((y - mu) * torch.exp(-log_std)) ** 2 + log_std + _HALF_LOG_2PI
 
 
+def laplace_nll(y: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Elementwise negative log-likelihood of ``y`` under Laplace(mu, exp(log_scale)): heavier tails than the
+    Gaussian, so a spike costs linearly, not quadratically, and the head does not chase it."""
+    return (y - mu).abs() * torch.exp(-log_scale) + log_scale + _LOG_2
+
+
+LOSSES = {"gaussian": gaussian_nll, "laplace": laplace_nll}
+
+
 @torch.inference_mode()
-def evaluate(model: Forecaster, data: _Tensors, chunk: int = 256) -> float:
-    """Mean NLL per target over a whole layout (state carried through, as in serving)."""
+def evaluate(model: Forecaster, data: _Tensors, chunk: int = 256, loss: str = "gaussian") -> float:
+    """Mean NLL per target (under ``loss``) over a whole layout (state carried through, as in serving)."""
     h = torch.zeros(data.lanes, model.hidden_size)
     c = torch.zeros(data.lanes, model.hidden_size)
     total, count = 0.0, 0.0
@@ -214,7 +224,7 @@ def evaluate(model: Forecaster, data: _Tensors, chunk: int = 256) -> float:
         stop = min(start + chunk, data.steps)
         mu, log_std, h, c = _run_steps(model, data, start, stop, h, c)
         mask = data.mask[start:stop]
-        total += float((gaussian_nll(data.y[start:stop], mu, log_std) * mask).sum())
+        total += float((LOSSES[loss](data.y[start:stop], mu, log_std) * mask).sum())
         count += float(mask.sum())
     return total / max(count, 1.0)
 
@@ -251,6 +261,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.99  # decay of the weight average that is validated and saved (0: the raw weights)
     threads: int = 1
+    loss: str = "gaussian"  # likelihood of the head: gaussian | laplace (see LOSSES)
     progress: bool | None = None  # None: a progress bar on a terminal only
 
 
@@ -308,7 +319,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
     best_epoch, bad_epochs, stopped = 0, 0, "epochs"
     history: list[float] = []
     if val_data is not None:
-        best = evaluate(model, val_data)
+        best = evaluate(model, val_data, loss=config.loss)
         history.append(round(best, 5))
         log(f"epoch 0: val NLL {best:.4f}")
     deadline = began + config.max_minutes * 60 if config.max_minutes > 0 else math.inf
@@ -334,7 +345,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
             mask = data.mask[start:stop]
             n = float(mask.sum())
             if n:
-                nll = (gaussian_nll(data.y[start:stop], mu, log_std) * mask).sum()
+                nll = (LOSSES[config.loss](data.y[start:stop], mu, log_std) * mask).sum()
                 # Cosine decay from lr to lr/20 over the planned batches.
                 lr = config.lr * (0.05 + 0.475 * (1 + math.cos(math.pi * min(1.0, updates / total_steps))))
                 for group in optimizer.param_groups:
@@ -360,7 +371,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
             best_state = {k: v.clone() for k, v in averaged.state_dict().items()}
             log(f"epoch {epoch}: train NLL {train_nll:.4f}")
         else:
-            val = evaluate(averaged, val_data)
+            val = evaluate(averaged, val_data, loss=config.loss)
             history.append(round(val, 5))
             improved = val < best - 1e-4
             log(f"epoch {epoch}: train NLL {train_nll:.4f}, val NLL {val:.4f}{' *' if improved else ''}, "
@@ -424,6 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", type=float, default=d.ema,
                         help=f"decay of the averaged weights that are validated and saved (default {d.ema}; "
                              "0: the raw weights)")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default=d.loss,
+                        help=f"likelihood of the forecast head (default {d.loss}; laplace: heavier tails)")
     parser.add_argument("--threads", type=int, default=d.threads,
                         help=f"torch threads (default {d.threads}: bit-reproducible and as fast for this size)")
 
@@ -443,7 +456,7 @@ def run(args: argparse.Namespace, settings) -> int:
     config = TrainConfig(hidden_size=args.hidden_size, epochs=args.epochs, chunk=args.chunk, batch=args.batch,
                          lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, patience=args.patience,
                          max_minutes=args.max_minutes, grad_clip=args.grad_clip, ema=args.ema,
-                         threads=args.threads)
+                         threads=args.threads, loss=args.loss)
     rules = ResetRules(**settings.resets.model_dump(exclude={"topics"}))
     began = time.monotonic()
     try:

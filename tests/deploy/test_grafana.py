@@ -290,7 +290,7 @@ def test_anomaly_threshold_is_the_same_in_both_places() -> None:
     expr = promql_parser.parse(prometheus_alerts()["StreamerAnomaly"]["expr"])
     assert isinstance(expr.rhs, promql_parser.NumberLiteral)
     (rule,) = [r for r in GRAFANA_RULES if r["title"] == "StreamerAnomaly"]
-    assert threshold(rule) == ("gt", expr.rhs.val) == ("gt", 0.28)
+    assert threshold(rule) == ("gt", expr.rhs.val) == ("gt", 0.30)
 
 
 def test_dashboard_provider_points_at_a_directory() -> None:

@@ -1,10 +1,11 @@
 """The scoring pieces of the detector: calibrated tails, range novelty, the time-of-day profile, refractory alarms,
-one alarm per incident."""
+one alarm per incident, novel ticks kept out of the tails, the forecast evidence switch."""
 
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from streamer.config import DetectorSettings
 from streamer.detector import (
@@ -14,10 +15,12 @@ from streamer.detector import (
     LEVEL_VAR,
     SEASON_BINS,
     TAIL_LEVELS,
+    TAILS,
     Detector,
     learn_tail,
     tail_decades,
 )
+from streamer.model import Forecaster, ModelSpec
 from streamer.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
@@ -186,3 +189,32 @@ def test_a_reset_stream_scores_like_a_fresh_one_including_the_daily_profile(mode
     fresh = Detector(model, DetectorSettings()).process([Tick("b", t.ts, t.value, t.segment) for t in second]).score
     np.testing.assert_allclose(again, fresh, atol=1e-9)
     assert det.profile[det.slots["a"], BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 300
+
+
+def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_slow_level(model):
+    values = stable(600, seed=8)
+    values[500] += 20.0  # far beyond the range: a certain anomaly
+    det = Detector(model, DetectorSettings())
+    ticks = [Tick("a", T0 + 60.0 * i, float(v)) for i, v in enumerate(values)]
+    det.process(ticks[:500])
+    slot = det.slots["a"]
+    learned = lambda: np.r_[det.profile[slot, TAILS:BIN_MEAN], det.scalars[slot, [LEVEL_MEAN, LEVEL_VAR]]]  # noqa: E731
+    before = learned()
+    assert det.process(ticks[500:501]).score[0] >= 0.9
+    # the anomaly neither taught the stream that spikes are usual nor inflated its slow deviation
+    np.testing.assert_array_equal(learned(), before)
+    assert det.profile[slot, BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 501  # it is in the daily profile
+    det.process(ticks[501:502])  # an ordinary tick is learned
+    after = learned()
+    assert not np.array_equal(after[:-2], before[:-2]) and not np.array_equal(after[-2:], before[-2:])
+
+
+def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(model):
+    torch.manual_seed(0)
+    other = Forecaster(ModelSpec(hidden_size=8))  # untrained: forecasts nothing useful
+    values = stable(700, seed=9, noise=0.2)
+    values[400] += 1.5  # inside the range: scored by the tails only
+    off = DetectorSettings(forecast_evidence=False)
+    np.testing.assert_array_equal(scores_of(model, values, settings=off), scores_of(other, values, settings=off))
+    on = DetectorSettings(forecast_evidence=True)
+    assert not np.array_equal(scores_of(model, values, settings=on), scores_of(other, values, settings=on))

@@ -20,6 +20,8 @@ from streamer.train import (
     _Tensors,
     add_arguments,
     forecasts,
+    gaussian_nll,
+    laplace_nll,
     layout,
     normalise,
     read_corpus,
@@ -253,3 +255,21 @@ def test_bundled_model():
     assert info["recipe"].startswith("streamer train ") and info["best_val_nll"] < 1.0
     for key in ("inputs", "seed", "epochs_run", "best_val_nll", "train_seconds"):
         assert key in info
+
+
+def test_laplace_likelihood():
+    y, mu = torch.tensor([0.0, 3.0]), torch.zeros(2)
+    log_scale = torch.zeros(2)
+    np.testing.assert_allclose(laplace_nll(y, mu, log_scale).numpy(), [np.log(2.0), 3.0 + np.log(2.0)], rtol=1e-6)
+    # a spike costs linearly under the Laplace, quadratically under the Gaussian
+    assert float(laplace_nll(torch.tensor([10.0]), torch.zeros(1), torch.zeros(1))) < float(
+        gaussian_nll(torch.tensor([10.0]), torch.zeros(1), torch.zeros(1)))
+
+
+def test_training_with_the_laplace_loss(tiny_corpus):
+    corpus = read_corpus([tiny_corpus], FIELDS, ResetRules())
+    model, summary = train(corpus, _tiny_config(loss="laplace"))
+    gaussian, _ = train(corpus, _tiny_config())
+    assert model.fingerprint() != gaussian.fingerprint()
+    assert summary["config"]["loss"] == "laplace"
+    assert summary["best_val_nll"] == min(summary["val_nll_history"]) < summary["val_nll_history"][0]
