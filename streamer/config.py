@@ -140,7 +140,7 @@ class DetectorSettings(Section):
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
-    forecast_evidence: bool = Field(False, description="score the LSTM's forecast surprise too (NAB: no better)")
+    forecast_evidence: bool = Field(True, description="score the LSTM's forecast surprise (false: an output only)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
