@@ -243,7 +243,7 @@ class Detector:
 
     def _grow(self) -> None:
         old = len(self.names)
-        more = max(64, old // 8)  # grow by an eighth: at most 11% idle slots (state per stream matters)
+        more = max(16, old // 8)  # grow by an eighth: at most ~11% idle slots (state per stream matters)
         self.names.extend([None] * more)
         self._last_ts = np.concatenate([self._last_ts, np.full(more, -math.inf)])
         self._segment = np.concatenate([self._segment, object_array([None] * more)])

@@ -70,10 +70,15 @@ class Corpus:
 
 def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> Corpus:
     """Read recorded files into per-stream sequences cut at the detector's resets (the same `ResetPolicy`,
-    and the same out-of-order rule: a tick not later than every earlier tick of its stream is skipped)."""
+    and the same out-of-order rule: a tick not later than every earlier tick of its stream is skipped).
+
+    Sequences are listed in the order they end while reading (a reset ends one; the streams' last sequences
+    follow, in order of first appearance), which is the order training lays them into lanes.
+    """
     decoder = TickDecoder(fields)
     corpus = Corpus()
-    by_stream: dict[str, list[Tick]] = defaultdict(list)
+    by_stream: dict[str, list[tuple[int, Tick]]] = defaultdict(list)  # (position in the reading, tick)
+    position = 0
     for path in paths:
         for record in read_records(Path(path), fields):
             try:
@@ -82,25 +87,31 @@ def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> C
                 corpus.skipped[exc.reason] += 1
                 continue
             for tick in ticks:
-                by_stream[tick.stream].append(tick)
+                by_stream[tick.stream].append((position, tick))
+                position += 1
     policy = ResetPolicy(rules)
-    for stream, ticks in by_stream.items():
-        ts = np.array([t.ts for t in ticks])
+    ended: list[tuple[float, str, np.ndarray]] = []  # (when the sequence ended, stream, values)
+    for first_seen, (stream, entries) in enumerate(by_stream.items()):
+        ts = np.array([t.ts for _, t in entries])
         later = ts > np.maximum.accumulate(np.concatenate(([-np.inf], ts[:-1])))
         if not later.all():
             corpus.skipped["out_of_order"] += int(np.count_nonzero(~later))
-            ticks = [t for t, ok in zip(ticks, later.tolist()) if ok]
+            entries = [e for e, ok in zip(entries, later.tolist()) if ok]
             ts = ts[later]
+        ticks = [t for _, t in entries]
         segment, day = object_array([t.segment for t in ticks]), policy.days(ts)
         explicit = np.array([t.reset for t in ticks], dtype=bool)
         code = policy.reasons(explicit[1:], segment[1:], segment[:-1], day[1:], day[:-1], ts[1:], ts[:-1])
         for reason, n in zip(RESET_REASONS, np.bincount(code, minlength=len(RESET_REASONS) + 1)[1:].tolist()):
             if n:
                 corpus.resets[reason] += n
+        cuts = np.flatnonzero(code) + 1
+        ends = [entries[i][0] for i in cuts.tolist()] + [position + first_seen]  # the last ends after reading
         values = np.array([t.value for t in ticks])
-        for sequence in np.split(values, np.flatnonzero(code) + 1):
-            corpus.add(stream, sequence)
+        ended += [(end, stream, sequence) for end, sequence in zip(ends, np.split(values, cuts))]
         corpus.ticks += len(ticks)
+    for _, stream, sequence in sorted(ended, key=lambda e: e[0]):
+        corpus.add(stream, sequence)
     return corpus
 
 
