@@ -74,6 +74,11 @@ class _Listener:
     def assigned(self, partitions):
         self.daemon._assigned(partitions)
 
+    def start_offsets(self, partitions) -> dict:
+        """Where these just-assigned partitions start, for backends that position them in the assignment
+        itself (confluent-kafka: a seek right after assignment can lose to the group's own positioning)."""
+        return self.daemon._claim_start_offsets(partitions)
+
 
 class Daemon:
     """One consumer-group member scoring its partitions. `run` blocks until `stop` is called."""
@@ -283,25 +288,37 @@ class Daemon:
         """
         with self._lock:
             todo, self._unpositioned = self._unpositioned, set()
-        moved = set()
-        for tp in todo:
+        offsets = self._start_offsets(todo)
+        for tp, offset in offsets.items():
+            self._consumer.seek(tp, offset)
+        return set(offsets)
+
+    def _claim_start_offsets(self, partitions) -> dict[TopicPartition, int]:
+        """`_start_offsets` of partitions the main loop then need not position (see `_Listener`)."""
+        with self._lock:
+            self._unpositioned -= set(partitions)
+        return self._start_offsets(partitions)
+
+    def _start_offsets(self, partitions) -> dict[TopicPartition, int]:
+        """Where newly assigned partitions must start: a checkpoint's offset (its state is restored here), or
+        the backfill start; partitions absent from the result keep the group's position."""
+        offsets = {}
+        for tp in partitions:
             checkpoint = self._load_checkpoint(tp)
             if checkpoint is not None:
                 with self._lock:
                     self.detector.restore(checkpoint.states, owner=self._owner_id(tp))
                     self._next_offset[tp] = checkpoint.offset
-                self._consumer.seek(tp, checkpoint.offset)
-                moved.add(tp)
+                offsets[tp] = checkpoint.offset
                 log.info("checkpoint restored", extra={"partition": f"{tp.topic}/{tp.partition}",
                                                        "offset": checkpoint.offset,
                                                        "streams": len(checkpoint.states.names)})
                 continue
             offset = self._consumer.start_offset(tp, self._start_ms) if self._start_ms is not None else None
             if offset is not None:
-                self._consumer.seek(tp, offset)
-                moved.add(tp)
+                offsets[tp] = offset
                 log.info("backfill start", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset})
-        return moved
+        return offsets
 
     def _load_checkpoint(self, tp: TopicPartition) -> Checkpoint | None:
         if self._store is None:

@@ -233,9 +233,21 @@ class ConfluentConsumer(_Client):
         self._single_topic = topics[0] if len(topics) == 1 and not topics[0].startswith("^") else None
         self._consumer.subscribe(
             topics,
-            on_assign=lambda _, parts: listener.assigned(self._ours(parts)),
+            on_assign=lambda _, parts: self._on_assign(parts, listener),
             on_revoke=lambda _, parts: listener.revoked(self._ours(parts)),
             on_lost=lambda _, parts: listener.lost(self._ours(parts)))
+
+    def _on_assign(self, parts, listener) -> None:
+        """Assign with the start offsets the listener asks for (a checkpoint's, a backfill's): librdkafka
+        starts fetching there. A seek right after the assignment could lose to the group's own offset lookup
+        and let messages from the old position through."""
+        ours = self._ours(parts)
+        listener.assigned(ours)
+        offsets = listener.start_offsets(ours)
+        for part, tp in zip(parts, ours):
+            if tp in offsets:
+                part.offset = offsets[tp]
+        self._consumer.assign(parts)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
         batch = self._consumer.consume(max_records, timeout_ms / 1000)

@@ -5,7 +5,8 @@ here, `streamer.kafka_confluent.ConfluentConsumer` / `ConfluentProducer` for ``k
 "confluent-kafka"``); `open_consumer` / `open_producer` pick the backend. Consumer surface:
 
 * ``subscribe(topics, listener)``: ``listener.assigned/revoked/lost(partitions)`` (kafka-python runs them on
-  its network thread, confluent-kafka inside ``poll``/``close`` on the calling thread);
+  its network thread, confluent-kafka inside ``poll``/``close`` on the calling thread); confluent-kafka also
+  asks ``listener.start_offsets(partitions)`` and assigns there, kafka-python's are sought by the daemon;
 * ``poll(timeout_ms, max_records) -> {TopicPartition: [message, ...]}`` with the client's *own* message
   objects, read through the accessors ``value(m)``, ``key(m)``, ``offset(m)``, ``partition(m)``,
   ``timestamp_ms(m)`` (no wrapper object per message: the per-message path stays as cheap as the client);
