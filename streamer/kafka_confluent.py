@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from kafka import TopicPartition
 
+from streamer import kafka_io
 from streamer.kafka_io import CommitFailed, KafkaSetupError
 
 if TYPE_CHECKING:
@@ -88,22 +89,22 @@ def translate(options: dict[str, Any], names: dict[str, str], table: str) -> dic
     return {names[key]: value for key, value in options.items()}
 
 
+# kafka-python's names of the ``[kafka]`` security settings (`kafka_io.security_options`) -> librdkafka's.
+SECURITY_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+}
+
+
 def security_options(k: KafkaSettings) -> dict[str, Any]:
-    """``[kafka]`` security settings under librdkafka's names."""
-    options: dict[str, Any] = {"security.protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        options["sasl.mechanisms"] = k.sasl_mechanism
-    if k.sasl_plain_username is not None:
-        options["sasl.username"] = k.sasl_plain_username
-    if k.sasl_plain_password is not None:
-        options["sasl.password"] = k.sasl_plain_password.get_secret_value()
-    for name, rdkafka in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
-                          ("ssl_keyfile", "ssl.key.location")):
-        if getattr(k, name) is not None:
-            options[rdkafka] = str(getattr(k, name))
-    if k.ssl_password is not None:
-        options["ssl.key.password"] = k.ssl_password.get_secret_value()
-    return options
+    """``[kafka]`` security settings under librdkafka's names (which settings apply: `kafka_io`'s)."""
+    return {SECURITY_NAMES[name]: value for name, value in kafka_io.security_options(k).items()}
 
 
 def consumer_options(k: KafkaSettings) -> dict[str, Any]:
