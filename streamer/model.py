@@ -145,12 +145,12 @@ class Forecaster(nn.Module):
 
 
 class FastCell:
-    """Inference-only `nn.LSTMCell` with one input, the same function to float32 rounding (~1e-7).
+    """Inference-only `nn.LSTMCell` with one input, the same function to float32 rounding (~1e-7; tested to 2e-6).
 
     On CPU, torch's tanh costs about 7x its sigmoid (0.69 vs 0.11 us for 256 values), and the cell's tanh
     calls were most of the daemon's LSTM time. Here tanh(z) = 2 sigmoid(2z) - 1: the cell gate's weights are
-    doubled once, so all four gates take one in-place sigmoid (the LSTM step at 2,000 streams: 1.18 -> 0.63
-    us a stream, /tmp micro-benchmark in docs/perf.md).
+    doubled once, so all four gates take one in-place sigmoid (the LSTM step at 2,000 streams, one thread:
+    1.18 us a stream with `torch.lstm_cell`, 0.63 with this; docs/perf.md).
     """
 
     def __init__(self, cell: nn.LSTMCell):
