@@ -315,8 +315,7 @@ class Detector:
 
     def restore(self, states: StreamStates, owner: int = -1) -> None:
         """Install exported state, replacing whatever these streams had."""
-        slots = np.array([self.slots.get(s) if s in self.slots else self._slot_for(s)[0] for s in states.names],
-                         dtype=np.int64)
+        slots = np.array([self._slot_for(s)[0] for s in states.names], dtype=np.int64)
         index = torch.from_numpy(slots)
         self.h.index_copy_(0, index, torch.from_numpy(states.h))
         self.c.index_copy_(0, index, torch.from_numpy(states.c))
@@ -329,7 +328,10 @@ class Detector:
         self._owner[slots] = owner
 
     def _slot_for(self, stream: str) -> tuple[int, int]:
-        """Slot of a new stream, and how many streams were evicted to make room."""
+        """The stream's slot (a new one for a new stream), and how many streams were evicted to make room."""
+        known = self.slots.get(stream)
+        if known is not None:
+            return known, 0
         evicted = self._evict() if len(self.slots) >= self.settings.max_streams else 0
         if not self._free:
             self._grow()
@@ -344,12 +346,9 @@ class Detector:
         slot = np.array([self.slots.get(s, -1) for s in streams], dtype=np.int64)
         self._last_seen[slot[slot >= 0]] = self._batches  # this batch's streams are not evicted for new ones
         evicted = 0
-        for i in np.flatnonzero(slot < 0).tolist():
-            known = self.slots.get(streams[i])  # a new stream's second tick in this batch
-            if known is None:
-                known, dropped = self._slot_for(streams[i])
-                evicted += dropped
-            slot[i] = known
+        for i in np.flatnonzero(slot < 0).tolist():  # new streams (a second tick of one finds its slot)
+            slot[i], dropped = self._slot_for(streams[i])
+            evicted += dropped
         return slot, evicted
 
     def top_scores(self, n: int) -> list[tuple[str, float, float]]:
