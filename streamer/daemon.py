@@ -48,7 +48,7 @@ from streamer.kafka_io import CommitFailed, open_consumer, open_producer, start_
 from streamer.logs import RateLimited
 from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
 from streamer.model import Forecaster
-from streamer.ticks import InvalidTick, Tick, TickDecoder
+from streamer.ticks import Decoded, InvalidTick, TickBatch, TickDecoder
 
 log = logging.getLogger("streamer.daemon")
 
@@ -358,38 +358,25 @@ class Daemon:
         m = self.metrics
         c = self._consumer
         value_of, key_of, offset_of = c.value, c.key, c.offset
-        decode = self.decoder.decode
         publish = bool(self.settings.kafka.scores_topic)
-        by_topic: dict[str, tuple[list[Tick], list, list]] = {}
+        by_topic: dict[str, list[tuple[list, Decoded, int]]] = {}  # (messages, decoded, owner) per partition
         invalid: Counter = Counter()
         for tp, messages in polled.items():
-            entry = by_topic.get(tp.topic)
-            if entry is None:
-                entry = by_topic[tp.topic] = ([], [], [])
-            ticks, sources, owners = entry
-            first = len(ticks)
-            for msg in messages:  # the per-message path: keep it to a call and an append
-                try:
-                    decoded = decode(value_of(msg), key_of(msg))
-                except InvalidTick as bad:
-                    invalid[(tp.topic, bad.reason)] += 1
-                    self._reject(tp, msg, bad)
-                    continue
-                ticks += decoded
-                if publish:  # the source message of each tick, for its score record
-                    sources += [msg] * len(decoded)
-            owners.append((first, len(ticks), self._owner_id(tp)))
+            decoded = self.decoder.decode_batch(messages, value_of, key_of)
+            for i, bad in decoded.rejected:
+                invalid[(tp.topic, bad.reason)] += 1
+                self._reject(tp, messages[i], bad)
+            by_topic.setdefault(tp.topic, []).append((messages, decoded, self._owner_id(tp)))
         for (topic, reason), n in invalid.items():
             m.invalid.labels(reason).inc(n)
             m.messages.labels(topic, "invalid").inc(n)
 
         last_ts = None
-        for topic, (ticks, sources, owner_ranges) in by_topic.items():
-            if not ticks:
+        for topic, parts in by_topic.items():  # the partitions of one topic are scored as one batch
+            ticks = TickBatch.join([decoded.ticks for _, decoded, _ in parts])
+            if not len(ticks):
                 continue
-            owners = np.empty(len(ticks), dtype=np.int64)
-            for start, end, owner in owner_ranges:
-                owners[start:end] = owner
+            owners = np.repeat([owner for _, _, owner in parts], [len(decoded.ticks) for _, decoded, _ in parts])
             result = self.detector.process(ticks, self._rules.get(topic), owners)
             for outcome, n in zip(*_counts(result.outcome)):
                 m.messages.labels(topic, _OUTCOME[outcome]).inc(n)
@@ -399,8 +386,9 @@ class Daemon:
                 m.evicted.inc(result.evicted)
             scored = result.outcome == SCORED
             if scored.any():  # the last scored message of the poll
-                last_ts = ticks[int(np.flatnonzero(scored)[-1])].ts
-            if publish:
+                last_ts = float(ticks.ts[np.flatnonzero(scored)[-1]])
+            if publish:  # each tick's source message, for its score record
+                sources = [messages[i] for messages, decoded, _ in parts for i in decoded.source.tolist()]
                 self._publish_scores(topic, ticks, sources, result)
             self.scored += int(scored.sum())
 
@@ -416,18 +404,17 @@ class Daemon:
             m.last_scored.set(now)
         m.batch_seconds.observe(time.perf_counter() - started)
 
-    def _publish_scores(self, topic: str, ticks: list[Tick], sources: list, result) -> None:
+    def _publish_scores(self, topic: str, ticks: TickBatch, sources: list, result) -> None:
         send = self._producer.send
         scores_topic = self.settings.kafka.scores_topic
         partition_of, offset_of = self._consumer.partition, self._consumer.offset
+        ts, value, score, error = ticks.ts.tolist(), ticks.value.tolist(), result.score.tolist(), result.error.tolist()
         for i in (result.outcome == SCORED).nonzero()[0].tolist():
-            tick, msg = ticks[i], sources[i]
-            error = result.error[i]
-            record = {"stream": tick.stream, "ts": tick.ts, "value": tick.value,
-                      "anomaly_score": float(result.score[i]),
-                      "error": None if error != error else float(error),
+            stream, msg = ticks.stream[i], sources[i]
+            record = {"stream": stream, "ts": ts[i], "value": value[i], "anomaly_score": score[i],
+                      "error": None if error[i] != error[i] else error[i],
                       "topic": topic, "partition": partition_of(msg), "offset": offset_of(msg)}
-            send(scores_topic, tick.stream.encode(), orjson.dumps(record))
+            send(scores_topic, stream.encode(), orjson.dumps(record))
 
     def _reject(self, tp: TopicPartition, msg, bad: InvalidTick) -> None:
         offset = self._consumer.offset(msg)

@@ -3,13 +3,14 @@
 Pure computation, no I/O: the Kafka daemon and the offline commands (score, evaluate, replay checks) drive
 this same class, which is why replaying a file through Kafka gives the scores of scoring it offline.
 
-A batch is a list of ticks in arrival order. Each stream must advance one step per tick in its own order,
-but different streams are independent, so the batch is cut into *waves*: wave k holds the k-th tick of
-every stream present. A wave is one vectorised step (one LSTM call) over all its streams; a stream that
-appears k times takes k consecutive steps. A poll of 2,000 ticks over 1,000 streams is about 2 torch calls.
-The bookkeeping is vectorised too (ordering, resets, slots), so no Python code runs once per tick here
-beyond reading the ticks' fields. State lives in two tables: float64 scalars (values in the stream's units,
-timestamps) and a float32 profile (tail rates, the daily profile), 568 bytes a stream besides h and c.
+A batch is a `TickBatch` (ticks as columns) or a list of ticks, in arrival order. Each stream must advance
+one step per tick in its own order, but different streams are independent, so the batch is cut into
+*waves*: wave k holds the k-th tick of every stream present. A wave is one vectorised step (one LSTM call)
+over all its streams; a stream that appears k times takes k consecutive steps. A poll of 2,000 ticks over
+1,000 streams is about 2 torch calls. The bookkeeping is vectorised too (ordering, resets, slots), so no
+Python code runs once per tick here beyond looking up each tick's stream. State lives in two tables:
+float64 scalars (values in the stream's units, timestamps) and a float32 profile (tail rates, the daily
+profile), 568 bytes a stream besides h and c.
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
@@ -47,6 +48,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import ClassVar
 
 import numpy as np
@@ -54,7 +56,7 @@ import torch
 
 from streamer.config import DetectorSettings, ResetRules
 from streamer.model import FastCell, Forecaster, Normaliser
-from streamer.ticks import Tick
+from streamer.ticks import Tick, TickBatch, object_array
 
 SCORED, OUT_OF_ORDER = 0, 1
 RESET_REASONS = ("explicit", "segment", "session", "gap")  # reset code k + 1 is RESET_REASONS[k]; 0: none
@@ -189,13 +191,6 @@ class StreamStates:
             [n for p in parts for n in p.names],
             *(np.concatenate([getattr(p, name) for p in parts]) for name in StreamStates.ARRAYS),
             [x for p in parts for x in p.segment], [x for p in parts for x in p.day])
-
-
-def object_array(items: list) -> np.ndarray:
-    """A 1-d object array of ``items`` (np.array would build a 2-d array from tuples)."""
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
 
 
 def _waves(slot: np.ndarray) -> list[np.ndarray]:
@@ -343,7 +338,7 @@ class Detector:
 
     def _slots_of(self, streams: list[str]) -> tuple[np.ndarray, int]:
         """The slot of each tick's stream (new streams get one), and how many streams were evicted."""
-        slot = np.array([self.slots.get(s, -1) for s in streams], dtype=np.int64)
+        slot = np.fromiter(map(self.slots.get, streams, repeat(-1)), dtype=np.int64, count=len(streams))
         self._last_seen[slot[slot >= 0]] = self._batches  # this batch's streams are not evicted for new ones
         evicted = 0
         for i in np.flatnonzero(slot < 0).tolist():  # new streams (a second tick of one finds its slot)
@@ -371,7 +366,7 @@ class Detector:
 
     # --- the batched step --------------------------------------------------------------------------
 
-    def process(self, ticks: Sequence[Tick], rules: ResetRules | None = None,
+    def process(self, ticks: TickBatch | Sequence[Tick], rules: ResetRules | None = None,
                 owners: np.ndarray | None = None) -> BatchResult:
         """Advance every stream by its ticks in this batch and score each tick.
 
@@ -380,15 +375,15 @@ class Detector:
         ``owners`` (one int per tick) tags each stream with where its ticks come from, so a driver can
         export or drop the streams of one Kafka partition (`owned_by`).
         """
+        batch = ticks if isinstance(ticks, TickBatch) else TickBatch.of(ticks)
         policy = ResetPolicy(rules or ResetRules())
         self._batches += 1
-        count = len(ticks)
-        ts = np.fromiter([t.ts for t in ticks], dtype=np.float64, count=count)
-        value = np.fromiter([t.value for t in ticks], dtype=np.float64, count=count)
-        explicit = np.fromiter([t.reset for t in ticks], dtype=bool, count=count)
-        segment = object_array([t.segment for t in ticks])
+        count = len(batch)
+        ts, value = batch.ts, batch.value
+        explicit = np.zeros(count, dtype=bool) if batch.reset is None else batch.reset
+        segment = np.full(count, None, dtype=object) if batch.segment is None else batch.segment
         day = policy.days(ts)
-        slot, evicted = self._slots_of([t.stream for t in ticks])
+        slot, evicted = self._slots_of(batch.stream)
         outcome = np.full(count, OUT_OF_ORDER, dtype=np.int8)
         code = np.zeros(count, dtype=np.int8)
         score, error, forecast = np.full(count, np.nan), np.full(count, np.nan), np.full(count, np.nan)

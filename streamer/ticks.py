@@ -18,12 +18,14 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from streamer.config import TickSettings
@@ -49,6 +51,60 @@ class Tick:
     value: float
     segment: Scalar = None
     reset: bool = False
+
+
+def object_array(items: list) -> np.ndarray:
+    """A 1-d object array of ``items`` (np.array would build a 2-d array from tuples)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+@dataclass(slots=True)
+class TickBatch:
+    """Ticks as columns, in arrival order: what `Detector.process` reads. A poll of plain ticks is decoded
+    straight into these columns (`TickDecoder.decode_batch`), without a `Tick` object per message."""
+
+    stream: list[str]
+    ts: np.ndarray  # float64 epoch seconds
+    value: np.ndarray  # float64
+    segment: np.ndarray | None = None  # object array of scalars; None: no tick in the batch has one
+    reset: np.ndarray | None = None  # bool; None: no tick asks for one
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    @classmethod
+    def of(cls, ticks: Sequence[Tick]) -> TickBatch:
+        segment = [t.segment for t in ticks]
+        reset = [t.reset for t in ticks]
+        return cls([t.stream for t in ticks], np.array([t.ts for t in ticks], dtype=np.float64),
+                   np.array([t.value for t in ticks], dtype=np.float64),
+                   object_array(segment) if any(s is not None for s in segment) else None,
+                   np.array(reset, dtype=bool) if any(reset) else None)
+
+    @classmethod
+    def join(cls, batches: Sequence[TickBatch]) -> TickBatch:
+        """One batch of ``batches`` in order (the polls of several partitions of one topic)."""
+        if len(batches) == 1:
+            return batches[0]
+        segments = [b.segment for b in batches]
+        resets = [b.reset for b in batches]
+        return cls([s for b in batches for s in b.stream], np.concatenate([b.ts for b in batches]),
+                   np.concatenate([b.value for b in batches]),
+                   None if all(s is None for s in segments) else np.concatenate(
+                       [np.full(len(b), None, dtype=object) if s is None else s for b, s in zip(batches, segments)]),
+                   None if all(r is None for r in resets) else np.concatenate(
+                       [np.zeros(len(b), dtype=bool) if r is None else r for b, r in zip(batches, resets)]))
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Messages decoded by `TickDecoder.decode_batch`."""
+
+    ticks: TickBatch
+    source: np.ndarray  # int64, per tick: the index of the message it came from
+    rejected: list[tuple[int, InvalidTick]]  # (message index, why) of each invalid message
 
 
 def parse_ts(raw: Any) -> float:
@@ -117,6 +173,77 @@ class TickDecoder:
         self._values, self._segment, self._reset = fields.values_field, fields.segment_field, fields.reset_field
         self._max_bytes, self._min_ts, self._future = (fields.max_message_bytes, fields.min_timestamp,
                                                        fields.max_future_seconds)
+
+    def decode_batch(self, messages: Sequence, value_of: Callable, key_of: Callable) -> Decoded:
+        """Decode a poll's messages, read through the Kafka client's accessors, into one batch of columns.
+
+        A poll made only of plain ticks (what `decode_obj`'s fast path takes, or an integer value) is parsed by
+        one orjson call and checked column by column: about 0.5 instead of 1.5 us a message, and no `Tick`
+        objects for the detector to take apart again (docs/perf.md). A poll with anything else in it (an
+        invalid, multivariate, segmented or keyed message) is decoded message by message, with the same
+        result: the tests hold the two paths to each other.
+        """
+        payloads = list(map(value_of, messages))
+        plain = self._plain_columns(payloads)
+        if plain is not None:
+            return Decoded(plain, np.arange(len(payloads)), [])
+        ticks: list[Tick] = []
+        source: list[int] = []
+        rejected: list[tuple[int, InvalidTick]] = []
+        for i, msg in enumerate(messages):
+            try:
+                decoded = self.decode(payloads[i], key_of(msg))
+            except InvalidTick as bad:
+                rejected.append((i, bad))
+                continue
+            ticks += decoded
+            source += [i] * len(decoded)
+        return Decoded(TickBatch.of(ticks), np.array(source, dtype=np.int64), rejected)
+
+    def _plain_columns(self, payloads: list) -> TickBatch | None:
+        """The columns of payloads that are all plain ticks, ``{stream, ts, value}`` exactly; else None.
+
+        The payloads are parsed as one JSON array, which is only right if every element is exactly one
+        payload: ``{"a": "}`` and ``{"}`` would parse as one object made of two messages. So every payload
+        must start with ``{``, end with ``}`` and hold no other brace. Then the elements, each an object
+        that starts at some payload's first byte and ends at some payload's last byte, are runs of whole
+        payloads in order, and n elements for n payloads means one each.
+        """
+        n = len(payloads)
+        try:
+            joined = b",".join(payloads)
+        except TypeError:  # a tombstone (None)
+            return None
+        lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=n)
+        if n == 0 or lengths.min() < 2 or lengths.max() > self._max_bytes:
+            return None
+        if joined.count(b"{") != n or joined.count(b"}") != n:
+            return None
+        last = np.cumsum(lengths + 1) - 2  # the last byte of each payload in `joined`
+        buf = np.frombuffer(joined, dtype=np.uint8)
+        if not ((buf[last - lengths + 1] == ord("{")).all() and (buf[last] == ord("}")).all()):
+            return None
+        try:
+            objs = orjson.loads(b"[" + joined + b"]")
+        except orjson.JSONDecodeError:
+            return None
+        if len(objs) != n or set(map(len, objs)) != {3}:
+            return None
+        stream = list(map(dict.get, objs, repeat(self._stream)))
+        ts = list(map(dict.get, objs, repeat(self._ts)))
+        value = list(map(dict.get, objs, repeat(self._value)))
+        # Exact types (bool is not an int here); orjson never returns a non-finite float, and an integer
+        # beyond float range fails the conversion.
+        if (set(map(type, stream)) != {str} or not all(stream) or not "".join(stream).isascii()
+                or not set(map(type, ts)) <= {float, int} or not set(map(type, value)) <= {float, int}):
+            return None
+        try:
+            ts_array, value_array = np.array(ts, dtype=np.float64), np.array(value, dtype=np.float64)
+        except OverflowError:
+            return None
+        if not (ts_array.min() >= self._min_ts and ts_array.max() <= self._clock() + self._future):
+            return None
+        return TickBatch(stream, ts_array, value_array)
 
     def decode(self, payload: bytes | None, key: bytes | None = None) -> list[Tick]:
         if payload is None:

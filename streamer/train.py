@@ -40,9 +40,9 @@ import torch
 from tqdm import tqdm
 
 from streamer.config import ResetRules, TickSettings
-from streamer.detector import RESET_REASONS, ResetPolicy, object_array
+from streamer.detector import RESET_REASONS, ResetPolicy
 from streamer.model import Forecaster, ModelSpec, Normaliser, NormaliserSpec
-from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
+from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, object_array, read_records
 
 TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)

@@ -1,10 +1,11 @@
 import gzip
+import random
 
 import orjson
 import pytest
 
 from streamer.config import TickSettings
-from streamer.ticks import InvalidTick, RecordError, TickDecoder, read_records
+from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
 
 NOW = 1_800_000_000.0
 
@@ -134,3 +135,79 @@ def test_three_field_objects_the_fast_path_refuses_get_the_general_reason(obj, r
     with pytest.raises(InvalidTick) as caught:
         TickDecoder(TickSettings()).decode_obj(obj)
     assert caught.value.reason == reason
+
+
+# --- decode_batch: a poll in one parse, or message by message, with the same result --------------------
+
+PLAIN = [orjson.dumps({"stream": f"s{i}", "ts": 1767225600 + i, "value": i / 7}) for i in range(5)]
+ODD = [  # each valid or invalid in its own way; none may take the one-parse path
+    None,  # a tombstone
+    b"",
+    b"{",
+    b'{"stream": "a", "ts": 1767225600, "value": NaN}',
+    b'{"stream": "a", "ts": 1767225600, "value": 1e400}',
+    b'{"stream": "a", "ts": 1767225600, "value": 1' + b"0" * 400 + b"}",  # an integer beyond float range
+    b'{"stream": "a", "ts": 1767225600, "value": true}',
+    b'{"stream": "a", "ts": 1e20, "value": 1.0}',
+    b'{"stream": "", "ts": 1767225600, "value": 1.0}',
+    b'{"stream": "\xc3\xa9", "ts": 1767225600, "value": 1.0}',
+    b'{"stream": "\\ud800", "ts": 1767225600, "value": 1.0}',  # a lone surrogate
+    b'{"stream": "{a}", "ts": 1767225600, "value": 1.0}',  # braces in a string
+    b'{"stream": "a", "ts": "2026-01-01T00:00:00Z", "value": 1.0}',
+    b'{"ts": 1767225600, "value": 1.0}',  # stream from the key
+    b'{"stream": "m", "ts": 1767225600, "values": {"x": 1.0, "y": 2}}',
+    b'{"stream": "a", "ts": 1767225600, "value": 1.0, "segment": "s"}',
+    b' {"stream": "a", "ts": 1767225600, "value": 1.0}',
+    b'{"stream": "a", "ts": 1767225600, "value": 1.0},{"stream": "b", "ts": 1767225600, "value": 2.0}',
+    b'[{"stream": "a", "ts": 1767225600, "value": 1.0}]',
+    b'{"a": "}', b'{"}',  # together, one object made of two messages
+]
+
+
+def _one_by_one(decoder, payloads):
+    """The reference: `decode` per message, as (ticks, source index, rejected (index, reason))."""
+    ticks, source, rejected = [], [], []
+    for i, payload in enumerate(payloads):
+        try:
+            decoded = decoder.decode(payload, b"key")
+        except InvalidTick as bad:
+            rejected.append((i, bad.reason))
+            continue
+        ticks += decoded
+        source += [i] * len(decoded)
+    return ticks, source, rejected
+
+
+def _batch(decoder, payloads):
+    decoded = decoder.decode_batch(payloads, lambda p: p, lambda p: b"key")
+    t = decoded.ticks
+    segment = [None] * len(t) if t.segment is None else t.segment.tolist()
+    reset = [False] * len(t) if t.reset is None else t.reset.tolist()
+    ticks = [Tick(*row) for row in zip(t.stream, t.ts.tolist(), t.value.tolist(), segment, reset)]
+    return ticks, decoded.source.tolist(), [(i, bad.reason) for i, bad in decoded.rejected]
+
+
+def test_a_poll_of_plain_ticks_is_parsed_at_once_into_columns(decoder):
+    ints = [orjson.dumps({"stream": "z", "ts": 1767225600, "value": 3})]  # an int value is plain too
+    assert decoder._plain_columns(PLAIN + ints) is not None
+    assert _batch(decoder, PLAIN + ints) == _one_by_one(decoder, PLAIN + ints)
+
+
+@pytest.mark.parametrize("odd", ODD, ids=range(len(ODD)))
+def test_a_poll_with_any_other_message_decodes_as_message_by_message(decoder, odd):
+    payloads = PLAIN[:2] + [odd] + PLAIN[2:]
+    assert decoder._plain_columns(payloads) is None
+    assert _batch(decoder, payloads) == _one_by_one(decoder, payloads)
+
+
+def test_two_messages_that_parse_as_one_object_are_both_rejected(decoder):
+    payloads = [PLAIN[0], b'{"stream": "a", "ts": 1767225600, "value": 1.0, "x": "}', b'{"}', PLAIN[1]]
+    ticks, source, rejected = _batch(decoder, payloads)
+    assert source == [0, 3] and rejected == [(1, "malformed_json"), (2, "malformed_json")]
+
+
+def test_random_polls_decode_as_message_by_message(decoder):
+    rng = random.Random(7)
+    for _ in range(200):
+        payloads = [rng.choice(PLAIN + ODD) for _ in range(rng.randint(0, 8))]
+        assert _batch(decoder, payloads) == _one_by_one(decoder, payloads), payloads
