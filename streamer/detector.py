@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from streamer.config import DetectorSettings, ResetRules
-from streamer.model import FastCell, Forecaster, Normaliser
+from streamer.model import FastStep, Forecaster, Normaliser
 from streamer.ticks import Tick, TickBatch, object_array
 
 SCORED, OUT_OF_ORDER = 0, 1
@@ -214,7 +214,7 @@ class Detector:
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         torch.set_num_threads(settings.torch_threads)  # process-wide, deliberately: see DetectorSettings
         self.model = model.eval()
-        self.cell = FastCell(model.cell)
+        self._lstm = FastStep(model)
         self.settings = settings
         self.normaliser = Normaliser(model.spec.normaliser)
         self.slots: dict[str, int] = {}
@@ -435,12 +435,12 @@ class Detector:
         st[:, PEAK_TS] = np.where(renew, ts, st[:, PEAK_TS])
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
-        mu, log_std, h, c = self.model.step(torch.from_numpy(normalised).float(), h, c, self.cell)
+        mu, log_std, h, c = self._lstm(normalised, h, c)
         self.h.index_copy_(0, rows_t, h)
         self.c.index_copy_(0, rows_t, c)
         st[:, N], st[:, MEAN], st[:, VAR] = count, mean, var
-        st[:, PRED] = mean + scale * mu.double().numpy()
-        st[:, PRED_STD] = scale * np.exp(log_std.double().numpy())
+        st[:, PRED] = mean + scale * mu
+        st[:, PRED_STD] = scale * np.exp(log_std, dtype=np.float64)
         self.scalars[rows] = st
         self.profile[rows] = pr
         return score, error, forecast
