@@ -6,7 +6,7 @@ import torch
 
 from streamer.config import DetectorSettings, ResetRules
 from streamer.detector import OUT_OF_ORDER, SCORED, Detector, StreamStates
-from streamer.ticks import Tick
+from streamer.ticks import Tick, TickBatch
 
 T0 = 1_700_000_000.0
 
@@ -42,6 +42,18 @@ def test_scores_do_not_depend_on_batching(model, settings):
     for batch in (1, 7, 256):
         other, _ = run(Detector(model, settings), ticks, batch=batch)
         np.testing.assert_allclose(other, one, atol=1e-6)
+
+
+def test_a_tick_batch_joined_from_parts_scores_as_the_list_of_ticks(model, settings):
+    """The daemon joins one TickBatch per partition (segments and resets only where a part has them)."""
+    plain = interleave(series("a", 120, 1), series("b", 120, 2))
+    marked = series("c", 60, 3, segment="s1") + series("c", 60, 4, start=60, segment="s2")
+    marked[90] = Tick("c", marked[90].ts, marked[90].value, "s2", reset=True)
+    want = Detector(model, settings).process(plain + marked)
+    got = Detector(model, settings).process(TickBatch.join([TickBatch.of(plain), TickBatch.of(marked)]))
+    for name in ("score", "error", "forecast", "outcome", "reset"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert got.resets == want.resets == {"segment": 1, "explicit": 1}
 
 
 def test_scores_are_in_unit_interval_and_zero_during_warmup(model, settings):
