@@ -7,7 +7,7 @@ A batch is a `TickBatch` (ticks as columns) or a list of ticks, in arrival order
 one step per tick in its own order, but different streams are independent, so the batch is cut into
 *waves*: wave k holds the k-th tick of every stream present. A wave is one vectorised step (one LSTM call)
 over all its streams; a stream that appears k times takes k consecutive steps. A poll of 2,000 ticks over
-1,000 streams is about 2 torch calls. The bookkeeping is vectorised too (ordering, resets, slots), so no
+1,000 streams is about 2 waves. The bookkeeping is vectorised too (ordering, resets, slots), so no
 Python code runs once per tick here beyond looking up each tick's stream. State lives in two tables:
 float64 scalars (values in the stream's units, timestamps) and a float32 profile (tail rates, the daily
 profile), 568 bytes a stream besides h and c.
