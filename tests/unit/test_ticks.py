@@ -1,4 +1,5 @@
 import gzip
+import json
 import random
 
 import orjson
@@ -113,14 +114,15 @@ def test_unreadable_rows_name_file_and_line(tmp_path):
     {"stream": "a", "ts": 1767225600, "value": 1.5},
     {"stream": "a", "ts": 1767225600.25, "value": -0.0},
     {"stream": "a", "ts": 1767225600, "value": 3},  # an int value
-    {"stream": "é", "ts": 1767225600, "value": 1.5},  # non-ASCII name
-    {"stream": "a", "ts": "2026-01-01T00:00:00Z", "value": 1.5},  # ISO time
+    {"stream": "é", "ts": 1767225600, "value": 1.5},  # non-ASCII name: decoded message by message
+    {"stream": "a", "ts": "2026-01-01T00:00:00Z", "value": 1.5},  # ISO time: decoded message by message
     {"stream": "a", "ts": 1767225600, "value": 1.5, "segment": "x"},
 ])
-def test_the_fast_path_decodes_like_the_general_path(obj):
+def test_a_poll_of_one_decodes_like_the_message(obj):
     decoder = TickDecoder(TickSettings())
-    general = decoder.decode_obj({**obj, "other": 1})  # a fourth field: the general path (it ignores the field)
-    assert decoder.decode(orjson.dumps(obj)) == general
+    payload = orjson.dumps(obj)
+    assert _batch(decoder, [payload]) == _one_by_one(decoder, [payload])
+    assert _one_by_one(decoder, [payload])[0] == decoder.decode_obj({**obj, "other": 1})  # other fields: ignored
 
 
 @pytest.mark.parametrize("obj, reason", [
@@ -131,10 +133,13 @@ def test_the_fast_path_decodes_like_the_general_path(obj):
     ({"stream": "a", "ts": 1e20, "value": 1.0}, "bad_timestamp"),
     ({"stream": "a", "ts": 1767225600, "value": True}, "bad_type"),
 ])
-def test_three_field_objects_the_fast_path_refuses_get_the_general_reason(obj, reason):
+def test_three_field_ticks_that_are_invalid_get_their_reason(obj, reason):
+    decoder = TickDecoder(TickSettings())
     with pytest.raises(InvalidTick) as caught:
-        TickDecoder(TickSettings()).decode_obj(obj)
+        decoder.decode_obj(obj)
     assert caught.value.reason == reason
+    payload = json.dumps(obj).encode()  # NaN and Infinity as Python writes them
+    assert _batch(decoder, [payload])[2] == [(0, reason)]
 
 
 # --- decode_batch: a poll in one parse, or message by message, with the same result --------------------
