@@ -416,6 +416,9 @@ class _Broker:
             self._local.stop()
 
 
+_SUFFIX = {"kafka-python": "", "confluent-kafka": "-confluent"}  # of a row's name, per client
+
+
 def _timeout_for(messages: int, floor_rate: float = 2_000.0) -> float:
     return 120.0 + messages / floor_rate
 
@@ -441,44 +444,37 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
                     **extra}
 
         timeout = _timeout_for(messages)
-        ceiling = workers.run("ceiling", spec(limit=messages), timeout)
-        out["rows"].append({"row": "ceiling", "label": "ceiling: kafka-python + orjson", **ceiling,
-                            "note": f"{ceiling['messages']:,} msgs, first poll -> last decoded"})
-        _say(f"  ceiling {ceiling['rate']:,.0f} msg/s")
-        confluent = plan.confluent_ceiling and main
-        if confluent:
-            conf = workers.run("ceiling-confluent", spec("confluent-kafka", limit=messages), timeout)
-            out["rows"].append({"row": "ceiling-confluent", "label": "ceiling: confluent-kafka + orjson", **conf,
-                                "note": f"librdkafka {conf.get('libversion', '?')}, kafka_confluent.consumer_options"})
-            _say(f"  confluent ceiling {conf['rate']:,.0f} msg/s")
-        if main:
-            naive = workers.run("naive", spec(limit=plan.naive_messages), _timeout_for(plan.naive_messages, 500.0))
-            out["rows"].append({"row": "naive", "label": "naive: per msg LSTMCell + Gauge", **naive,
-                                "note": f"prefix of {naive['messages']:,} msgs, batch-1 torch call per msg"})
-            _say(f"  naive {naive['rate']:,.0f} msg/s")
-        if confluent:
-            naive = workers.run("naive", spec("confluent-kafka", limit=plan.naive_messages),
-                                _timeout_for(plan.naive_messages, 500.0))
-            out["rows"].append({"row": "naive-confluent", "label": "naive with confluent-kafka", **naive,
-                                "note": f"prefix of {naive['messages']:,} msgs, as the naive row"})
-            _say(f"  naive with confluent-kafka {naive['rate']:,.0f} msg/s")
-        daemon = workers.run("daemon", spec(limit=messages, scrape_every=plan.scrape_every), timeout)
-        unscored = daemon["messages"] - daemon["scored"]
-        out["rows"].append({"row": "run", "label": "streamer run (Daemon)", **daemon,
-                            "note": "first poll -> all offsets committed"
-                                    + (f"; {unscored:,} msgs not scored (out of order/invalid)" if unscored else "")})
-        out["daemon"] = daemon
-        _say(f"  streamer run {daemon['rate']:,.0f} msg/s, peak RSS {daemon['peak_rss'] / 2**20:,.0f} MiB")
-        if confluent:
-            run_c = workers.run("daemon", spec("confluent-kafka", limit=messages, scrape_every=plan.scrape_every),
-                                timeout)
-            unscored = run_c["messages"] - run_c["scored"]
-            out["rows"].append({"row": "run-confluent", "label": "streamer run, kafka.client=confluent-kafka",
-                                **run_c, "note": "first poll -> all offsets committed"
-                                + (f"; {unscored:,} msgs not scored" if unscored else "")})
-            out["daemon_confluent"] = run_c
-            _say(f"  streamer run (confluent-kafka) {run_c['rate']:,.0f} msg/s, "
-                 f"peak RSS {run_c['peak_rss'] / 2**20:,.0f} MiB")
+        # Rows 2-4 with kafka-python, then (main count, if installed) with confluent-kafka: ceilings, naive, runs.
+        clients = ["kafka-python"] + (["confluent-kafka"] if plan.confluent_ceiling and main else [])
+
+        def measure(row: str, label: str, kind: str, client: str, note, timeout: float, **extra) -> dict:
+            """One worker's row; ``note(result)`` is its note."""
+            result = workers.run(kind, spec(client, **extra), timeout)
+            out["rows"].append({"row": row + _SUFFIX[client], "label": label, **result, "note": note(result)})
+            _say(f"  {label}: {result['rate']:,.0f} msg/s"
+                 + (f", peak RSS {result['peak_rss'] / 2**20:,.0f} MiB" if "peak_rss" in result else ""))
+            return result
+
+        measure("ceiling", "ceiling: kafka-python + orjson", "ceiling", "kafka-python",
+                lambda r: f"{r['messages']:,} msgs, first poll -> last decoded", timeout, limit=messages)
+        if "confluent-kafka" in clients:
+            measure("ceiling", "ceiling: confluent-kafka + orjson", "ceiling-confluent", "confluent-kafka",
+                    lambda r: f"librdkafka {r.get('libversion', '?')}, kafka_confluent.consumer_options", timeout,
+                    limit=messages)
+        for client in clients if main else []:
+            measure("naive", "naive: per msg LSTMCell + Gauge" if client == "kafka-python"
+                    else "naive with confluent-kafka", "naive", client,
+                    lambda r: f"prefix of {r['messages']:,} msgs, batch-1 torch call per msg",
+                    _timeout_for(plan.naive_messages, 500.0), limit=plan.naive_messages)
+        for client in clients:
+            run = measure("run", "streamer run (Daemon)" if client == "kafka-python"
+                          else "streamer run, kafka.client=confluent-kafka", "daemon", client,
+                          lambda r: "first poll -> all offsets committed" + (
+                              f"; {r['messages'] - r['scored']:,} msgs not scored (out of order/invalid)"
+                              if r["messages"] > r["scored"] else ""),
+                          timeout, limit=messages, scrape_every=plan.scrape_every)
+            if client == "kafka-python":
+                out["daemon"] = daemon = run
         out["state"] = workers.run("state", {"settings": _settings_data(settings), "streams": streams}, 600)
         _say(f"  state {out['state']['alloc_per_stream'] + out['state']['python_per_stream']:,.0f} B/stream")
 
