@@ -3,7 +3,7 @@
 Delivery is at-least-once: an offset is committed only after every message before it was scored, its
 metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker. Processed
 offsets are committed every ``kafka.commit_interval_ms`` (a commit per poll cost a broker round trip per
-2,000 messages), on revocation and at shutdown; a crash replays at most that interval's messages.
+poll), on revocation and at shutdown; a crash replays at most that interval's messages.
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
 in `streamer.kafka_io` (kafka-python, the default) and implemented again in `streamer.kafka_confluent`

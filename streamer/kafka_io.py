@@ -170,6 +170,10 @@ class _Listener(ConsumerRebalanceListener):
         self.listener.assigned(list(assigned))
 
 
+def _metadata(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+
 class PythonConsumer:
     """kafka-python's KafkaConsumer with the daemon's consumer surface (see the module docstring)."""
 
@@ -194,13 +198,13 @@ class PythonConsumer:
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self._consumer.commit(_metadata(offsets))
         except KafkaError as exc:
             raise CommitFailed(f"{exc.__class__.__name__}: {exc}") from None
 
     def commit_revoked(self, offsets: dict[TopicPartition, int]) -> None:
         """From the revocation callback, on kafka-python's network thread: a blocking commit would stall it."""
-        self._consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        self._consumer.commit_async(_metadata(offsets))
 
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
