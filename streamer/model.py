@@ -89,7 +89,7 @@ class Forecaster(nn.Module):
 
     def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """One step for a batch of streams: x [B], h/c [B, H] -> (mean [B], log_std [B], h, c). For
-        training; inference uses `FastStep`, the same function."""
+        training; inference runs the same function compiled (`kernel.lstm_step`)."""
         h, c = self.cell(x.clamp(-INPUT_CLIP, INPUT_CLIP).unsqueeze(1), (h, c))
         out = self.head(h)
         return out[:, 0], out[:, 1].clamp(LOG_STD_MIN, LOG_STD_MAX), h, c
@@ -141,39 +141,6 @@ class Forecaster(nn.Module):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
-
-
-class FastStep:
-    """`Forecaster.step` for inference: the same function to float32 rounding (~1e-7; tested to 2e-6), cheaper.
-
-    On CPU, torch's tanh costs about 7x its sigmoid (0.69 vs 0.11 us for 256 values), and the cell's tanh
-    calls were most of the daemon's LSTM time. Here tanh(z) = 2 sigmoid(2z) - 1: the cell gate's weights are
-    doubled once, so all four gates take one in-place sigmoid (the LSTM step at 2,000 streams, one thread:
-    1.18 us a stream with `torch.lstm_cell`, 0.63 with this; docs/perf.md). Numpy in and out, with the input
-    clip and the head's outputs done in numpy: a torch call costs ~5 us whatever its size, which is most of
-    a step over the few dozen streams of a narrow wave.
-    """
-
-    def __init__(self, model: Forecaster):
-        cell = model.cell
-        hidden = cell.hidden_size
-        with torch.no_grad():
-            scale = torch.ones(4 * hidden)
-            scale[2 * hidden:3 * hidden] = 2.0  # gates are (input, forget, cell, output)
-            self.w_hh = (cell.weight_hh * scale[:, None]).t().contiguous()
-            self.w_ih = cell.weight_ih[:, 0] * scale
-            self.bias = (cell.bias_ih + cell.bias_hh) * scale
-            self.head_weight, self.head_bias = model.head.weight.detach(), model.head.bias.detach()
-
-    def __call__(self, x: np.ndarray, h: torch.Tensor, c: torch.Tensor):
-        """x float64 [B], h/c [B, H] -> (mean [B], log_std [B]: float32 numpy; h, c)."""
-        x = torch.from_numpy(np.clip(x, -INPUT_CLIP, INPUT_CLIP).astype(np.float32).reshape(-1, 1))
-        gates = torch.addmm(self.bias, h, self.w_hh).addcmul_(x, self.w_ih).sigmoid_()
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.addcmul(f * c, i, g * 2.0 - 1.0)
-        h = o * (torch.sigmoid(c * 2.0) * 2.0 - 1.0)
-        out = torch.nn.functional.linear(h, self.head_weight, self.head_bias).numpy()
-        return out[:, 0], np.clip(out[:, 1], LOG_STD_MIN, LOG_STD_MAX), h, c
 
 
 def bundled_model_resource():

@@ -85,7 +85,7 @@ def _variant(streams, main, run_rate):
 
 
 def test_render_has_every_row_and_a_verdict_per_target():
-    results = {"env": {"cpus": 2, "python": "3.11", "kafka_python": "3", "torch": "2", "torch_threads": 2,
+    results = {"env": {"cpus": 2, "python": "3.11", "kafka_python": "3", "torch": "2", "numba": "0.68",
                        "broker": "tansu", "partitions": 4, "producer": "kafka-python"},
                "plan": {}, "variants": [_variant(10_000, True, 80_000.0), _variant(100_000, False, 50_000.0)]}
     text = bench.render(results)
@@ -105,7 +105,7 @@ def test_confluent_rows_have_their_own_ratios_and_targets():
     main["rows"] += extra
     main["confluent"] = {"ratio": 160_000.0 / 500_000.0, "cpu_ratio": 0.2, "naive_factor": 16.0}
     results = {"env": {"cpus": 2, "python": "3.11", "kafka_python": "3", "confluent_kafka": "2.16.1", "torch": "2",
-                       "torch_threads": 2, "broker": "tansu", "partitions": 4, "producer": "kafka-python"},
+                       "numba": "0.68", "broker": "tansu", "partitions": 4, "producer": "kafka-python"},
                "plan": {}, "variants": [main]}
     text = bench.render(results)
     assert "confluent-kafka 2.16.1" in text and "run-confluent" in text

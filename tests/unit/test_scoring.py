@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from streamer.config import DetectorSettings
-from streamer.detector import (
+from streamer.detector import Detector
+from streamer.kernel import (
     BIN_COUNT,
     BIN_MEAN,
     LEVEL_MEAN,
@@ -16,7 +17,6 @@ from streamer.detector import (
     SEASON_BINS,
     TAIL_LEVELS,
     TAILS,
-    Detector,
     learn_tail,
     tail_decades,
 )
@@ -35,9 +35,9 @@ def scores_of(model, values, step=60.0, settings=None, stream="a", start=T0):
 
 
 def empirical_rates(sample):
-    rates = np.zeros((1, TAIL_LEVELS))
+    rates = np.zeros(TAIL_LEVELS)
     for k, s in enumerate(sample):
-        learn_tail(rates, np.array([s]), np.array([1.0 / (k + 1)]))
+        learn_tail(rates, s, 1.0 / (k + 1))
     return rates
 
 
@@ -48,25 +48,32 @@ def test_learned_rates_are_the_exceedance_frequencies():
     sample = np.random.default_rng(0).exponential(3.0, 500)
     rates = empirical_rates(sample)
     levels = 2.0 ** np.arange(TAIL_LEVELS)
-    np.testing.assert_allclose(rates[0], [(sample >= u).mean() for u in levels], atol=1e-12)
+    np.testing.assert_allclose(rates, [(sample >= u).mean() for u in levels], atol=1e-12)
 
 
 def test_tail_at_levels_interpolation_and_pareto_extrapolation():
-    rates = np.array([[0.5, 0.1, 0.01, 0.001] + [0.0] * (TAIL_LEVELS - 4)])
-    at = lambda s: float(tail_decades(rates, np.array([s]), 4.0)[0])  # noqa: E731
+    rates = np.array([0.5, 0.1, 0.01, 0.001] + [0.0] * (TAIL_LEVELS - 4))
+    at = lambda s: tail_decades(rates, s, 4.0)  # noqa: E731
     assert at(0.5) == 0.0  # below the first level: P = 1
     assert at(2.0) == pytest.approx(1.0) and at(4.0) == pytest.approx(2.0)  # exactly the rates at the levels
     assert at(math.sqrt(8.0)) == pytest.approx(1.5)  # log-log interpolation half way between 2 and 4
     assert at(8.0) == pytest.approx(3.0)  # the largest level ever exceeded
     assert at(32.0) == pytest.approx(3.0 + 4 * 2 * math.log10(2.0))  # two doublings past it: P / 2^(4*2)
-    assert np.all(np.diff(tail_decades(np.repeat(rates, 200, 0), np.geomspace(0.5, 1e4, 200), 4.0)) >= -1e-12)
+    assert np.all(np.diff([at(s) for s in np.geomspace(0.5, 1e4, 200)]) >= -1e-12)
 
 
-def test_tail_without_data_is_zero_and_rows_are_independent():
-    rates = np.zeros((2, TAIL_LEVELS))
-    rates[1, :3] = [1.0, 0.5, 0.25]
-    out = tail_decades(rates, np.array([1e6, 2.0]), 4.0)
-    assert out[0] == 0.0 and out[1] == pytest.approx(math.log10(2.0))
+def test_tail_without_data_is_zero():
+    assert tail_decades(np.zeros(TAIL_LEVELS), 1e6, 4.0) == 0.0
+    rates = np.zeros(TAIL_LEVELS)
+    rates[:3] = [1.0, 0.5, 0.25]
+    assert tail_decades(rates, 2.0, 4.0) == pytest.approx(math.log10(2.0))
+
+
+def test_a_weight_of_zero_learns_nothing():
+    rates = empirical_rates([3.0, 5.0])
+    before = rates.copy()
+    learn_tail(rates, 100.0, 0.0)
+    np.testing.assert_array_equal(rates, before)
 
 
 # --- behaviour of the scores ------------------------------------------------------------------------------

@@ -1,0 +1,345 @@
+"""The detector's per-tick arithmetic, compiled: score a tick, then advance its stream's LSTM one step.
+
+`Detector` (detector.py) keeps the state table and does the bookkeeping of a batch in numpy (slots, out-of-
+order ticks, reset reasons); everything that happens once per tick is `advance`, one compiled call for a
+whole batch. Ticks of different streams are independent and a stream's ticks are taken in order, so a
+batch of any shape costs the same per tick: 100 streams with 50 ticks each in a poll are as cheap as 5,000
+streams with one (numpy over waves of streams paid ~400 us a wave; docs/perf.md, "Fourth round").
+
+Written as plain scalar loops: each line is the formula of the detector's module docstring, for one tick.
+Statistics are float64; the stored tail rates and daily profile are float32 (read, updated in float64,
+stored back), as are the LSTM's state and weights (the model is trained in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from streamer.config import DetectorSettings
+from streamer.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec
+
+# Per-stream scalars, float64 [slots, N_SCALARS]: values in the stream's own units and epoch timestamps need
+# the precision (float32 resolves 1.7e9 s to 128 s).
+N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
+SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
+PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
+LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
+INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
+N_SCALARS = 17
+
+# Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
+# standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
+TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
+SEASON_BINS = 24  # time-of-day bins (hours, UTC)
+TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
+BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
+BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
+BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 568 bytes a stream besides h and c
+
+SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
+SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
+SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in slow standard deviations (flat or quantised streams)
+DECADES = 10.0  # score = -log10(p) / DECADES: 1.0 is a 1-in-10^10 event
+_LOG10_2 = math.log10(2.0)
+_DAY = 86400.0
+_HOUR = _DAY / SEASON_BINS  # the span of a time-of-day bin
+
+# Compiled with IEEE semantics except where a function says otherwise; division by zero gives inf or NaN as in
+# numpy (Python's ZeroDivisionError check would also keep loops from being vectorised).
+_JIT = {"nogil": True, "error_model": "numpy"}
+# Reassociation lets a dot product or a loop of products run in SIMD lanes: the LSTM's float32 sums then
+# round differently from torch's (as torch's own kernels do between batch sizes), by ~1e-7.
+_JIT_SIMD = {**_JIT, "fastmath": {"reassoc", "contract", "nsz", "arcp"}}
+
+
+class Params(NamedTuple):
+    """The detector and normaliser settings the kernel reads (all float: one compiled signature)."""
+
+    warmup: float
+    tail_memory: float
+    tail_index: float
+    forecast_evidence: float  # 1.0 or 0.0
+    refractory_halflife: float
+    range_margin: float
+    season_memory_days: float
+    season_window: float
+    incident_ticks: float
+    peak_hold_seconds: float
+    alpha: float  # the normaliser's
+    min_scale: float
+    rel_scale: float
+
+
+def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
+    """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
+    return Params(**{name: float(getattr(settings, name)) for name in Params._fields[:10]},
+                  alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
+
+
+class Weights(NamedTuple):
+    """The forecaster's weights laid out for one stream's step (see `lstm_weights`)."""
+
+    w_hh: np.ndarray  # float32 [H, 4H]: row j is hidden unit j's weights on the 4H gate units
+    w_ih: np.ndarray  # float32 [4H]
+    bias: np.ndarray  # float32 [4H]
+    head_w: np.ndarray  # float32 [2, H]: mean and log standard deviation of the next normalised value
+    head_b: np.ndarray  # float32 [2]
+
+
+@numba.njit(**_JIT)
+def _log2(x: float) -> float:
+    return math.log2(max(x, 1e-300))
+
+
+@numba.njit(**_JIT)
+def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
+    """-log10 P(S >= s) from exceedance ``rates`` [TAIL_LEVELS] at the levels 1, 2, 4, ...
+
+    Between two levels the stream has exceeded, log P is interpolated linearly in log s; past the largest
+    level it has exceeded, P falls as a Pareto tail, s^-index; below level 1 (or before any data) P is 1.
+    Rates fall with the level (every exceedance of a level exceeds the ones below), so the number of
+    positive rates is the index of the largest level exceeded, plus one.
+    """
+    top = -1
+    for k in range(TAIL_LEVELS):
+        if rates[k] > 0.0:
+            top += 1
+    log2_s = _log2(s)
+    level = min(max(math.floor(log2_s), -1.0), TAIL_LEVELS - 1.0)  # the largest level <= s
+    if level < 0 or top < 0:
+        return 0.0
+    if level < top:  # interpolate between lo and lo + 1
+        lo = max(min(int(level), top - 1, TAIL_LEVELS - 2), 0)
+        at_lo = _log2(rates[lo])
+        log2_p = at_lo + (log2_s - lo) * (_log2(rates[lo + 1]) - at_lo)
+    else:  # extrapolate from the largest level exceeded
+        log2_p = _log2(rates[top]) - index * (log2_s - top)
+    return max(-log2_p, 0.0) * _LOG10_2
+
+
+@numba.njit(**_JIT)
+def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
+    """Fold ``s`` into the exceedance ``rates`` [TAIL_LEVELS] in place with EW weight ``weight`` (0: not learned)."""
+    if weight == 0.0:
+        return
+    level = 1.0
+    for k in range(TAIL_LEVELS):
+        rates[k] += weight * ((1.0 if s >= level else 0.0) - rates[k])
+        level *= 2.0
+
+
+# tanh as a rational function (Eigen's float tanh: odd 13th over even 6th degree, clamped where float32
+# tanh is +-1): max error 2.6e-7 against float64 tanh; unlike libm's tanh it vectorises.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_A = tuple(np.float32(a) for a in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+                                   5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+                                   -2.76076847742355e-16))
+_B = tuple(np.float32(b) for b in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+                                   1.19825839466702e-06))
+
+
+@numba.njit(**_JIT_SIMD)
+def tanh(x: np.float32) -> np.float32:
+    x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = x * (_A[0] + x2 * (_A[1] + x2 * (_A[2] + x2 * (_A[3] + x2 * (_A[4] + x2 * (_A[5] + x2 * _A[6]))))))
+    return p / (_B[0] + x2 * (_B[1] + x2 * (_B[2] + x2 * _B[3])))
+
+
+@numba.njit(**_JIT_SIMD)
+def sigmoid(x: np.float32) -> np.float32:
+    return np.float32(0.5) + np.float32(0.5) * tanh(np.float32(0.5) * x)
+
+
+@numba.njit(**_JIT_SIMD)
+def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
+    """One LSTM step of one stream (torch's `LSTMCell`), h and c [H] updated in place; returns (mean,
+    log_std) of the next normalised value. ``gates`` [4H] is scratch."""
+    hidden = h.shape[0]
+    xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
+    for k in range(4 * hidden):
+        gates[k] = w.bias[k] + xf * w.w_ih[k]
+    for j in range(hidden):  # gates += h @ w_hh.T, one hidden unit's row at a time (contiguous in `w_hh`)
+        hj = h[j]
+        row = w.w_hh[j]
+        for k in range(4 * hidden):
+            gates[k] += hj * row[k]
+    for j in range(hidden):  # gates are (input, forget, cell, output)
+        cj = sigmoid(gates[hidden + j]) * c[j] + sigmoid(gates[j]) * tanh(gates[2 * hidden + j])
+        c[j] = cj
+        h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
+    mean, log_std = w.head_b[0], w.head_b[1]
+    for j in range(hidden):
+        mean += w.head_w[0, j] * h[j]
+        log_std += w.head_w[1, j] * h[j]
+    return float(mean), min(max(float(log_std), LOG_STD_MIN), LOG_STD_MAX)
+
+
+@numba.njit(**_JIT)
+def _scale(mean: float, var: float, p: Params) -> float:
+    """The normaliser's scale: standard deviation plus a floor (absolute, and relative to |mean|)."""
+    return math.sqrt(var) + max(p.min_scale, p.rel_scale * abs(mean))
+
+
+@numba.njit(**_JIT)
+def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float, ts: float, error: float,
+               p: Params) -> float:
+    """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
+    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
+    (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
+    n = st[N]  # ticks before this one
+    settle = min(SETTLE, p.warmup)
+    learned = max(n - settle, 0.0)  # surprises learned before this one
+    learn = n >= settle
+    live = n >= p.warmup
+
+    # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
+    # certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
+    # teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
+    # blunting it for days. It does widen the range and enter the daily profile.
+    low, high = st[LOW], st[HIGH]
+    beyond = max(value - high, low - value) / max(high - low, 1e-12)
+    novel = learn and learned >= 1 and beyond > p.range_margin
+    if learn:
+        first = learned < 1
+        st[LOW] = value if first else min(low, value)
+        st[HIGH] = value if first else max(high, value)
+
+    # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
+    # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
+    # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
+    hours = min(max(ts - st[LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
+    level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
+    delta = value - st[LEVEL_MEAN]
+    level_mean = st[LEVEL_MEAN] + level_rate * delta
+    level_var = (1.0 - level_rate) * (st[LEVEL_VAR] + level_rate * delta * delta)
+    st[LEVEL_MEAN], st[LEVEL_VAR] = level_mean, level_var
+    level = (value - level_mean) / _scale(level_mean, level_var, p)
+
+    # Time-of-day profile of the level: this tick's bin.
+    b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
+    bin_mean, bin_var, visits = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b]), float(prof[BIN_COUNT + b])
+    seasoned = visits >= SEASON_MIN_VISITS
+
+    # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
+    std = st[PRED_STD]
+    forecast_surprise = error / std if std > 0 else 0.0
+    season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
+    log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
+    short = (st[SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[SEASON_SHORT])
+             if learned >= 1 else log_season)
+    season_short = math.expm1(short)
+    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
+    season_decades = tail_decades(rates[1], season, p.tail_index)
+    short_decades = tail_decades(rates[2], season_short, p.tail_index)
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
+    learn_tail(rates[0], forecast_surprise, weight)
+    if seasoned:
+        learn_tail(rates[1], season, weight)
+        learn_tail(rates[2], season_short, weight)
+        if learn:
+            st[SEASON_SHORT] = short
+    season_part = max(season_decades, short_decades) if seasoned else 0.0
+
+    # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset stream's
+    # LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
+    rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
+    delta = level - bin_mean
+    prof[BIN_MEAN + b] = bin_mean + rate * delta
+    prof[BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
+    prof[BIN_COUNT + b] = visits + 1.0
+    st[LAST_TS] = ts
+
+    # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
+    damp = st[DAMP_FORECAST]
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
+    if live:
+        st[DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
+
+    strongest = max(forecast_part, season_part, DECADES if novel else 0.0)
+    score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
+
+    # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
+    # incident, a tick scores only if it beats that tick's score (and then raises the incident).
+    age = st[INCIDENT_AGE] + 1.0
+    if live and (score > st[INCIDENT] or age > p.incident_ticks):
+        st[INCIDENT], st[INCIDENT_AGE] = score, 0.0
+    else:
+        score = 0.0
+        st[INCIDENT_AGE] = age
+    st[SCORE] = score
+    return score
+
+
+@numba.njit(**_JIT)
+def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+    """Which ticks come after their stream's last accepted one (``rows`` grouped by stream, each stream's ticks
+    in arrival order; ``last_ts`` by slot, the last accepted before these). The others are out of order."""
+    accepted = np.empty(rows.shape[0], dtype=np.bool_)
+    latest = -np.inf
+    for i in range(rows.shape[0]):
+        if i == 0 or rows[i] != rows[i - 1]:
+            latest = last_ts[rows[i]]
+        accepted[i] = ts[i] > latest
+        if accepted[i]:
+            latest = ts[i]
+    return accepted
+
+
+@numba.njit(**_JIT)
+def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray, scalars: np.ndarray,
+            profile: np.ndarray, h: np.ndarray, c: np.ndarray, w: Weights, p: Params,
+            score: np.ndarray, error: np.ndarray, forecast: np.ndarray) -> None:
+    """For each tick i in order: reset its stream's state (slot ``rows[i]``) if ``reset[i]``, score the
+    value against the stream's forecast, then advance the stream's normaliser and LSTM one step and keep the
+    forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
+    rates = np.empty((3, TAIL_LEVELS))
+    gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
+    for i in range(rows.shape[0]):
+        r, v, t = rows[i], value[i], ts[i]
+        st, prof = scalars[r], profile[r]
+        if reset[i]:
+            st[:] = 0.0
+            prof[:] = 0.0
+            h[r, :] = 0.0
+            c[r, :] = 0.0
+        for k in range(3 * TAIL_LEVELS):
+            rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[TAILS + k]
+
+        n = st[N]
+        forecast[i] = st[PRED] if n >= 1 else np.nan
+        error[i] = abs(v - st[PRED]) if n >= 1 else np.nan
+        # The normaliser (`model.Normaliser`): the first value sets the mean.
+        alpha = max(1.0 / (n + 1.0), p.alpha)
+        delta = v - st[MEAN]
+        mean = st[MEAN] + alpha * delta
+        var = (1.0 - alpha) * (st[VAR] + alpha * delta * delta)
+        scale = _scale(mean, var, p)
+        s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
+        score[i] = s
+        # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
+        if t - st[PEAK_TS] > p.peak_hold_seconds or s >= st[PEAK]:
+            st[PEAK], st[PEAK_TS] = s, t
+
+        # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
+        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates)
+        st[N], st[MEAN], st[VAR] = n + 1.0, mean, var
+        st[PRED] = mean + scale * mu
+        st[PRED_STD] = scale * math.exp(log_std)
+        for k in range(3 * TAIL_LEVELS):
+            prof[TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
+
+
+def lstm_weights(model: Forecaster) -> Weights:
+    """The forecaster's weights as `lstm_step` reads them: the recurrent matrix transposed, so one hidden
+    unit's weights on the four gates are a contiguous row."""
+    cell = model.cell
+    as_numpy = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)  # noqa: E731
+    return Weights(w_hh=as_numpy(cell.weight_hh.t()), w_ih=as_numpy(cell.weight_ih[:, 0]),
+                   bias=as_numpy(cell.bias_ih + cell.bias_hh), head_w=as_numpy(model.head.weight),
+                   head_b=as_numpy(model.head.bias))
