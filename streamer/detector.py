@@ -1,4 +1,4 @@
-"""The detector core: per-stream state, reset rules, one batched LSTM step per wave, and scoring.
+"""The detector core: per-stream state, reset rules, and scoring with one LSTM step per tick.
 
 Pure computation, no I/O: the Kafka daemon and the offline commands (score, evaluate, replay checks) drive
 this same class, which is why replaying a file through Kafka gives the scores of scoring it offline.
@@ -80,7 +80,7 @@ class BatchResult:
 class ResetPolicy:
     """Decides whether a stream's state resets before a tick, from the tick and the stream's previous tick:
     shared by the detector and the trainer, so a model is trained on exactly the sequences the daemon will
-    run it on. Vectorised: one call judges a wave of streams, or a whole recorded stream."""
+    run it on. Vectorised: one call judges a batch of ticks, or a whole recorded stream."""
 
     def __init__(self, rules: ResetRules):
         self.max_gap = rules.max_gap_seconds

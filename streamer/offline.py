@@ -102,8 +102,8 @@ def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster) ->
     """Score several files, each exactly as `score_file` would with a fresh detector, in one pass.
 
     The files' streams are kept apart by a prefix (``"<n>:"``, removed again from the rows) and their rows
-    are interleaved, row i of every file in the same batch, so a wave steps one stream of every file at
-    once instead of one stream in all: far fewer, wider LSTM calls for the same scores.
+    are interleaved, row i of every file in the same batch: one detector and one pass over the files, with
+    the same scores as scoring them one by one (streams are independent).
     """
     detector = Detector(model, settings.detector)
     stream_field = settings.ticks.stream_field
