@@ -77,8 +77,8 @@ class Params(NamedTuple):
 
 def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
     """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
-    return Params(**{name: float(getattr(settings, name)) for name in Params._fields[:10]},
-                  alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
+    detector = {name: float(getattr(settings, name)) for name in Params._fields if hasattr(settings, name)}
+    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
 
 
 class Weights(NamedTuple):
@@ -181,9 +181,37 @@ def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndar
 
 
 @numba.njit(**_JIT)
-def _scale(mean: float, var: float, p: Params) -> float:
+def _scale(mean: float, var: float, p: Params | NormaliserSpec) -> float:
     """The normaliser's scale: standard deviation plus a floor (absolute, and relative to |mean|)."""
     return math.sqrt(var) + max(p.min_scale, p.rel_scale * abs(mean))
+
+
+@numba.njit(**_JIT)
+def normalise(n: float, mean: float, var: float, value: float, p: Params | NormaliserSpec):
+    """Fold the stream's (n + 1)-th value into its EW mean and variance (`NormaliserSpec`; the first value
+    sets the mean); returns the new (mean, var, scale). The detector's input normalisation, and the
+    trainer's (`normalise_lanes`): a model is trained on exactly the inputs the daemon gives it."""
+    alpha = max(1.0 / (n + 1.0), p.alpha)
+    delta = value - mean
+    mean = mean + alpha * delta
+    var = (1.0 - alpha) * (var + alpha * delta * delta)
+    return mean, var, _scale(mean, var, p)
+
+
+@numba.njit(**_JIT)
+def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | NormaliserSpec):
+    """`normalise` along each row of ``values`` [B, T], restarted where ``reset``; returns (mean, scale)
+    [B, T] after each value."""
+    means, scales = np.empty_like(values), np.empty_like(values)
+    for b in range(values.shape[0]):
+        n = mean = var = 0.0
+        for t in range(values.shape[1]):
+            if reset[b, t]:
+                n = mean = var = 0.0
+            mean, var, scales[b, t] = normalise(n, mean, var, values[b, t], p)
+            means[b, t] = mean
+            n += 1.0
+    return means, scales
 
 
 @numba.njit(**_JIT)
@@ -337,12 +365,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         n = st[N]
         forecast[i] = st[PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[PRED]) if n >= 1 else np.nan
-        # The normaliser (`model.Normaliser`): the first value sets the mean.
-        alpha = max(1.0 / (n + 1.0), p.alpha)
-        delta = v - st[MEAN]
-        mean = st[MEAN] + alpha * delta
-        var = (1.0 - alpha) * (st[VAR] + alpha * delta * delta)
-        scale = _scale(mean, var, p)
+        mean, var, scale = normalise(n, st[MEAN], st[VAR], v, p)
         s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.

@@ -4,7 +4,7 @@ The model predicts a Gaussian (mean and log standard deviation) for the next val
 stream's online normalisation, so its error is already scaled by how predictable the stream is.
 
 Streams arrive with arbitrary units, so the input is normalised online, causally, per stream
-(`Normaliser`); the normaliser's constants travel in the model file because the weights only make sense
+(`kernel.normalise`); the normaliser's constants travel in the model file because the weights only make sense
 with the inputs they were trained on.
 
 File format: ``torch.save`` of a dict holding only tensors, strings and numbers, loaded back with
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,37 +28,13 @@ INPUT_CLIP = 8.0  # normalised inputs are clipped so a wild tick cannot blow up 
 LOG_STD_MIN, LOG_STD_MAX = -6.0, 4.0  # the predicted log standard deviation's range
 
 
-@dataclass(frozen=True)
-class NormaliserSpec:
-    """Exponentially weighted mean/variance with a count-based warm start and a floor on the scale."""
+class NormaliserSpec(NamedTuple):
+    """Exponentially weighted mean/variance with a count-based warm start and a floor on the scale
+    (`kernel.normalise`; a tuple, so that the compiled kernel takes it as it is)."""
 
     alpha: float = 0.01  # EW weight once more than 1/alpha ticks were seen (an effective window of 100)
     min_scale: float = 1e-3  # absolute floor on the standard deviation
     rel_scale: float = 1e-3  # relative floor: a fraction of |mean|, for flat or quantised streams
-
-
-class Normaliser:
-    """Per-stream online normalisation, vectorised over the streams of one step.
-
-    State lives in caller-owned arrays (count, mean, var) so the detector can keep it in its state table
-    and the trainer can run the very same arithmetic over its training series.
-    """
-
-    def __init__(self, spec: NormaliserSpec):
-        self.spec = spec
-
-    def scale(self, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-        s = self.spec
-        return np.sqrt(var) + np.maximum(s.min_scale, s.rel_scale * np.abs(mean))
-
-    def update(self, count: np.ndarray, mean: np.ndarray, var: np.ndarray, value: np.ndarray):
-        """Fold ``value`` in; returns the new (count, mean, var). The first value sets the mean."""
-        count = count + 1
-        alpha = np.maximum(1.0 / count, self.spec.alpha)
-        delta = value - mean
-        mean = mean + alpha * delta
-        var = (1.0 - alpha) * (var + alpha * delta * delta)
-        return count, mean, var
 
 
 @dataclass(frozen=True)
@@ -100,7 +75,7 @@ class Forecaster(nn.Module):
         blob = {
             "format": FORMAT,
             "version": VERSION,
-            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": asdict(self.spec.normaliser)},
+            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict()},
             "training": training,
             "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
         }

@@ -7,7 +7,7 @@ The trainer sees the data exactly as the detector does:
 - per stream, ticks not later than the stream's previous tick are dropped (the detector skips them as out of
   order), and the detector's reset rules cut a stream into independent *sequences*: an explicit ``reset``, a
   change of ``segment``, a new session day, or a gap over ``max_gap_seconds`` (`ResetRules`);
-- inputs and targets come from the detector's own `Normaliser` arithmetic, restarted at every sequence start
+- inputs and targets come from the detector's own normaliser (`kernel.normalise`), restarted at every sequence start
   (where the detector zeroes a stream's statistics): ``x_t = (v_t - mean_t) / scale_t`` with ``v_t`` folded
   into ``mean_t``/``var_t``, target ``(v_{t+1} - mean_t) / scale_t`` (clipped to +-`TARGET_CLIP`), so that
   ``mean_t + scale_t * mu_t`` is the detector's forecast of ``v_{t+1}``;
@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from streamer import kernel
 from streamer.config import ResetRules, TickSettings
 from streamer.detector import RESET_REASONS, ResetPolicy
-from streamer.model import Forecaster, ModelSpec, Normaliser, NormaliserSpec
+from streamer.model import Forecaster, ModelSpec, NormaliserSpec
 from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, object_array, read_records
 
 TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
@@ -160,24 +161,12 @@ def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1) -> La
 def normalise(lanes: Lanes, spec: NormaliserSpec):
     """Inputs, targets and the normaliser's (mean, scale) at every step, as the detector computes them.
 
-    Vectorised over lanes, looping over time; a lane's statistics are zeroed where it starts a sequence
-    (the detector zeroes a reset stream's row). Returns float32 ``x``, float32 ``y`` (clipped; 0 where there
-    is no target) and float64 ``mean``, ``scale``, all ``[B, T]``.
+    The detector's own compiled arithmetic (`kernel.normalise_lanes`); a lane's statistics are zeroed where
+    it starts a sequence (the detector zeroes a reset stream's row). Returns float32 ``x``, float32 ``y``
+    (clipped; 0 where there is no target) and float64 ``mean``, ``scale``, all ``[B, T]``.
     """
-    norm = Normaliser(spec)
     values = lanes.values
-    count = np.zeros(values.shape[0])
-    mean = np.zeros(values.shape[0])
-    var = np.zeros(values.shape[0])
-    means = np.empty_like(values)
-    scales = np.empty_like(values)
-    for t in range(values.shape[1]):
-        reset = lanes.reset[:, t]
-        if reset.any():
-            count[reset] = mean[reset] = var[reset] = 0.0
-        count, mean, var = norm.update(count, mean, var, values[:, t])
-        means[:, t] = mean
-        scales[:, t] = norm.scale(mean, var)
+    means, scales = kernel.normalise_lanes(values, lanes.reset, spec)
     x = ((values - means) / scales).astype(np.float32)
     y = np.zeros_like(values)
     y[:, :-1] = (values[:, 1:] - means[:, :-1]) / scales[:, :-1]

@@ -1,6 +1,7 @@
 """Training: the detector's view of recorded files, stateful batching, and reproducible training runs."""
 
 import argparse
+import math
 from importlib.resources import files
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from streamer.config import DetectorSettings, ResetRules, Settings, TickSettings
 from streamer.detector import Detector
-from streamer.model import Forecaster, ModelSpec, Normaliser
+from streamer.model import Forecaster, ModelSpec
 from streamer.synth import generate, write_jsonl_gz
 from streamer.ticks import TickDecoder, read_records
 from streamer.train import (
@@ -163,19 +164,30 @@ def test_state_carried_over_chunks_equals_one_pass():
 
 
 def test_inputs_and_targets_use_the_detectors_normaliser():
+    """The normaliser's formula, written out: EW mean and variance with weight max(1/n, alpha), scale = std +
+    max(min_scale, rel_scale * |mean|); the first value sets the mean."""
     values = np.array([5.0, 5.0, 6.0, 4.0, 100.0, 5.5])
     lanes = layout([values], [0], 1)
-    x, y, mean, scale = normalise(lanes, ModelSpec().normaliser)
-    norm = Normaliser(ModelSpec().normaliser)
-    count = m = v = np.zeros(1)
+    spec = ModelSpec().normaliser
+    x, y, mean, scale = normalise(lanes, spec)
+    m = v = 0.0
     for t, value in enumerate(values):
-        count, m, v = norm.update(count, m, v, np.array([value]))
-        s = norm.scale(m, v)
-        assert x[0, t] == np.float32((value - m[0]) / s[0])
+        alpha = max(1.0 / (t + 1), spec.alpha)
+        delta = value - m
+        m, v = m + alpha * delta, (1.0 - alpha) * (v + alpha * delta * delta)
+        s = math.sqrt(v) + max(spec.min_scale, spec.rel_scale * abs(m))
+        assert (mean[0, t], scale[0, t]) == (m, s)
+        assert x[0, t] == np.float32((value - m) / s)
         if t + 1 < len(values):
-            assert y[0, t] == np.float32(np.clip((values[t + 1] - m[0]) / s[0], -8, 8))
-        assert (mean[0, t], scale[0, t]) == (m[0], s[0])
+            assert y[0, t] == np.float32(np.clip((values[t + 1] - m) / s, -8, 8))
+    assert mean[0, 0] == 5.0  # the first value sets the mean
     assert y[0, -1] == 0 and not lanes.has_target[0, -1]
+
+
+def test_the_normaliser_restarts_where_a_lane_starts_a_sequence():
+    lanes = layout([np.array([1.0, 2.0, 3.0]), np.array([50.0, 60.0])], [0, 1], 1)  # one lane, two sequences
+    _, _, mean, _ = normalise(lanes, ModelSpec().normaliser)
+    assert mean[0, 3] == 50.0  # the second sequence's first value sets the mean again
 
 
 def test_training_forecasts_equal_the_detectors(tiny_corpus):
