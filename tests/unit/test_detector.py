@@ -1,5 +1,7 @@
 """The pure detector core: batching invariance, resets, ordering, eviction and score properties."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -36,11 +38,30 @@ def settings():
 
 
 def test_scores_do_not_depend_on_batching(model, settings):
+    """Exactly: each tick's arithmetic is the same whatever else is in its batch (one stream at a time)."""
     ticks = interleave(series("a", 300, 1), series("b", 300, 2), series("c", 200, 3, anomaly_at=150))
-    one, _ = run(Detector(model, settings), ticks, batch=len(ticks))
+    _, whole = run(Detector(model, settings), ticks, batch=len(ticks))
     for batch in (1, 7, 256):
-        other, _ = run(Detector(model, settings), ticks, batch=batch)
-        np.testing.assert_allclose(other, one, atol=1e-6)
+        _, parts = run(Detector(model, settings), ticks, batch=batch)
+        for name in ("score", "error", "forecast"):
+            np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in parts]),
+                                          getattr(whole[0], name), err_msg=f"{name}, batches of {batch}")
+
+
+def test_resets_are_judged_against_the_previous_accepted_tick_in_the_batch_or_before(model, settings):
+    """An out-of-order tick in between neither resets nor becomes the "previous tick" of the next one."""
+    rules = ResetRules(max_gap_seconds=120)
+    ticks = [Tick("a", T0, 1.0, "x"), Tick("b", T0, 2.0), Tick("a", T0 - 10, 1.0, "y"),  # late: skipped
+             Tick("a", T0 + 60, 1.0, "x"), Tick("b", T0 + 600, 2.0),  # a: no change; b: a gap of 600 s
+             Tick("a", T0 + 30, 1.0, "z"), Tick("a", T0 + 120, 1.0, "z")]  # late again; then a segment change
+    want_outcome = [SCORED, SCORED, OUT_OF_ORDER, SCORED, SCORED, OUT_OF_ORDER, SCORED]
+    want_reset = [False, False, False, False, True, False, True]
+    for batch in (len(ticks), 1, 2, 3):
+        det = Detector(model, settings)
+        parts = [det.process(ticks[k:k + batch], rules) for k in range(0, len(ticks), batch)]
+        assert np.concatenate([p.outcome for p in parts]).tolist() == want_outcome, batch
+        assert np.concatenate([p.reset for p in parts]).tolist() == want_reset, batch
+        assert sum((p.resets for p in parts), Counter()) == {"gap": 1, "segment": 1}, batch
 
 
 def test_a_tick_batch_joined_from_parts_scores_as_the_list_of_ticks(model, settings):
