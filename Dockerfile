@@ -30,7 +30,8 @@ ENV PATH=/opt/streamer/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAMER_METRICS__HOST=0.0.0.0 \
-    STREAMER_CHECKPOINT__PATH=/var/lib/streamer
+    STREAMER_CHECKPOINT__PATH=/var/lib/streamer \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 USER 10001:10001
 WORKDIR /var/lib/streamer
 EXPOSE 9108

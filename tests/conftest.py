@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import urllib.request
@@ -16,6 +17,9 @@ from streamer.broker import LocalBroker, create_topic
 from streamer.config import Settings, load_settings
 from streamer.model import Forecaster
 
+# The detector's kernel compiled once for the whole run, not in every daemon the tests start (~3 s each);
+# numba checks the cached code against the source file, so an edit recompiles it.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "numba"))
 NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 

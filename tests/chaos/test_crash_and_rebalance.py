@@ -84,8 +84,9 @@ def test_kill_9_and_restart_resumes_from_the_checkpoint(broker, tmp_path, record
 def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording, client):
     """Three members over six partitions: two join and one leaves while the recording is being produced.
 
-    The recording spans 400 minutes; replayed at 1200x it takes 20 s, long enough for both rebalances to
-    happen while messages arrive. (Tansu stalls a rebalance when a member leaves before the previous one
+    The recording spans 400 minutes; replayed at 600x it takes 40 s, long enough for both rebalances to
+    happen while messages arrive (a member takes ~5 to 15 s from start to its first assignment: imports,
+    the kernel's compilation, the group join). (Tansu stalls a rebalance when a member leaves before the previous one
     settled, so the test waits for every member to be ready before removing one; real Kafka does not.)
     """
     import threading
@@ -99,7 +100,7 @@ def test_members_joining_and_leaving_during_replay(broker, tmp_path, recording, 
     try:
         members[0].wait_metric("streamer_ready", lambda v: v == 1)
         producer = threading.Thread(target=replay, args=(path, topic, daemon_settings(broker.bootstrap, [topic])),
-                                    kwargs={"speed": 1200.0, "progress": False})
+                                    kwargs={"speed": 600.0, "progress": False})
         producer.start()
         time.sleep(4)
         members += [DaemonProcess(broker.bootstrap, topic, f"rebalance-{client}", tmp_path, **env).start()
