@@ -315,7 +315,7 @@ class Detector:
         rows, ts = slot[order], batch.ts[order]
         first = np.ones(len(rows), dtype=bool)  # a stream's first accepted tick in this batch
         first[1:] = rows[1:] != rows[:-1]
-        last = np.append(first[1:], True)[:len(rows)]  # ... and its last
+        last = np.append(first[1:], True)[:len(rows)]  # ... and its last (the slice: an empty batch)
 
         def previous(now: np.ndarray, table: np.ndarray) -> np.ndarray:
             """Each tick's stream's previous accepted tick's value: the neighbour's, or the table's."""
