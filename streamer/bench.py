@@ -696,13 +696,13 @@ def scrape_worst_ms(daemon: dict) -> float:
 
 def render(results: dict) -> str:
     env = results["env"]
-    threads = f"1 intra-op thread in the naive row; the daemon's kernel: numba {env.get('numba', '?')}"
+    compute = f"1 intra-op thread in the naive row; the daemon's kernel: numba {env.get('numba', '?')}"
     if results["plan"].get("gc_threshold"):
-        threads += f"; gc.freeze() + gc.set_threshold({results['plan']['gc_threshold']}) in the daemon"
+        compute += f"; gc.freeze() + gc.set_threshold({results['plan']['gc_threshold']}) in the daemon"
     confluent = f", confluent-kafka {env['confluent_kafka']}" if env.get("confluent_kafka") else ""
     lines = [f"streamer bench: {env['cpus']} CPUs, Python {env['python']}, "
              f"kafka-python {env['kafka_python']}{confluent}, "
-             f"torch {env['torch']} ({threads}), broker {env['broker']}, "
+             f"torch {env['torch']} ({compute}), broker {env['broker']}, "
              f"{env['partitions']} partitions",
              f"ticks produced with {env['producer']}; every row in its own process; msg/s from the first "
              "polled message", ""]

@@ -8,7 +8,7 @@ one step per tick in its own order; different streams are independent. The bookk
 vectorised in numpy (slots, out-of-order ticks, reset reasons, each judged against the stream's previous
 accepted tick), and the per-tick arithmetic, scoring and the LSTM step, is one compiled call over the
 whole batch (`kernel.advance`), each stream's ticks in order. A batch of 50 ticks from each of 100 streams
-costs per tick what 5,000 ticks of 5,000 streams do. State lives in four tables indexed by slot: float64
+costs about what 5,000 ticks of 5,000 streams do per tick. State lives in four tables indexed by slot: float64
 scalars (values in the stream's units, timestamps), a float32 profile (tail rates, the daily profile),
 568 bytes a stream, and the LSTM's float32 h and c.
 
@@ -171,7 +171,7 @@ class Detector:
         more = max(16, old // 8)  # grow by an eighth: at most ~11% idle slots (state per stream matters)
         self.names.extend([None] * more)
         self._last_ts = np.concatenate([self._last_ts, np.full(more, -math.inf)])
-        self._segment = np.concatenate([self._segment, object_array([None] * more)])
+        self._segment = np.concatenate([self._segment, np.full(more, None, dtype=object)])
         self._day = np.concatenate([self._day, np.full(more, NO_DAY, dtype=np.int64)])
         self._last_seen = np.concatenate([self._last_seen, np.zeros(more, dtype=np.int64)])
         self._owner = np.concatenate([self._owner, np.full(more, -1, dtype=np.int64)])
@@ -326,7 +326,7 @@ class Detector:
 
         policy = ResetPolicy(rules or ResetRules())
         day = policy.days(ts)
-        segment = object_array([None] * len(rows)) if batch.segment is None else batch.segment[order]
+        segment = np.full(len(rows), None, dtype=object) if batch.segment is None else batch.segment[order]
         explicit = np.zeros(len(rows), dtype=bool) if batch.reset is None else batch.reset[order]
         prev_ts = previous(ts, self._last_ts)
         reasons = policy.reasons(explicit, segment, previous(segment, self._segment), day,
@@ -341,12 +341,16 @@ class Detector:
         if owners is not None:
             self._owner[ends] = owners[order[last]]
 
-        scored = {name: np.full(count, np.nan) for name in ("score", "error", "forecast")}
-        scored["score"][order], scored["error"][order], scored["forecast"][order] = score, error, forecast
-        outcome = np.full(count, OUT_OF_ORDER, dtype=np.int8)
-        outcome[order] = SCORED
-        reset = np.zeros(count, dtype=bool)
-        reset[order] = reasons > 0
+        def in_arrival_order(accepted: np.ndarray, skipped) -> np.ndarray:
+            """A column of the accepted ticks (in `order`) back in the batch's order, ``skipped`` elsewhere."""
+            column = np.full(count, skipped, dtype=accepted.dtype)
+            column[order] = accepted
+            return column
+
         counts = np.bincount(reasons, minlength=len(RESET_REASONS) + 1)[1:].tolist()
-        resets = Counter({reason: n for reason, n in zip(RESET_REASONS, counts) if n})
-        return BatchResult(**scored, outcome=outcome, reset=reset, resets=resets, evicted=evicted)
+        return BatchResult(
+            score=in_arrival_order(score, np.nan), error=in_arrival_order(error, np.nan),
+            forecast=in_arrival_order(forecast, np.nan),
+            outcome=in_arrival_order(np.full(len(rows), SCORED, dtype=np.int8), OUT_OF_ORDER),
+            reset=in_arrival_order(reasons > 0, False),
+            resets=Counter({reason: n for reason, n in zip(RESET_REASONS, counts) if n}), evicted=evicted)

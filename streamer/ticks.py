@@ -88,14 +88,18 @@ class TickBatch:
         """One batch of ``batches`` in order (the polls of several partitions of one topic)."""
         if len(batches) == 1:
             return batches[0]
-        segments = [b.segment for b in batches]
-        resets = [b.reset for b in batches]
+
+        def optional(columns: list[np.ndarray | None], absent: Any, dtype) -> np.ndarray | None:
+            """An optional column joined: None if no part has it, else ``absent`` where a part lacks it."""
+            if all(column is None for column in columns):
+                return None
+            return np.concatenate([np.full(len(b), absent, dtype=dtype) if column is None else column
+                                   for b, column in zip(batches, columns)])
+
         return cls([s for b in batches for s in b.stream], np.concatenate([b.ts for b in batches]),
                    np.concatenate([b.value for b in batches]),
-                   None if all(s is None for s in segments) else np.concatenate(
-                       [np.full(len(b), None, dtype=object) if s is None else s for b, s in zip(batches, segments)]),
-                   None if all(r is None for r in resets) else np.concatenate(
-                       [np.zeros(len(b), dtype=bool) if r is None else r for b, r in zip(batches, resets)]))
+                   optional([b.segment for b in batches], None, object),
+                   optional([b.reset for b in batches], False, bool))
 
 
 @dataclass(slots=True)
