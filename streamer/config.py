@@ -44,7 +44,8 @@ class KafkaSettings(Section):
     # (docs/perf.md).
     max_poll_records: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
-    commit_interval_ms: int = Field(1000, ge=0, description="commit processed offsets this often; 0: every poll")
+    commit_interval_ms: int = Field(1000, ge=0, description="without a checkpoint store: commit processed offsets "
+                                    "this often; 0: every poll (with a store, commits follow checkpoints)")
     # Optional outputs: one JSON record per scored tick, and the original bytes of rejected messages.
     scores_topic: str | None = None
     dead_letter_topic: str | None = None
@@ -187,8 +188,9 @@ class CheckpointSettings(Section):
     store: Literal["local", "kafka"] | None = Field(None, description="default: local when path is set")
     path: Path | None = Field(None, description="directory of the local store (e.g. /var/lib/streamer)")
     topic: str = Field("streamer-checkpoints", description="compacted topic of the kafka store")
-    interval_messages: int = Field(100_000, ge=1, description="checkpoint after this many messages...")
-    interval_seconds: float = Field(30.0, gt=0, description="...or this many seconds, whichever comes first")
+    interval_messages: int = Field(1_000_000, ge=1, description="checkpoint (then commit) after this many "
+                                   "messages...")
+    interval_seconds: float = Field(10.0, gt=0, description="...or this many seconds, whichever comes first")
 
     _empty_is_none = field_validator("path", mode="before")(lambda value: _empty_to_none(value))
 

@@ -1,9 +1,14 @@
 """The run loop: poll -> decode -> one batched detector step -> metrics (and score records) -> commit.
 
 Delivery is at-least-once: an offset is committed only after every message before it was scored, its
-metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker. Processed
-offsets are committed every ``kafka.commit_interval_ms`` (a commit per poll cost a broker round trip per
-poll), on revocation and at shutdown; a crash replays at most that interval's messages.
+metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker.
+
+State and offsets move together (`streamer.partitions`). With a checkpoint store, the loop checkpoints and
+then commits exactly the checkpoints' offsets: after a partition's first batch, then every
+``checkpoint.interval_seconds``/``interval_messages``, on revocation and at shutdown. A committed offset
+never passes the last saved checkpoint, so a ``kill -9`` at any moment restarts from a checkpoint and the
+offset that belongs to it, and replays at most one interval's messages. Without a store, stream state dies
+with the process by design, and processed offsets are committed every ``kafka.commit_interval_ms``.
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
 in `streamer.kafka_io` (kafka-python, the default) and implemented again in `streamer.kafka_confluent`
@@ -21,10 +26,11 @@ poll are dropped, since they came from the default position.
 Without a checkpoint store a revoked partition's streams are dropped and start fresh (a warm-up) wherever
 the partition goes next, even when an eager rebalance gives it straight back: configure a store to avoid it.
 
-Checkpoints (``[checkpoint]``): each stream is tagged with the partition its ticks come from. Every
-``interval_messages``/``interval_seconds``, on revocation and at shutdown, the state of each partition's
-streams is saved with the partition's next offset; on assignment it is restored and the consumer seeks
-to that offset. Restored state plus replay from its offset is exactly the uninterrupted state.
+Checkpoints (``[checkpoint]``): each stream is tagged with the partition its ticks come from; a checkpoint
+holds the state of one partition's streams with the partition's next offset. On assignment it is restored
+and the consumer seeks to that offset: restored state plus replay from its offset is exactly the
+uninterrupted state. A partition with a committed offset but no checkpoint (a wiped or replaced store, a
+refused checkpoint) starts fresh at the committed offset: one warning, ``streamer_checkpoint_missing_total``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ from collections import Counter, deque
 
 import numpy as np
 import orjson
-from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamer import systemd
@@ -48,6 +53,7 @@ from streamer.kafka_io import CommitFailed, open_consumer, open_producer, start_
 from streamer.logs import RateLimited
 from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
 from streamer.model import Forecaster
+from streamer.partitions import TP, CheckpointSchedule, Partitions
 from streamer.ticks import Decoded, InvalidTick, TickBatch, TickDecoder
 
 log = logging.getLogger("streamer.daemon")
@@ -97,16 +103,11 @@ class Daemon:
         self.scored = 0  # messages scored since start, for callers that wait (demo, tests)
         self._stop = stop or threading.Event()
         self._lock = threading.Lock()
-        self._uncommitted: dict[TopicPartition, int] = {}  # next offset to commit
-        self._unpositioned: set[TopicPartition] = set()
-        self._owned: set[TopicPartition] = set()
-        self._next_offset: dict[TopicPartition, int] = {}  # first message not yet processed
-        self._dirty: set[TopicPartition] = set()  # processed since their last checkpoint
-        self._owner_ids: dict[TopicPartition, int] = {}
-        self._lagged: set[TopicPartition] = set()  # partitions with a consumer-lag series
+        self.partitions = Partitions(durable=settings.checkpoint.store is not None)
+        self._schedule = CheckpointSchedule(settings.checkpoint.interval_seconds,
+                                            settings.checkpoint.interval_messages, time.monotonic)
+        self._lagged: set[TP] = set()  # partitions with a consumer-lag series
         self._store: Store | None = None
-        self._since_checkpoint = 0
-        self._checkpoint_at = time.monotonic() + settings.checkpoint.interval_seconds
         self._watchdog = systemd.Watchdog()
         self._connected = True
         self._batch_marks: deque[tuple[float, int]] = deque()
@@ -137,6 +138,9 @@ class Daemon:
             if cfg.kafka.scores_topic or cfg.kafka.dead_letter_topic:
                 self._producer = open_producer(cfg.kafka)
             self._store = self._open_store()
+            if self._store is None:
+                log.warning("no checkpoint store ([checkpoint] path or store): stream state is lost on every "
+                            "restart and rebalance, and each stream warms up again")
             for topic in cfg.kafka.topics:
                 self.metrics.init_topic(topic)
             self._consumer.subscribe(cfg.kafka.topics, _Listener(self))
@@ -174,11 +178,13 @@ class Daemon:
             if polled:
                 with self._lock:
                     self._handle({tp: msgs for tp, msgs in polled.items() if tp not in skip
-                                  and tp in self._owned})
-            if self._store is not None and self._checkpoint_due():
-                with self._lock:
-                    self._checkpoint(self._dirty & self._owned)
-            if time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
+                                  and tp in self.partitions.owned})
+            if self._store is not None:  # checkpoint, then commit what the checkpoints cover
+                if self._schedule.due() or self.partitions.never_saved():
+                    with self._lock:
+                        self._checkpoint()
+                    self._commit()
+            elif time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
                 self._commit()
                 next_commit = time.monotonic() + cfg.commit_interval_ms / 1000
             if time.monotonic() >= next_lag:
@@ -192,7 +198,7 @@ class Daemon:
         if self._consumer is not None:
             if self._store is not None:
                 with self._lock:
-                    self._checkpoint(self._dirty & self._owned)
+                    self._checkpoint()
             self._commit()
             self._consumer.close()  # runs the revocation callback: nothing left to commit
         if self._producer is not None:
@@ -206,8 +212,7 @@ class Daemon:
 
     def _assigned(self, assigned) -> None:
         with self._lock:
-            self._owned |= set(assigned)
-            self._unpositioned |= set(assigned)
+            self.partitions.assign(assigned)
             self._set_ready()
         self.metrics.partition_events.labels("assigned").inc(len(assigned))
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}"
@@ -216,12 +221,11 @@ class Daemon:
     def _release(self, partitions, commit: bool) -> None:
         with self._lock:  # waits for the batch in hand
             if commit and self._store is not None:
-                self._checkpoint(self._dirty & set(partitions))
-            pending = {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+                self._checkpoint(partitions)
+            pending = self.partitions.release(partitions, commit)
             for tp in partitions:  # the next owner restores it from the checkpoint (or starts it fresh)
-                self._forget_partition(tp)
-            self._owned -= set(partitions)
-            self._unpositioned -= set(partitions)
+                for stream in self.detector.owned_by(self.partitions.owner(tp)):
+                    self.detector.forget(stream)
             for tp in partitions:
                 if tp in self._lagged:  # the series goes with the partition
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
@@ -236,12 +240,6 @@ class Daemon:
         log.info("partitions revoked" if commit else "partitions lost",
                  extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
                         "committed": len(pending) if commit else 0})
-
-    def _forget_partition(self, tp: TopicPartition) -> None:
-        for stream in self.detector.owned_by(self._owner_id(tp)):
-            self.detector.forget(stream)
-        self._next_offset.pop(tp, None)
-        self._dirty.discard(tp)
 
     def _expire_idle(self) -> None:
         """Forget streams that have been silent for ``detector.idle_expiry_seconds`` of wall-clock time.
@@ -268,7 +266,7 @@ class Daemon:
         A client may keep its assignment through a broker outage, so the assignment alone says nothing.
         """
         connected, detail = self._consumer.connected()
-        connected = connected or not self._owned  # no verdict before the first assignment
+        connected = connected or not self.partitions.owned  # no verdict before the first assignment
         if connected != self._connected:
             self._connected = connected
             log.warning("coordinator unreachable" if not connected else "coordinator reachable again",
@@ -277,29 +275,29 @@ class Daemon:
                 self._set_ready()
 
     def _set_ready(self) -> None:
-        self.health.ready = bool(self._owned) and self._connected
+        self.health.ready = bool(self.partitions.owned) and self._connected
 
     # --- main-loop steps ---------------------------------------------------------------------------
 
-    def _position_new_partitions(self) -> set[TopicPartition]:
+    def _position_new_partitions(self) -> set[TP]:
         """Restore checkpoints of partitions assigned since the last poll, or seek them to the backfill start.
 
         Returns the partitions it moved: their records in the poll at hand came from the old position.
         """
         with self._lock:
-            todo, self._unpositioned = self._unpositioned, set()
+            todo = self.partitions.take_unpositioned()
         offsets = self._start_offsets(todo)
         for tp, offset in offsets.items():
             self._consumer.seek(tp, offset)
         return set(offsets)
 
-    def _claim_start_offsets(self, partitions) -> dict[TopicPartition, int]:
+    def _claim_start_offsets(self, partitions) -> dict[TP, int]:
         """`_start_offsets` of partitions the main loop then need not position (see `_Listener`)."""
         with self._lock:
-            self._unpositioned -= set(partitions)
+            self.partitions.claim(partitions)
         return self._start_offsets(partitions)
 
-    def _start_offsets(self, partitions) -> dict[TopicPartition, int]:
+    def _start_offsets(self, partitions) -> dict[TP, int]:
         """Where newly assigned partitions must start: a checkpoint's offset (its state is restored here), or
         the backfill start; partitions absent from the result keep the group's position."""
         offsets = {}
@@ -307,20 +305,33 @@ class Daemon:
             checkpoint = self._load_checkpoint(tp)
             if checkpoint is not None:
                 with self._lock:
-                    self.detector.restore(checkpoint.states, owner=self._owner_id(tp))
-                    self._next_offset[tp] = checkpoint.offset
+                    self.detector.restore(checkpoint.states, owner=self.partitions.owner(tp))
+                    self.partitions.restored(tp, checkpoint.offset)
                 offsets[tp] = checkpoint.offset
                 log.info("checkpoint restored", extra={"partition": f"{tp.topic}/{tp.partition}",
                                                        "offset": checkpoint.offset,
                                                        "streams": len(checkpoint.states.names)})
                 continue
+            if self._store is not None:
+                self._warn_if_committed(tp)
             offset = self._consumer.start_offset(tp, self._start_ms) if self._start_ms is not None else None
             if offset is not None:
                 offsets[tp] = offset
                 log.info("backfill start", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset})
         return offsets
 
-    def _load_checkpoint(self, tp: TopicPartition) -> Checkpoint | None:
+    def _warn_if_committed(self, tp: TP) -> None:
+        """A committed offset without a checkpoint: the store was wiped, replaced or refused the checkpoint
+        (with a store, this daemon commits only checkpointed offsets). Policy: the partition resumes at the
+        committed offset with fresh streams (a warm-up); the messages before it are not replayed."""
+        committed = self._consumer.committed(tp)
+        if committed is None:
+            return
+        self.metrics.checkpoint_missing.inc()
+        log.warning("committed offset without a checkpoint: the partition's streams start fresh there",
+                    extra={"partition": f"{tp.topic}/{tp.partition}", "committed": committed})
+
+    def _load_checkpoint(self, tp: TP) -> Checkpoint | None:
         if self._store is None:
             return None
         try:
@@ -330,26 +341,19 @@ class Daemon:
             log.error("checkpoint refused", extra={"partition": f"{tp.topic}/{tp.partition}", "error": str(exc)})
             return None
 
-    def _owner_id(self, tp: TopicPartition) -> int:
-        return self._owner_ids.setdefault(tp, len(self._owner_ids))
-
-    def _checkpoint_due(self) -> bool:
-        cfg = self.settings.checkpoint
-        return self._since_checkpoint >= cfg.interval_messages or time.monotonic() >= self._checkpoint_at
-
-    def _checkpoint(self, partitions) -> None:
-        """Save each partition's streams with its next offset (caller holds the lock)."""
+    def _checkpoint(self, among=None) -> None:
+        """Save the streams of each owned partition (``among`` them) that moved since its last checkpoint,
+        with the offset their state covers (caller holds the lock)."""
         started = time.perf_counter()
-        for tp in partitions:
-            if tp not in self._next_offset:
-                continue
-            streams = self.detector.owned_by(self._owner_id(tp))
-            self._store.save(Checkpoint(tp.topic, tp.partition, self._next_offset[tp], self._store.model,
+        unsaved = self.partitions.unsaved(among)
+        for tp, offset in unsaved.items():
+            streams = self.detector.owned_by(self.partitions.owner(tp))
+            self._store.save(Checkpoint(tp.topic, tp.partition, offset, self._store.model,
                                         self.detector.export(streams)))
-            self._dirty.discard(tp)
-        self._since_checkpoint = 0
-        self._checkpoint_at = time.monotonic() + self.settings.checkpoint.interval_seconds
-        if partitions:
+            self.partitions.saved(tp, offset)
+        if among is None:
+            self._schedule.restart()
+        if unsaved:
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _handle(self, polled) -> None:
@@ -366,7 +370,7 @@ class Daemon:
             for i, bad in decoded.rejected:
                 invalid[(tp.topic, bad.reason)] += 1
                 self._reject(tp, messages[i], bad)
-            by_topic.setdefault(tp.topic, []).append((messages, decoded, self._owner_id(tp)))
+            by_topic.setdefault(tp.topic, []).append((messages, decoded, self.partitions.owner(tp)))
         for (topic, reason), n in invalid.items():
             m.invalid.labels(reason).inc(n)
             m.messages.labels(topic, "invalid").inc(n)
@@ -395,9 +399,8 @@ class Daemon:
         if self._producer is not None:
             self._deliver()  # score records and dead letters reach the broker before the commit
         for tp, messages in polled.items():
-            self._next_offset[tp] = self._uncommitted[tp] = offset_of(messages[-1]) + 1
-            self._since_checkpoint += len(messages)
-        self._dirty.update(polled)
+            self.partitions.processed(tp, offset_of(messages[-1]) + 1)
+            self._schedule.messages += len(messages)
         now = time.time()
         if last_ts is not None:
             m.event_lag.set(now - last_ts)
@@ -416,7 +419,7 @@ class Daemon:
                       "topic": topic, "partition": partition_of(msg), "offset": offset_of(msg)}
             send(scores_topic, stream.encode(), orjson.dumps(record))
 
-    def _reject(self, tp: TopicPartition, msg, bad: InvalidTick) -> None:
+    def _reject(self, tp: TP, msg, bad: InvalidTick) -> None:
         offset = self._consumer.offset(msg)
         self._warn.warning(bad.reason, "invalid message skipped", reason=bad.reason, detail=str(bad),
                            topic=tp.topic, partition=tp.partition, offset=offset)
@@ -437,16 +440,19 @@ class Daemon:
 
     def _commit(self) -> None:
         with self._lock:
-            offsets, self._uncommitted = self._uncommitted, {}
+            offsets = self.partitions.commits()
         if not offsets:
             return
         try:
             self._consumer.commit(offsets)
         except CommitFailed as exc:  # e.g. a rebalance in progress: the next owner re-reads from the last commit
             self._warn.warning("commit", "offset commit failed", error=str(exc))
+            return
+        with self._lock:
+            self.partitions.committed(offsets)
 
     def _update_lag(self) -> None:
-        for tp, lag in self._consumer.lag(list(self._owned)).items():
+        for tp, lag in self._consumer.lag(list(self.partitions.owned)).items():
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             self._lagged.add(tp)
 

@@ -317,11 +317,15 @@ class ConfluentConsumer(_Client):
             raise CommitFailed(f"{len(failed)} partition(s), e.g. {failed[0].topic}/{failed[0].partition}: "
                                f"{failed[0].error}")
 
+    def committed(self, tp: TopicPartition) -> int | None:
+        """As `streamer.kafka_io.PythonConsumer.committed`."""
+        offset = self._consumer.committed([self._ck.TopicPartition(tp.topic, tp.partition)], timeout=10)[0].offset
+        return offset if offset >= 0 else None
+
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """As `streamer.kafka_io.PythonConsumer.start_offset` (-1, librdkafka's OFFSET_END: the end)."""
         ck = self._ck
-        part = ck.TopicPartition(tp.topic, tp.partition)
-        if self._consumer.committed([part], timeout=10)[0].offset >= 0:
+        if self.committed(tp) is not None:
             return None
         found = self._consumer.offsets_for_times([ck.TopicPartition(tp.topic, tp.partition, timestamp_ms)],
                                                  timeout=10)[0]

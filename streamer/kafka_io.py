@@ -11,7 +11,8 @@ here, `streamer.kafka_confluent.ConfluentConsumer` / `ConfluentProducer` for ``k
   objects, read through the accessors ``value(m)``, ``key(m)``, ``offset(m)``, ``partition(m)``,
   ``timestamp_ms(m)`` (no wrapper object per message: the per-message path stays as cheap as the client);
 * ``seek``, ``commit(offsets)`` (raises `CommitFailed`), ``commit_revoked(offsets)`` (from the revocation
-  callback), ``start_offset`` (``kafka.start_from`` = a timestamp), ``lag``, ``connected``, ``close``.
+  callback), ``committed(tp)``, ``start_offset`` (``kafka.start_from`` = a timestamp), ``lag``, ``connected``,
+  ``close``.
 
 Producer surface: ``send(topic, key, value, headers)`` and ``deliver() -> [failure, ...]`` (flush, then
 the records that were not delivered since the last call).
@@ -206,13 +207,17 @@ class PythonConsumer:
         """From the revocation callback, on kafka-python's network thread: a blocking commit would stall it."""
         self._consumer.commit_async(_metadata(offsets))
 
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` (None: the group never committed one)."""
+        return self._consumer.committed(tp)
+
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
 
         Partitions the group already committed resume from their commit: a backfill never rewinds a group.
         """
         consumer = self._consumer
-        if consumer.committed(tp) is not None:
+        if self.committed(tp) is not None:
             return None
         found = consumer.offsets_for_times({tp: timestamp_ms}).get(tp)
         if found is not None:

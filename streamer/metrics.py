@@ -92,6 +92,10 @@ class Metrics:
                                             buckets=(.005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=registry)
         self.checkpoint_errors = Counter("streamer_checkpoint_errors", "Checkpoints refused (other model, damaged)",
                                          registry=registry)
+        self.checkpoint_missing = Counter(
+            "streamer_checkpoint_missing", "Partitions assigned with a committed offset but no checkpoint: their "
+            "streams started fresh at the committed offset (store wiped or replaced, checkpoint refused)",
+            registry=registry)
         self.batch_seconds = Histogram("streamer_batch_seconds", "Time to decode, score and publish one poll",
                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5),
                                        registry=registry)
