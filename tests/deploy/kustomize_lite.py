@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,10 @@ def _rewrite_config_map_refs(obj: dict[str, Any], names: dict[str, str]) -> None
                 ref["name"] = names[ref["name"]]
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
-    """The objects ``kubectl kustomize directory`` would print (order aside)."""
+def render(directory: Path, read: Callable[[Path], str] = Path.read_text) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize directory`` would print (order aside); every file is read with ``read``."""
     directory = Path(directory)
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load(read(directory / "kustomization.yaml"))
     unknown = set(kustomization) - SUPPORTED_KEYS
     if unknown:
         raise UnsupportedKustomization(f"{directory}: kustomize_lite does not implement {sorted(unknown)}")
@@ -81,9 +82,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
     for entry in kustomization.get("resources", []):
         path = directory / entry
         if path.is_dir():
-            objects.extend(render(path))
+            objects.extend(render(path, read))
         else:
-            objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+            objects.extend(doc for doc in yaml.safe_load_all(read(path)) if doc)
 
     generated: dict[str, str] = {}
     for generator in kustomization.get("configMapGenerator", []):
@@ -94,7 +95,7 @@ def render(directory: Path) -> list[dict[str, Any]]:
         for spec in generator["files"]:
             key, _, rel = spec.rpartition("=")
             path = directory / rel
-            data[key or path.name] = path.read_text()
+            data[key or path.name] = read(path)
         name = f"{generator['name']}-{config_map_hash(data)}"
         generated[generator["name"]] = name
         objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data})

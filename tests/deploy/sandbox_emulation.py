@@ -5,6 +5,9 @@ Run as ``python sandbox_emulation.py [--mdwe] [--syscall-allow FILE] [--address-
 
 * ``--mdwe``: the kernel's PR_SET_MDWE (Linux >= 6.3), what MemoryDenyWriteExecute=yes enforces: no
   mapping may be writable and executable, and no mapping may gain PROT_EXEC later.
+* ``--mdwe-seccomp``: the same rule as systemd enforces it on kernels without PR_SET_MDWE, with a seccomp
+  filter: mmap() of memory both writable and executable, mprotect()/pkey_mprotect() adding PROT_EXEC, and
+  shmat() with SHM_EXEC fail with EPERM.
 * ``--address-families``: a seccomp filter failing socket() for any other family with EAFNOSUPPORT,
   as RestrictAddressFamilies= does.
 * ``--syscall-allow``: a seccomp allow-list (one syscall name a line, as expanded by
@@ -31,6 +34,9 @@ PR_MDWE_REFUSE_EXEC_GAIN = 1
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_TRAP = 0x00030000
 SCMP_CMP_EQ = 4
+SCMP_CMP_MASKED_EQ = 7
+PROT_WRITE, PROT_EXEC = 0x2, 0x4
+SHM_EXEC = 0o100000
 
 
 def SCMP_ACT_ERRNO(value: int) -> int:  # noqa: N802 - the C macro's name
@@ -67,6 +73,22 @@ def install_mdwe() -> None:
         raise OSError(err, f"prctl(PR_SET_MDWE): {os.strerror(err)}")
 
 
+def install_mdwe_seccomp() -> None:
+    """systemd's seccomp_memory_deny_write_execute(): what MemoryDenyWriteExecute=yes is without PR_SET_MDWE."""
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    rules = [("mmap", 2, PROT_WRITE | PROT_EXEC, PROT_WRITE | PROT_EXEC), ("mprotect", 2, PROT_EXEC, PROT_EXEC),
+             ("pkey_mprotect", 2, PROT_EXEC, PROT_EXEC), ("shmat", 2, SHM_EXEC, SHM_EXEC)]
+    for name, arg, mask, value in rules:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            continue
+        cmp = ScmpArgCmp(arg, SCMP_CMP_MASKED_EQ, mask, value)
+        _check(lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.EPERM), nr, 1, ctypes.byref(cmp)), f"rule {name}")
+    _check(lib.seccomp_load(ctx), "seccomp_load")
+    lib.seccomp_release(ctx)
+
+
 def install_address_families(allowed: list[str]) -> None:
     lib = _libseccomp()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
@@ -97,6 +119,7 @@ def install_syscall_allowlist(names: list[str]) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mdwe", action="store_true")
+    parser.add_argument("--mdwe-seccomp", action="store_true")
     parser.add_argument("--address-families", nargs="*", default=None)
     parser.add_argument("--syscall-allow")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -106,6 +129,8 @@ def main(argv: list[str]) -> None:
         parser.error("no command")
     if args.mdwe:
         install_mdwe()
+    if args.mdwe_seccomp:
+        install_mdwe_seccomp()
     if args.address_families is not None:
         install_address_families(args.address_families)
     if args.syscall_allow:

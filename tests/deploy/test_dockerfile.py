@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from deploytools import DEPLOY, REPO, require_tool, run
+from deploytools import DEPLOY, REPO, load_yaml, require, run, tool
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,7 +17,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DOCKERFILE = REPO / "Dockerfile"
-dockerfile = pytest.importorskip("dockerfile", reason="PyPI 'dockerfile' (BuildKit's parser) is not installed")
+dockerfile = require("dockerfile")  # PyPI dockerfile: BuildKit's parser
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +36,13 @@ def instr(stage: list, name: str) -> list:
 
 
 def test_hadolint_is_clean() -> None:
-    hadolint = require_tool("hadolint")
+    hadolint = tool("hadolint")
     proc = run([hadolint, "--no-color", "--failure-threshold", "style", DOCKERFILE], check=False)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
 
 def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
-    hadolint = require_tool("hadolint")
+    hadolint = tool("hadolint")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install torch\nUSER root\nCMD streamer run\n")
     out = run([hadolint, "--no-color", bad], check=False).stdout
@@ -81,7 +80,7 @@ def test_runtime_stage_runs_the_daemon_as_uid_10001(stages: list[list]) -> None:
 
 def test_image_matches_the_kubernetes_manifests(stages: list[list]) -> None:
     final = stages[-1]
-    sts = yaml.safe_load((DEPLOY / "k8s/base/statefulset.yaml").read_text())
+    sts = load_yaml(DEPLOY / "k8s/base/statefulset.yaml")
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     assert container["args"] == list(instr(final, "CMD")[-1].value)
     uid = int(instr(final, "USER")[-1].value[0].split(":")[0])

@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from deploytools import (
     DAEMON_METRICS,
     DEPLOY,
     SCRAPE_SERIES,
     check_selectors,
-    require_tool,
+    load_json,
+    load_yaml,
+    require,
     run,
     selectors,
     series_names,
+    tool,
     write_rules_file,
 )
 
@@ -33,9 +35,19 @@ PROM_RULES = DEPLOY / "prometheus" / "streamer-rules.yml"
 DS_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
 PROVISIONED_UID = "streamer-prometheus"
 
-DASHBOARD = json.loads(DASHBOARD_FILE.read_text())
-ALERTING = yaml.safe_load(ALERTS_FILE.read_text())
-GRAFANA_RULES = [rule for group in ALERTING["groups"] for rule in group["rules"]]
+
+
+# Read for (and recorded against) each test that uses them: see deploytools.
+def dashboard() -> dict:
+    return load_json(DASHBOARD_FILE)
+
+
+def alerting() -> dict:
+    return load_yaml(ALERTS_FILE)
+
+
+def grafana_rules() -> list[dict]:
+    return [rule for group in alerting()["groups"] for rule in group["rules"]]
 
 
 def lost_fields(original: Any, round_tripped: Any, path: str = "") -> list[str]:
@@ -59,9 +71,8 @@ def _plain(obj: Any) -> Any:
 
 
 def sdk_round_trip_dashboard(data: dict) -> dict:
-    models = pytest.importorskip("grafana_foundation_sdk.models.dashboard",
-                                 reason="grafana-foundation-sdk is not installed")
-    from grafana_foundation_sdk.cog import plugins
+    models = require("grafana_foundation_sdk.models.dashboard")
+    plugins = require("grafana_foundation_sdk.cog.plugins")
 
     # Without the panel and query plugins, options and targets would stay untyped dicts.
     plugins.register_default_plugins()
@@ -69,15 +80,15 @@ def sdk_round_trip_dashboard(data: dict) -> dict:
 
 
 def sdk_round_trip_rule(rule: dict) -> dict:
-    alerting = pytest.importorskip("grafana_foundation_sdk.models.alerting",
-                                   reason="grafana-foundation-sdk is not installed")
-    return _plain(alerting.Rule.from_json(copy.deepcopy(rule)).to_json())
+    models = require("grafana_foundation_sdk.models.alerting")
+    return _plain(models.Rule.from_json(copy.deepcopy(rule)).to_json())
 
 
 # --- dashboard --------------------------------------------------------------------------------------------------
 
 def test_dashboard_parses_with_the_sdk_models_losing_nothing() -> None:
-    assert lost_fields(DASHBOARD, sdk_round_trip_dashboard(DASHBOARD)) == []
+    data = dashboard()
+    assert lost_fields(data, sdk_round_trip_dashboard(data)) == []
 
 
 @pytest.mark.parametrize("mutate", [
@@ -87,7 +98,7 @@ def test_dashboard_parses_with_the_sdk_models_losing_nothing() -> None:
     lambda d: d["templating"]["list"][0].__setitem__("querry", "prometheus"),
 ], ids=["panel", "target", "options", "variable"])
 def test_a_misspelt_dashboard_field_is_detected(mutate: Any) -> None:
-    bad = copy.deepcopy(DASHBOARD)
+    bad = dashboard()
     mutate(bad)
     assert len(lost_fields(bad, sdk_round_trip_dashboard(bad))) == 1
 
@@ -102,20 +113,21 @@ def walk(node: Any, key: str) -> list[Any]:
 
 
 def test_no_hard_coded_datasource() -> None:
-    (variable,) = [v for v in DASHBOARD["templating"]["list"] if v["type"] == "datasource"]
+    data = dashboard()
+    (variable,) = [v for v in data["templating"]["list"] if v["type"] == "datasource"]
     assert variable["name"] == "datasource" and variable["query"] == "prometheus"
-    for ref in walk(DASHBOARD, "datasource"):
+    for ref in walk(data, "datasource"):
         assert ref == DS_VARIABLE or ref == {"type": "grafana", "uid": "-- Grafana --"}, ref
     # every panel and every target names the variable explicitly
-    for panel in DASHBOARD["panels"]:
+    for panel in data["panels"]:
         assert panel["datasource"] == DS_VARIABLE, panel["title"]
         assert all(t["datasource"] == DS_VARIABLE for t in panel["targets"]), panel["title"]
     # the only uids in the file: the dashboard's own, the variable and Grafana's built-in annotations
-    assert set(walk(DASHBOARD, "uid")) == {"streamer", "${datasource}", "-- Grafana --"}
+    assert set(walk(data, "uid")) == {"streamer", "${datasource}", "-- Grafana --"}
 
 
 def panel(title: str) -> dict:
-    (found,) = [p for p in DASHBOARD["panels"] if p["title"] == title]
+    (found,) = [p for p in dashboard()["panels"] if p["title"] == title]
     return found
 
 
@@ -145,13 +157,14 @@ def test_top_streams_and_latency_queries() -> None:
 
 def test_panels_do_not_overlap() -> None:
     cells: set[tuple[int, int]] = set()
-    for p in DASHBOARD["panels"]:
+    panels = dashboard()["panels"]
+    for p in panels:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, p["title"]
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not mine & cells, p["title"]
         cells |= mine
-    assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+    assert len({p["id"] for p in panels}) == len(panels)
 
 
 # --- PromQL in the dashboard and the Grafana alert rules --------------------------------------------------------
@@ -167,8 +180,9 @@ def grafana_to_promql(expr: str) -> str:
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
-    out = [(p["title"], t["expr"]) for p in DASHBOARD["panels"] for t in p["targets"]]
-    for variable in DASHBOARD["templating"]["list"]:
+    data = dashboard()
+    out = [(p["title"], t["expr"]) for p in data["panels"] for t in p["targets"]]
+    for variable in data["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]["query"]
             match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
@@ -178,32 +192,34 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def alert_exprs() -> list[tuple[str, str]]:
-    return [(rule["title"], q["model"]["expr"]) for rule in GRAFANA_RULES for q in rule["data"]
+    return [(rule["title"], q["model"]["expr"]) for rule in grafana_rules() for q in rule["data"]
             if q["datasourceUid"] != "__expr__"]
 
 
-ALL_EXPRS = dashboard_exprs() + alert_exprs()
+def all_exprs() -> list[tuple[str, str]]:
+    return dashboard_exprs() + alert_exprs()
 
 
 def test_every_expression_passes_promtool_check_rules(tmp_path: Path) -> None:
-    promtool = require_tool("promtool")
+    exprs = all_exprs()
     rules = write_rules_file(tmp_path / "extracted.yml",
-                             [(name, grafana_to_promql(expr)) for name, expr in ALL_EXPRS])
-    out = run([promtool, "check", "rules", rules]).stdout
-    assert f"SUCCESS: {len(ALL_EXPRS)} rules found" in out
+                             [(name, grafana_to_promql(expr)) for name, expr in exprs])
+    out = run([tool("promtool"), "check", "rules", rules]).stdout
+    assert f"SUCCESS: {len(exprs)} rules found" in out
 
 
 def test_promtool_check_of_extracted_expressions_can_fail(tmp_path: Path) -> None:
-    promtool = require_tool("promtool")
+    promtool = tool("promtool")
     rules = write_rules_file(tmp_path / "bad.yml", [("bad", "sum by (le (rate(x[5m]))")])
     assert run([promtool, "check", "rules", rules], check=False).returncode != 0
 
 
 def test_every_metric_is_one_the_daemon_exposes() -> None:
     known = series_names(DAEMON_METRICS) | SCRAPE_SERIES
-    problems = [p for _, expr in ALL_EXPRS for p in check_selectors(grafana_to_promql(expr), known)]
+    exprs = all_exprs()
+    problems = [p for _, expr in exprs for p in check_selectors(grafana_to_promql(expr), known)]
     assert problems == []
-    used = {s.name for _, expr in ALL_EXPRS for s in selectors(grafana_to_promql(expr))}
+    used = {s.name for _, expr in exprs for s in selectors(grafana_to_promql(expr))}
     # and the dashboard shows every metric of the daemon at least once
     assert used >= set(series_names(DAEMON_METRICS)) - {"streamer_batch_seconds_sum",
                                                          "streamer_batch_seconds_count"}
@@ -219,20 +235,22 @@ def test_metric_check_catches_an_unknown_metric() -> None:
 # --- Grafana-managed alert rules --------------------------------------------------------------------------------
 
 def test_alert_rules_parse_with_the_sdk_models_losing_nothing() -> None:
-    assert ALERTING["apiVersion"] == 1
-    for group in ALERTING["groups"]:
+    doc = alerting()
+    assert doc["apiVersion"] == 1
+    for group in doc["groups"]:
         assert set(group) == {"orgId", "name", "folder", "interval", "rules"}
-    for rule in GRAFANA_RULES:
+    rules = grafana_rules()
+    for rule in rules:
         assert lost_fields(rule, sdk_round_trip_rule(rule)) == [], rule["title"]
-    bad = copy.deepcopy(GRAFANA_RULES[0])
+    bad = copy.deepcopy(rules[0])
     bad["noDataStat"] = "OK"
     assert lost_fields(bad, sdk_round_trip_rule(bad)) == ["/noDataStat"]
 
 
 def query_model_round_trip(query: dict) -> dict:
     """The rule's query model through the SDK's typed query: Prometheus, or a server-side threshold."""
-    from grafana_foundation_sdk.models import expr, prometheus
-
+    expr = require("grafana_foundation_sdk.models.expr")
+    prometheus = require("grafana_foundation_sdk.models.prometheus")
     model = copy.deepcopy(query["model"])
     if query["datasourceUid"] == "__expr__":
         assert model["type"] == "threshold"
@@ -241,20 +259,20 @@ def query_model_round_trip(query: dict) -> dict:
 
 
 def test_alert_query_models_parse_with_the_sdk_models_losing_nothing() -> None:
-    pytest.importorskip("grafana_foundation_sdk.models.prometheus")
-    for rule in GRAFANA_RULES:
+    rules = grafana_rules()
+    for rule in rules:
         for query in rule["data"]:
             assert lost_fields(query["model"], query_model_round_trip(query)) == [], rule["title"]
-    bad = copy.deepcopy(GRAFANA_RULES[0]["data"][0])
+    bad = copy.deepcopy(rules[0]["data"][0])
     bad["model"]["exp"] = bad["model"].pop("expr")
     assert lost_fields(bad["model"], query_model_round_trip(bad)) == ["/exp"]
 
 
 def test_alert_rules_use_the_provisioned_datasource_uid() -> None:
-    datasources = yaml.safe_load(DATASOURCES_FILE.read_text())
+    datasources = load_yaml(DATASOURCES_FILE)
     (ds,) = datasources["datasources"]
     assert ds["uid"] == PROVISIONED_UID and ds["type"] == "prometheus"
-    for rule in GRAFANA_RULES:
+    for rule in grafana_rules():
         refs = {q["refId"]: q for q in rule["data"]}
         assert rule["condition"] in refs
         for q in rule["data"]:
@@ -265,7 +283,7 @@ def test_alert_rules_use_the_provisioned_datasource_uid() -> None:
 
 
 def prometheus_alerts() -> dict[str, dict]:
-    doc = yaml.safe_load(PROM_RULES.read_text())
+    doc = load_yaml(PROM_RULES)
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
 
 
@@ -277,7 +295,7 @@ def threshold(rule: dict) -> tuple[str, float]:
 
 def test_grafana_alerts_are_equivalent_to_the_prometheus_alerts() -> None:
     prom = prometheus_alerts()
-    grafana = {r["title"]: r for r in GRAFANA_RULES}
+    grafana = {r["title"]: r for r in grafana_rules()}
     assert set(grafana) == set(prom)
     for name, rule in grafana.items():
         assert rule["for"] == prom[name]["for"], name
@@ -285,16 +303,15 @@ def test_grafana_alerts_are_equivalent_to_the_prometheus_alerts() -> None:
 
 
 def test_anomaly_threshold_is_the_same_in_both_places() -> None:
-    promql_parser = pytest.importorskip("promql_parser", reason="PyPI promql-parser is not installed")
-
+    promql_parser = require("promql_parser")
     expr = promql_parser.parse(prometheus_alerts()["StreamerAnomaly"]["expr"])
     assert isinstance(expr.rhs, promql_parser.NumberLiteral)
-    (rule,) = [r for r in GRAFANA_RULES if r["title"] == "StreamerAnomaly"]
+    (rule,) = [r for r in grafana_rules() if r["title"] == "StreamerAnomaly"]
     assert threshold(rule) == ("gt", expr.rhs.val) == ("gt", 0.30)
 
 
 def test_dashboard_provider_points_at_a_directory() -> None:
-    providers = yaml.safe_load(PROVIDERS_FILE.read_text())
+    providers = load_yaml(PROVIDERS_FILE)
     assert providers["apiVersion"] == 1
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")

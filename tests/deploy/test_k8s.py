@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from deploytools import DEPLOY, run
-from kustomize_lite import UnsupportedKustomization, render
+from deploytools import DEPLOY, load_toml, load_yaml, load_yaml_all, read_text, require, run, tool, used
+from kustomize_lite import UnsupportedKustomization
+from kustomize_lite import render as render_with
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from streamer import config
 
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
@@ -27,8 +23,13 @@ KEDA = K8S / "overlays" / "keda"
 K8S_VERSION = "1.30"  # oldest Kubernetes release still in wide use; kubernetes-validate bundles its schemas
 CRD_GROUPS = ("monitoring.coreos.com/", "keda.sh/")
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-from kubernetes_validate.utils import SchemaNotFoundError  # noqa: E402
+kubernetes_validate = require("kubernetes_validate")
+SchemaNotFoundError = require("kubernetes_validate.utils").SchemaNotFoundError
+
+
+def render(directory: Path) -> list[dict]:
+    """kustomize_lite's rendering, every file it reads recorded as loaded by the running test."""
+    return render_with(directory, read_text)
 
 
 def one(objects: list[dict], kind: str) -> dict:
@@ -61,10 +62,7 @@ def statefulset_pod(objects: list[dict]) -> dict:
 
 @pytest.mark.parametrize("directory", [BASE, KEDA], ids=["base", "keda"])
 def test_python_rendering_equals_kubectl_kustomize(directory: Path) -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: only the Python rendering (kustomize_lite) is checked")
-    out = run([kubectl, "kustomize", directory]).stdout
+    out = run([tool("kubectl"), "kustomize", directory]).stdout
     theirs = {key(o): o for o in yaml.safe_load_all(out) if o}
     ours = {key(o): o for o in render(directory)}
     assert sorted(ours) == sorted(theirs)
@@ -97,17 +95,13 @@ def test_strict_schema_validation_rejects_a_misspelt_field(base: list[dict]) -> 
 
 def crd_model(obj: dict) -> Any:
     if obj["kind"] == "PodMonitor":
-        from cloudcoil.models.prometheus_operator.v1 import PodMonitor
-        return PodMonitor
+        return require("cloudcoil.models.prometheus_operator.v1").PodMonitor
     if obj["kind"] == "ScaledObject":
-        from cloudcoil.models.keda.v1alpha1 import ScaledObject
-        return ScaledObject
+        return require("cloudcoil.models.keda.v1alpha1").ScaledObject
     raise AssertionError(f"no typed model for {obj['apiVersion']} {obj['kind']}")
 
 
 def test_custom_resources_match_their_typed_models(rendered: list[dict]) -> None:
-    pytest.importorskip("cloudcoil.models.prometheus_operator")
-    pytest.importorskip("cloudcoil.models.keda")
     crds = [o for o in rendered if o["apiVersion"].startswith(CRD_GROUPS)]
     assert crds
     for obj in crds:
@@ -124,8 +118,6 @@ def test_custom_resources_match_their_typed_models(rendered: list[dict]) -> None
     ("ScaledObject", ("spec", "triggers", 0), "metdata"),
 ])
 def test_typed_models_reject_a_misspelt_field(keda: list[dict], kind: str, path: tuple, typo: str) -> None:
-    pytest.importorskip("cloudcoil.models.keda")
-    pytest.importorskip("cloudcoil.models.prometheus_operator")
     from pydantic import ValidationError
 
     obj = copy.deepcopy(one(keda, kind))
@@ -191,7 +183,6 @@ def test_volumes_config_and_state(base: list[dict]) -> None:
 
 def test_config_toml_loads_with_the_daemon_settings(base: list[dict], monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
-    config = pytest.importorskip("streamer.config", reason="streamer.config (the daemon's settings) is missing")
     for name in [k for k in os.environ if k.startswith("STREAMER_")]:
         monkeypatch.delenv(name)
     (container,) = statefulset_pod(base)["containers"]
@@ -208,17 +199,16 @@ def test_config_toml_loads_with_the_daemon_settings(base: list[dict], monkeypatc
 
 
 def test_secret_example_is_valid_but_not_deployed(base: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
-    (secret,) = [d for d in yaml.safe_load_all((BASE / "secret.example.yaml").read_text()) if d]
+    (secret,) = load_yaml_all(BASE / "secret.example.yaml")
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
     assert not any(o["kind"] == "Secret" for o in base)
     (container,) = statefulset_pod(base)["containers"]
     assert {"secretRef": {"name": secret["metadata"]["name"], "optional": True}} in container["envFrom"]
-    config = pytest.importorskip("streamer.config")
     for name in [k for k in os.environ if k.startswith("STREAMER_")]:
         monkeypatch.delenv(name)
     for name, value in secret["stringData"].items():
         monkeypatch.setenv(name, value)
-    settings = config.load_settings(BASE / "config.toml")
+    settings = config.load_settings(used(BASE / "config.toml"))
     assert settings.kafka.sasl_plain_password.get_secret_value() == "change-me"
 
 
@@ -260,10 +250,10 @@ def test_keda_scales_the_statefulset_on_the_daemons_consumer_group(keda: list[di
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
     assert set(meta) <= KAFKA_SCALER_KEYS
-    config = tomllib.loads((BASE / "config.toml").read_text())["kafka"]
-    assert meta["consumerGroup"] == config["group_id"]
-    assert meta["topic"] in config["topics"]
-    assert meta["bootstrapServers"].split(",") == config["bootstrap_servers"]
+    kafka = load_toml(BASE / "config.toml")["kafka"]
+    assert meta["consumerGroup"] == kafka["group_id"]
+    assert meta["topic"] in kafka["topics"]
+    assert meta["bootstrapServers"].split(",") == kafka["bootstrap_servers"]
     assert int(meta["lagThreshold"]) > 0
     # never more replicas than partitions: KEDA caps at the partition count, maxReplicaCount documents it
     assert meta["allowIdleConsumers"] == "false"
@@ -273,6 +263,6 @@ def test_keda_scales_the_statefulset_on_the_daemons_consumer_group(keda: list[di
 
 
 def test_base_resources_are_all_rendered() -> None:
-    listed = yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
+    listed = load_yaml(BASE / "kustomization.yaml")["resources"]
     on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
     assert set(listed) == on_disk

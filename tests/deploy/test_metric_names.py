@@ -3,15 +3,20 @@ streamer.metrics.Metrics really registers, and every name used by the rules, das
 
 from __future__ import annotations
 
-import json
-
-import pytest
-import yaml
-from deploytools import DAEMON_METRICS, DEPLOY, LABEL_VALUES, SCRAPE_SERIES, selectors, series_names
+from deploytools import (
+    DAEMON_METRICS,
+    DEPLOY,
+    LABEL_VALUES,
+    SCRAPE_SERIES,
+    load_json,
+    load_yaml,
+    selectors,
+    series_names,
+)
 from prometheus_client import CollectorRegistry
 
-metrics_module = pytest.importorskip(
-    "streamer.metrics", reason="streamer/metrics.py (streamer.metrics.Metrics) does not exist yet")
+from streamer import metrics as metrics_module
+
 
 # The families prometheus_client reports (counters without _total) -> type, and label names seen in samples.
 def registered() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
@@ -31,16 +36,16 @@ def registered() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
 
 def used_names() -> set[str]:
     exprs = []
-    for group in yaml.safe_load((DEPLOY / "prometheus/streamer-rules.yml").read_text())["groups"]:
+    rule_groups = load_yaml(DEPLOY / "prometheus/streamer-rules.yml")["groups"]
+    for group in rule_groups:
         exprs += [rule["expr"] for rule in group["rules"]]
-    alerting = yaml.safe_load((DEPLOY / "grafana/provisioning/alerting/streamer-alerts.yaml").read_text())
+    alerting = load_yaml(DEPLOY / "grafana/provisioning/alerting/streamer-alerts.yaml")
     exprs += [q["model"]["expr"] for g in alerting["groups"] for r in g["rules"] for q in r["data"]
               if "expr" in q["model"]]
-    dashboard = json.loads((DEPLOY / "grafana/dashboards/streamer.json").read_text())
+    dashboard = load_json(DEPLOY / "grafana/dashboards/streamer.json")
     exprs += [t["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$stream", ".*")
               for p in dashboard["panels"] for t in p["targets"]]
-    recorded = {rule["record"] for group in yaml.safe_load((DEPLOY / "prometheus/streamer-rules.yml")
-                .read_text())["groups"] for rule in group["rules"] if "record" in rule}
+    recorded = {rule["record"] for group in rule_groups for rule in group["rules"] if "record" in rule}
     return {s.name for e in exprs for s in selectors(e)} - recorded - set(SCRAPE_SERIES)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploytools import DAEMON_METRICS, DEPLOY, SCRAPE_SERIES, check_selectors, require_tool, run, series_names
+from deploytools import DAEMON_METRICS, DEPLOY, SCRAPE_SERIES, check_selectors, load_yaml, run, series_names, tool, used
 
 PROM = DEPLOY / "prometheus"
 RULES = PROM / "streamer-rules.yml"
@@ -15,7 +15,7 @@ RULE_TESTS = PROM / "streamer-rules.test.yml"
 
 
 def _rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
 
 
 ALERTS = [rule["alert"] for rule in _rules() if "alert" in rule]
@@ -23,7 +23,7 @@ ALERTS = [rule["alert"] for rule in _rules() if "alert" in rule]
 
 @pytest.fixture
 def promtool() -> str:
-    return require_tool("promtool")
+    return tool("promtool")
 
 
 def test_promtool_check_rules(promtool: str) -> None:
@@ -45,7 +45,7 @@ def test_promtool_check_config(promtool: str) -> None:
 
 
 def test_sample_config_scrapes_the_daemon_as_job_streamer() -> None:
-    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    config = load_yaml(PROM / "prometheus.yml")
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "streamer"]
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9108"]
     assert config["rule_files"] == [RULES.name]
@@ -58,7 +58,7 @@ def test_the_expected_alerts_exist() -> None:
 
 def test_every_alert_has_a_firing_and_a_not_firing_case() -> None:
     firing, quiet = set(), set()
-    for case in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+    for case in load_yaml(RULE_TESTS)["tests"]:
         for check in case.get("alert_rule_test", []):
             (firing if check["exp_alerts"] else quiet).add(check["alertname"])
     assert firing == set(ALERTS)
@@ -74,13 +74,13 @@ def test_rules_use_only_metrics_the_daemon_exposes() -> None:
 
 
 def _mutated_run(promtool: str, tmp_path: Path, alert: str, change: dict) -> str:
-    doc = yaml.safe_load(RULES.read_text())
+    doc = load_yaml(RULES)
     for group in doc["groups"]:
         for rule in group["rules"]:
             if rule.get("alert") == alert:
                 rule.update(change)
     (tmp_path / RULES.name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    shutil.copy(used(RULE_TESTS), tmp_path / RULE_TESTS.name)
     proc = run([promtool, "test", "rules", RULE_TESTS.name], cwd=tmp_path, check=False)
     assert proc.returncode != 0, f"the unit tests did not notice a change to {alert}: {change}"
     return proc.stdout + proc.stderr
