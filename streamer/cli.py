@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--plot", type=Path, help="PNG: values, forecast, score and alarms per stream")
     score.add_argument("--threshold", type=float, default=0.5, help="alarm threshold drawn in the plot")
     score.add_argument("--topic", default="", help="use this topic's reset rules")
-    score.add_argument("--skip-invalid", action="store_true", help="count and skip invalid rows")
+    score.add_argument("--strict", action="store_true",
+                       help="stop at the first row the daemon would reject (default: count, skip, report)")
+    score.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)  # the default now
 
     replay = sub.add_parser("replay", help="produce a recorded file to Kafka in the daemon's format")
     replay.add_argument("input", type=Path)
@@ -138,14 +140,20 @@ def cmd_score(args, settings: Settings) -> int:
     from streamer.model import Forecaster
     from streamer.offline import plot_scores, score_file, write_scores_csv
 
-    rows, summary = score_file(args.input, settings, Forecaster.load(settings.model.path),
-                               skip_invalid=args.skip_invalid, topic=args.topic)
+    rows, summary = score_file(args.input, settings, Forecaster.load(settings.model.path), strict=args.strict,
+                               topic=args.topic)
     write_scores_csv(rows, args.output)
-    if args.plot:
+    if args.plot and summary.scored:
         plot_scores(rows, args.plot, args.threshold)
+    elif args.plot:
+        print(f"no tick scored: no plot written to {args.plot}")
     print(f"scored {summary.scored} of {summary.rows} rows -> {args.output}"
           f" (out of order: {summary.out_of_order}, invalid: {dict(summary.invalid)},"
           f" resets: {dict(summary.resets)})")
+    if summary.invalid:
+        more = sum(summary.invalid.values()) - len(summary.examples)
+        print("invalid rows, skipped (note 'invalid:<reason>' in the output): " + "; ".join(summary.examples)
+              + (f"; and {more} more" if more else ""))
     return 0
 
 

@@ -4,7 +4,9 @@ The specification is `shared/nab/README.md`, section "How the score is computed"
 literally. Where the README is silent, the choices are:
 
 - Window edges are located on row indices by timestamp (`locate_windows`): the first row equal to the edge,
-  else the first row after it for a start and the last row before it for an end.
+  else the first row after it for a start and the last row before it for an end. Rows stay in file order; a
+  late or repeated row (one the detector skips as out of order, scored 0) and a row without a readable
+  timestamp stand at the latest time reached before them, so they never move an edge.
 - A false positive after a one-row window (`L_prev == 1`, so `x = (i - e_prev) / 0`) is treated as infinitely
   far past it and costs the full `fp`, which is the limit of the formula as the window shrinks.
 - The raw score is maximised over every distinct score in the corpus, probationary rows included; among
@@ -21,7 +23,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
 
@@ -45,22 +47,51 @@ class Profile:
 
 def load_profiles(path: str | PathLike[str]) -> list[Profile]:
     """Read `profiles.json`, the three NAB profiles first in their customary order, any others after."""
-    raw = json.loads(Path(path).read_text())
-    rank = {name: i for i, name in enumerate(PROFILE_NAMES)}
-    return [
-        Profile(name, float(matrix["tpWeight"]), float(matrix["fpWeight"]), float(matrix["fnWeight"]))
-        for name in sorted(raw, key=lambda name: rank.get(name, len(rank)))
-        for matrix in (raw[name]["CostMatrix"],)
-    ]
+    try:
+        raw = json.loads(Path(path).read_text())
+        rank = {name: i for i, name in enumerate(PROFILE_NAMES)}
+        return [
+            Profile(name, float(matrix["tpWeight"]), float(matrix["fpWeight"]), float(matrix["fnWeight"]))
+            for name in sorted(raw, key=lambda name: rank.get(name, len(rank)))
+            for matrix in (raw[name]["CostMatrix"],)
+        ]
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: expected {{profile: {{CostMatrix: {{tpWeight, fpWeight, fnWeight}}}}}}: "
+                         f"{type(exc).__name__} {exc}") from None
 
 
 def load_windows(path: str | PathLike[str]) -> dict[str, list[tuple[datetime, datetime]]]:
-    """Read `windows.json`: inclusive `(start, end)` timestamps per `"<category>/<file>.csv"`."""
-    raw = json.loads(Path(path).read_text())
-    return {
-        name: [(datetime.fromisoformat(start), datetime.fromisoformat(end)) for start, end in windows]
-        for name, windows in raw.items()
-    }
+    """Read `windows.json`: inclusive `(start, end)` timestamps per `"<category>/<file>.csv"`.
+
+    Times with a UTC offset are converted to naive UTC, the timestamps' convention. A file that is not of that
+    shape raises `ValueError` naming the file and what is wrong.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object of file name -> [[start, end], ...]")
+    return {name: [(_naive(path, name, start), _naive(path, name, end)) for start, end in _pairs(path, name, windows)]
+            for name, windows in raw.items()}
+
+
+def _pairs(path: object, name: str, windows: object) -> list:
+    if not isinstance(windows, list) or not all(isinstance(w, list) and len(w) == 2 for w in windows):
+        raise ValueError(f"{path}: {name!r}: expected a list of [start, end] pairs, got {windows!r:.80}")
+    return windows
+
+
+def _naive(path: object, name: str, text: object) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {name!r}: not an ISO-8601 time: {text!r}") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
 
 
 def locate_windows(
@@ -71,14 +102,23 @@ def locate_windows(
     An edge is located at the first row whose timestamp equals it (a few NAB files repeat a timestamp). If no
     row equals it, a start moves forward to the first row after it and an end back to the last row before it,
     so the located window never holds a row outside the labelled span. Timestamps may be `datetime64` values,
-    `datetime`s or ISO strings; they must not decrease. A window that holds no row is an error.
+    `datetime`s or ISO strings, NaT (or None) where a row has none. A window that holds no row is an error.
+
+    Rows are taken in file order, each at the latest timestamp up to and including it: the time the stream
+    has reached, as the daemon sees it. A row earlier than or equal to one before it (which the detector
+    skips as out of order) and a row without a timestamp stand at that time (before every window if no time
+    has been reached yet), so they never move an edge:
+    after `02:55, 02:00 (again), ..., 02:55, 03:00` a window edge at 02:00 is the first 02:00 row, and the
+    late rows lie inside a window only between its edges. For non-decreasing timestamps this is plainly
+    "the first row equal to the edge".
     """
-    ts = np.asarray(timestamps, dtype="datetime64[ns]")
-    if np.any(ts[1:] < ts[:-1]):
-        raise ValueError("timestamps must be in non-decreasing order")
+    ts = np.asarray(timestamps, dtype="datetime64[ns]").view(np.int64)  # NaT is the smallest int64
+    if len(ts):
+        ts = np.maximum.accumulate(ts)
     located = []
     for start, end in windows:
-        start64, end64 = np.datetime64(start, "ns"), np.datetime64(end, "ns")
+        start64 = np.datetime64(start, "ns").view(np.int64)
+        end64 = np.datetime64(end, "ns").view(np.int64)
         first = int(np.searchsorted(ts, start64, side="left"))  # the first equal row if there is one
         last = int(np.searchsorted(ts, end64, side="left"))
         if last == len(ts) or ts[last] != end64:

@@ -28,100 +28,156 @@ from streamer.ticks import InvalidTick, Record, RecordError, Tick, TickDecoder, 
 class ScoredRow:
     line: int
     timestamp: Any  # as written in the input
-    stream: str
-    value: float
-    score: float  # NaN when the tick was skipped
+    stream: str  # "" for an invalid row without a usable stream name
+    value: float  # NaN for an invalid row
+    score: float  # NaN when the tick was skipped (out of order, invalid)
     error: float
     forecast: float
-    note: str  # "" when scored normally, "reset" after a state reset, "out_of_order" when skipped
+    note: str  # "" scored normally, "reset" after a state reset, "out_of_order" or "invalid:<reason>" skipped
 
 
 @dataclass
 class ScoreSummary:
-    rows: int = 0
-    scored: int = 0
-    out_of_order: int = 0
-    invalid: Counter = field(default_factory=Counter)
-    resets: Counter = field(default_factory=Counter)
+    rows: int = 0  # rows of the file (a multivariate row is one row and several ticks)
+    scored: int = 0  # ticks scored
+    out_of_order: int = 0  # ticks skipped: not later than their stream's last tick
+    invalid: Counter = field(default_factory=Counter)  # rows skipped, by reason
+    resets: Counter = field(default_factory=Counter)  # by reason (`score_file` only; not split per file)
+    examples: list[str] = field(default_factory=list)  # the first `EXAMPLES` invalid rows, "file:line: why"
+    unreadable: str | None = None  # `score_files`: why the file could not be read (then it has no rows)
+
+
+EXAMPLES = 5
 
 
 def score_records(records: Iterable[Record], detector: Detector, decoder: TickDecoder, rules: ResetRules,
-                  summary: ScoreSummary, skip_invalid: bool = False, batch: int = 2000,
+                  summary: ScoreSummary, strict: bool = False, batch: int = 2000,
                   source: str = "") -> Iterator[ScoredRow]:
-    """Score records in batches of ``batch`` ticks; yields one row per tick, in input order."""
-    ts_field = decoder.f.ts_field
-    pending: list[tuple[Record, Tick]] = []
+    """Score records in batches of ``batch`` ticks; yields one row per tick, in input order.
 
-    def flush() -> Iterator[ScoredRow]:
-        ticks = [tick for _, tick in pending]
-        result = detector.process(ticks, rules)
-        summary.resets.update(result.resets)
-        for i, (record, tick) in enumerate(pending):
+    What the daemon skips is skipped and kept as a row with an empty score: a tick not later than its
+    stream's last one (note ``out_of_order``) and a row that is not a valid tick (note ``invalid:<reason>``,
+    the daemon's reasons, counted in ``summary.invalid``). ``strict`` raises `RecordError` naming the file
+    and line at the first invalid row instead.
+    """
+    for _, row in _score(((0, record) for record in records), detector, decoder, rules, [summary], [source],
+                         strict, batch):
+        yield row
+
+
+def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: TickDecoder, rules: ResetRules,
+           summaries: Sequence[ScoreSummary], sources: Sequence[str], strict: bool,
+           batch: int) -> Iterator[tuple[int, ScoredRow]]:
+    """`score_records` of records tagged with the index of their file (into ``summaries`` and ``sources``)."""
+    ts_field, stream_field = decoder.f.ts_field, decoder.f.stream_field
+    pending: list[tuple[int, Record, Tick | None, str]] = []  # (file, record, tick, why invalid) in order
+    ticks: list[Tick] = []
+
+    def flush() -> Iterator[tuple[int, ScoredRow]]:
+        result = detector.process(ticks, rules) if ticks else None
+        if result is not None and len(summaries) == 1:
+            summaries[0].resets.update(result.resets)
+        i = 0
+        for n, record, tick, reason in pending:
+            if tick is None:
+                obj = record.obj if isinstance(record.obj, dict) else {}
+                stream = obj.get(stream_field)
+                yield n, ScoredRow(record.line, obj.get(ts_field), stream if isinstance(stream, str) else "",
+                                   math.nan, math.nan, math.nan, math.nan, f"invalid:{reason}")
+                continue
             skipped = result.outcome[i] == OUT_OF_ORDER
-            summary.out_of_order += int(skipped)
-            summary.scored += int(not skipped)
-            yield ScoredRow(record.line, record.obj.get(ts_field), tick.stream, tick.value,
-                            float(result.score[i]), float(result.error[i]), float(result.forecast[i]),
-                            "out_of_order" if skipped else "reset" if result.reset[i] else "")
+            summaries[n].out_of_order += int(skipped)
+            summaries[n].scored += int(not skipped)
+            yield n, ScoredRow(record.line, record.obj.get(ts_field), tick.stream, tick.value,
+                               float(result.score[i]), float(result.error[i]), float(result.forecast[i]),
+                               "out_of_order" if skipped else "reset" if result.reset[i] else "")
+            i += 1
         pending.clear()
+        ticks.clear()
 
-    for record in records:
+    for n, record in records:
+        summary = summaries[n]
         summary.rows += 1
-        try:
-            ticks = decoder.decode_obj(record.obj)
-        except InvalidTick as bad:
-            if not skip_invalid:
-                raise RecordError(f"{source}:{record.line}: invalid tick: {bad}") from None
-            summary.invalid[bad.reason] += 1
-            continue
-        pending.extend((record, tick) for tick in ticks)
-        if len(pending) >= batch:
+        problem = record.error
+        if problem is None:
+            try:
+                decoded = decoder.decode_obj(record.obj)
+            except InvalidTick as bad:
+                problem = RecordError(f"{sources[n]}:{record.line}: invalid tick: {bad}", bad.reason)
+            else:
+                pending.extend((n, record, tick, "") for tick in decoded)
+                ticks.extend(decoded)
+        if problem is not None:
+            if strict:
+                raise problem
+            summary.invalid[problem.reason] += 1
+            if len(summary.examples) < EXAMPLES:
+                summary.examples.append(str(problem))
+            pending.append((n, record, None, problem.reason))
+        if len(ticks) >= batch:
             yield from flush()
     if pending:
         yield from flush()
 
 
-def score_file(path: Path, settings: Settings, model: Forecaster, skip_invalid: bool = False,
+def score_file(path: Path, settings: Settings, model: Forecaster, strict: bool = False,
                topic: str = "") -> tuple[list[ScoredRow], ScoreSummary]:
-    """Score one recorded file with a fresh detector (the reset rules of ``topic``, if given)."""
+    """Score one recorded file with a fresh detector (the reset rules of ``topic``, if given).
+
+    Rows the daemon would skip are counted, kept as rows with an empty score and skipped (see
+    `score_records`); ``strict`` makes the first invalid row an error. A file that cannot be read at all
+    raises `RecordError` naming it.
+    """
     detector = Detector(model, settings.detector)
     decoder = TickDecoder(settings.ticks)
     summary = ScoreSummary()
-    unreadable: list[RecordError] | None = [] if skip_invalid else None
-    records = read_records(path, settings.ticks, skipped=unreadable)
+    records = read_records(path, settings.ticks, lenient=True)
     rows = list(score_records(records, detector, decoder, settings.resets.for_topic(topic), summary,
-                              skip_invalid=skip_invalid, batch=settings.kafka.max_poll_records,
-                              source=str(path)))
-    if unreadable:
-        summary.invalid["unreadable"] += len(unreadable)
-        summary.rows += len(unreadable)
+                              strict=strict, batch=settings.kafka.max_poll_records, source=str(path)))
     return rows, summary
 
 
-def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster) -> list[list[ScoredRow]]:
+def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster,
+                strict: bool = False) -> list[tuple[list[ScoredRow], ScoreSummary]]:
     """Score several files, each exactly as `score_file` would with a fresh detector, in one pass.
 
     The files' streams are kept apart by a prefix (``"<n>:"``, removed again from the rows) and their rows
     are interleaved, row i of every file in the same batch: one detector and one pass over the files, with
     the same scores as scoring them one by one (streams are independent).
+
+    A file that cannot be read (`RecordError`: not UTF-8, a broken header, ...) comes back with no rows and
+    the reason in its summary's ``unreadable``, the others are scored; ``strict`` raises instead, and also
+    at the first invalid row.
     """
     detector = Detector(model, settings.detector)
     stream_field = settings.ticks.stream_field
+    summaries = [ScoreSummary() for _ in paths]
 
-    def tagged(n: int, path: Path) -> Iterator[Record]:
-        for record in read_records(path, settings.ticks):
-            if isinstance(record.obj, dict) and isinstance(record.obj.get(stream_field), str):
-                record.obj[stream_field] = f"{n}:{record.obj[stream_field]}"
-            yield record
+    def tagged(n: int, path: Path) -> Iterator[tuple[int, Record]]:
+        try:
+            for record in read_records(path, settings.ticks, lenient=True):
+                stream = record.obj.get(stream_field) if isinstance(record.obj, dict) else None
+                if isinstance(stream, str) and stream:  # "" stays invalid, as the decoder says
+                    record.obj[stream_field] = f"{n}:{stream}"
+                yield n, record
+        except RecordError as exc:
+            if strict:
+                raise
+            summaries[n].unreadable = str(exc)
 
-    merged = (record for group in zip_longest(*(tagged(n, p) for n, p in enumerate(paths)))
-              for record in group if record is not None)
+    merged = (item for group in zip_longest(*(tagged(n, p) for n, p in enumerate(paths)))
+              for item in group if item is not None)
     rows: list[list[ScoredRow]] = [[] for _ in paths]
-    for row in score_records(merged, detector, TickDecoder(settings.ticks), settings.resets.for_topic(""),
-                             ScoreSummary(), batch=settings.kafka.max_poll_records):
-        n, row.stream = row.stream.split(":", 1)
-        rows[int(n)].append(row)
-    return rows
+    for n, row in _score(merged, detector, TickDecoder(settings.ticks), settings.resets.for_topic(""),
+                         summaries, [str(p) for p in paths], strict, settings.kafka.max_poll_records):
+        tag = f"{n}:"
+        if row.stream.startswith(tag):
+            row.stream = row.stream[len(tag):]
+        rows[n].append(row)
+    for n, summary in enumerate(summaries):
+        if summary.unreadable is not None:  # what was read before the error is not a file's worth of rows
+            rows[n], summaries[n] = [], ScoreSummary(unreadable=summary.unreadable)
+    return list(zip(rows, summaries))
 
 
 def write_scores_csv(rows: list[ScoredRow], path: Path) -> None:
@@ -130,8 +186,8 @@ def write_scores_csv(rows: list[ScoredRow], path: Path) -> None:
         out = csv.writer(handle)
         out.writerow(["timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note"])
         for r in rows:
-            out.writerow([r.timestamp, r.stream, repr(r.value), _fmt(r.score), _fmt(r.error), _fmt(r.forecast),
-                          r.note])
+            out.writerow([r.timestamp, r.stream, "" if math.isnan(r.value) else repr(r.value), _fmt(r.score),
+                          _fmt(r.error), _fmt(r.forecast), r.note])
 
 
 def _fmt(x: float) -> str:
@@ -145,6 +201,7 @@ def plot_scores(rows: list[ScoredRow], path: Path, threshold: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not r.note.startswith("invalid:")]  # nothing to draw: no value, no score
     streams = sorted({r.stream for r in rows})
     fig, axes = plt.subplots(len(streams) * 2, 1, figsize=(14, 3.2 * len(streams)), squeeze=False,
                              gridspec_kw={"height_ratios": [2, 1] * len(streams)})

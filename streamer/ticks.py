@@ -18,6 +18,7 @@ import io
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -312,28 +313,63 @@ class TickDecoder:
 
 @dataclass(slots=True)
 class Record:
-    """One row of a recorded file in wire form: ``obj`` decodes with `TickDecoder.decode_obj`."""
+    """One row of a recorded file in wire form: ``obj`` decodes with `TickDecoder.decode_obj`.
+
+    A row that could not be read (only yielded by ``read_records(..., lenient=True)``) carries the reason in
+    ``error``, and in ``obj`` whatever of it could be read (its stream and timestamp, for the report)."""
 
     line: int
-    obj: dict[str, Any]
+    obj: Any  # a dict for a readable row; a JSON line may hold any JSON value (the decoder rejects it)
+    error: RecordError | None = None
 
 
 class RecordError(ValueError):
-    """A row of a recorded file that cannot be read; the message names the file and line."""
+    """A row of a recorded file (or the whole file) that cannot be read; the message names the file and line.
+
+    ``reason`` says why in the daemon's words where there is one (``malformed_json``, ``too_large``, and
+    ``bad_type`` for a CSV value cell that is not a number, as ``"value": "abc"`` would be); else
+    ``malformed_csv`` (a row that is not a CSV row of the header's width), ``empty_file`` or ``unreadable``.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """Text whose bytes that are not UTF-8 come through as lone surrogates, for `_utf8` to name the line."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller's `with`
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115 - closed by the caller
+
+
+def _utf8(line: str) -> bool:
+    """Whether a line read by `_open_text` was valid UTF-8."""
+    if line.isascii():
+        return True
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_records(path: Path, fields: TickSettings, default_stream: str | None = None,
-                 skipped: list[RecordError] | None = None) -> Iterator[Record]:
+                 skipped: list[RecordError] | None = None, lenient: bool = False) -> Iterator[Record]:
     """Rows of a CSV or JSON Lines file (optionally .gz) in the daemon's tick format.
 
     An unreadable row raises `RecordError` naming the file and line, or, when a ``skipped`` list is
     given, is appended to it and skipped (a broken header always raises: nothing after it is readable).
+
+    ``lenient`` reads a file the way the daemon reads messages, for the offline scorers: an unreadable row
+    is yielded, in its place, as a `Record` whose ``error`` says why (the scorer counts it as invalid by
+    reason, as the daemon counts a bad message); a JSON line orjson rejects gets the daemon's second chance
+    (NaN/Infinity literals parse, so the decoder rejects such a tick as ``non_finite``, not as garbage);
+    a line longer than ``max_message_bytes`` is ``too_large``; an empty file has no rows.
+
+    A line that is not UTF-8 text is an unreadable row (``malformed_json`` in JSON Lines, as the daemon calls
+    such a message; ``malformed_csv`` in a CSV). A file that cannot be opened or read as a whole (missing, a
+    broken gzip stream, a CSV header without a timestamp or value column) raises `RecordError` naming it.
 
     A file without a stream column/field is one stream named ``default_stream`` (the file's stem by default),
     which makes the Numenta Anomaly Benchmark's ``timestamp,value`` CSVs work as they are. CSV columns other
@@ -343,23 +379,19 @@ def read_records(path: Path, fields: TickSettings, default_stream: str | None = 
     stem = path.name.split(".")[0]
     default_stream = default_stream or stem
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
-    with _open_text(path) as handle:
-        if kind in ("jsonl", "ndjson", "json"):
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    _bad(RecordError(f"{path}:{number}: malformed JSON"), skipped)
-                    continue
-                if isinstance(obj, dict) and fields.stream_field not in obj:
-                    obj[fields.stream_field] = default_stream
-                yield Record(number, obj)
-        elif kind in ("csv", "tsv", "txt"):
-            yield from _csv_records(handle, path, fields, default_stream, skipped)
-        else:
-            raise RecordError(f"{path}: unknown file type {kind!r} (use .csv or .jsonl, optionally .gz)")
+    if kind in ("jsonl", "ndjson", "json"):
+        rows = _jsonl_records
+    elif kind in ("csv", "tsv", "txt"):
+        rows = _csv_records
+    else:
+        raise RecordError(f"{path}: unknown file type {kind!r} (use .csv or .jsonl, optionally .gz)")
+    at = [0]  # the line being read, for an error that stops the whole file
+    try:
+        with _open_text(path) as handle:
+            yield from rows(handle, path, fields, default_stream, skipped, lenient, at)
+    except (OSError, EOFError, zlib.error) as exc:
+        where = f"{path}:{at[0]}" if at[0] else str(path)  # the line reached, as far as buffering tells
+        raise RecordError(f"{where}: cannot read the file: {exc}") from None
 
 
 def _bad(error: RecordError, skipped: list[RecordError] | None) -> None:
@@ -368,12 +400,66 @@ def _bad(error: RecordError, skipped: list[RecordError] | None) -> None:
     skipped.append(error)
 
 
+def _jsonl_records(handle, path: Path, f: TickSettings, default_stream: str,
+                   skipped: list[RecordError] | None, lenient: bool, at: list[int]) -> Iterator[Record]:
+    for number, line in enumerate(handle, start=1):
+        at[0] = number
+        if not line.strip():
+            continue
+        if lenient and len(line) * 4 > f.max_message_bytes:  # a character is at most 4 bytes of UTF-8
+            size = len(line.strip().encode("utf-8", "surrogateescape"))  # the line's bytes, as they were
+            if size > f.max_message_bytes:
+                yield Record(number, {}, RecordError(f"{path}:{number}: {size} bytes, over max_message_bytes",
+                                                     "too_large"))
+                continue
+        if not _utf8(line):
+            error = RecordError(f"{path}:{number}: not UTF-8 text", "malformed_json")
+            if lenient:
+                yield Record(number, {}, error)
+            else:
+                _bad(error, skipped)
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            error = RecordError(f"{path}:{number}: malformed JSON", "malformed_json")
+            if not lenient:
+                _bad(error, skipped)
+                continue
+            try:
+                obj = _lenient_json(line.encode("utf-8"))
+            except InvalidTick:
+                yield Record(number, {}, error)
+                continue
+        if isinstance(obj, dict) and f.stream_field not in obj:
+            obj[f.stream_field] = default_stream
+        yield Record(number, obj)
+
+
 def _csv_records(handle, path: Path, f: TickSettings, default_stream: str,
-                 skipped: list[RecordError] | None) -> Iterator[Record]:
-    reader = csv.reader(handle)
-    header = next(reader, None)
+                 skipped: list[RecordError] | None, lenient: bool, at: list[int]) -> Iterator[Record]:
+    not_utf8: list[int] = []  # lines that were not UTF-8 text, fed to the reader as blank lines
+
+    def lines() -> Iterator[str]:
+        for number, line in enumerate(handle, start=1):
+            if _utf8(line):
+                yield line
+            else:
+                not_utf8.append(number)
+                yield "\n"
+
+    reader = csv.reader(lines())
+    at[0] = 1
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise RecordError(f"{path}:1: unreadable header: {exc}", "malformed_csv") from None
+    if not_utf8:
+        raise RecordError(f"{path}:1: the header is not UTF-8 text", "malformed_csv")
     if not header:
-        raise RecordError(f"{path}:1: empty file")
+        if lenient:
+            return
+        raise RecordError(f"{path}:1: empty file", "empty_file")
     header = [name.strip() for name in header]
     ts_col = f.ts_field if f.ts_field in header else "timestamp" if "timestamp" in header else None
     if ts_col is None:
@@ -383,30 +469,59 @@ def _csv_records(handle, path: Path, f: TickSettings, default_stream: str,
     if not value_cols:
         raise RecordError(f"{path}:1: no value column in {header}")
     univariate = value_cols == [f.value_field]
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            _bad(RecordError(f"{path}:{number}: expected {len(header)} columns, got {len(row)}"), skipped)
-            continue
-        cells = dict(zip(header, row))
-        obj: dict[str, Any] = {f.stream_field: cells.get(f.stream_field) or default_stream}
-        raw_ts = cells[ts_col]
+    number = 1
+    while True:
+        number += 1
+        at[0] = number
         try:
-            obj[f.ts_field] = float(raw_ts)
-        except ValueError:
-            obj[f.ts_field] = raw_ts  # ISO-8601, parsed by the decoder
-        try:
-            values = {name: float(cells[name]) for name in value_cols}
-        except ValueError as exc:
-            _bad(RecordError(f"{path}:{number}: {exc}"), skipped)
-            continue
-        if univariate:
-            obj[f.value_field] = values[f.value_field]
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit; the next row reads on
+            obj, error = {}, RecordError(f"{path}:{number}: {exc}", "malformed_csv")
         else:
-            obj[f.values_field] = values
-        if cells.get(f.segment_field):
-            obj[f.segment_field] = cells[f.segment_field]
-        if cells.get(f.reset_field, "").strip().lower() in ("1", "true", "yes"):
-            obj[f.reset_field] = True
-        yield Record(number, obj)
+            if not_utf8:  # the reader reads no further than the row it returns: the bad line is in this one
+                obj, error = {}, RecordError(f"{path}:{not_utf8.pop()}: not UTF-8 text", "malformed_csv")
+                not_utf8.clear()
+            elif not row:
+                continue
+            elif len(row) != len(header):
+                obj, error = {}, RecordError(f"{path}:{number}: expected {len(header)} columns, got {len(row)}",
+                                             "malformed_csv")
+            else:
+                obj, error = _csv_tick(dict(zip(header, row)), ts_col, value_cols, univariate, f, default_stream)
+                if error is not None:
+                    error = RecordError(f"{path}:{number}: {error}", "bad_type")
+        if error is None:
+            yield Record(number, obj)
+        elif lenient:
+            yield Record(number, obj, error)
+        else:
+            _bad(error, skipped)
+
+
+def _csv_tick(cells: dict[str, str], ts_col: str, value_cols: list[str], univariate: bool, f: TickSettings,
+              default_stream: str) -> tuple[dict[str, Any], str | None]:
+    """The wire form of one CSV row, and why not if a value cell is not a number (then only its stream and
+    timestamp are in the object)."""
+    obj: dict[str, Any] = {f.stream_field: cells.get(f.stream_field) or default_stream}
+    raw_ts = cells[ts_col]
+    try:
+        obj[f.ts_field] = float(raw_ts)
+    except ValueError:
+        obj[f.ts_field] = raw_ts  # ISO-8601, parsed by the decoder
+    values = {}
+    for name in value_cols:
+        try:
+            values[name] = float(cells[name])
+        except ValueError:
+            return obj, f"column {name!r} is not a number: {cells[name]!r}"
+    if univariate:
+        obj[f.value_field] = values[f.value_field]
+    else:
+        obj[f.values_field] = values
+    if cells.get(f.segment_field):
+        obj[f.segment_field] = cells[f.segment_field]
+    if cells.get(f.reset_field, "").strip().lower() in ("1", "true", "yes"):
+        obj[f.reset_field] = True
+    return obj, None

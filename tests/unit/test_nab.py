@@ -238,8 +238,46 @@ def test_locate_windows_exact_inexact_and_repeated_timestamps() -> None:
     assert locate_windows(ts, [("2014-03-31 00:00:00", "2014-04-01 00:15:00")]) == [(0, 2)]
     with pytest.raises(ValueError, match="holds no row"):
         locate_windows(ts, [("2014-04-01 00:11:00", "2014-04-01 00:19:00")])
-    with pytest.raises(ValueError, match="non-decreasing"):
-        locate_windows(ts[::-1], [])
+
+
+def test_locate_windows_with_late_rows_keeps_file_order() -> None:
+    """After 02:55 the hour 02:00..02:55 comes again (rows 12..23, skipped by the detector), then 03:00."""
+    first_pass = [f"2015-03-02 02:{m:02d}:00" for m in range(0, 60, 5)]  # rows 0..11
+    ts = first_pass + first_pass + ["2015-03-02 03:00:00", "2015-03-02 03:05:00"]  # rows 24, 25
+    # An edge on a repeated time is the first row with it, in file order: never a late row.
+    assert locate_windows(ts, [("2015-03-02 02:00:00", "2015-03-02 02:30:00")]) == [(0, 6)]
+    assert locate_windows(ts, [("2015-03-02 02:55:00", "2015-03-02 03:00:00")]) == [(11, 24)]
+    # The late rows stand at 02:55, the time reached: inside a window that spans it, outside one that ends
+    # at 02:55, and a start after 02:55 moves forward past them.
+    assert locate_windows(ts, [("2015-03-02 02:50:00", "2015-03-02 02:57:00")]) == [(10, 23)]
+    assert locate_windows(ts, [("2015-03-02 02:56:00", "2015-03-02 03:05:00")]) == [(24, 25)]
+    with pytest.raises(ValueError, match="holds no row"):
+        locate_windows(ts, [("2015-03-02 02:56:00", "2015-03-02 02:59:00")])
+
+
+def test_locate_windows_rows_without_a_timestamp_stand_at_the_time_reached() -> None:
+    ts = [None, "2014-04-01 00:00:00", None, "2014-04-01 00:10:00", np.datetime64("NaT"), "2014-04-01 00:20:00"]
+    assert locate_windows(ts, [("2014-04-01 00:00:00", "2014-04-01 00:10:00")]) == [(1, 3)]
+    assert locate_windows(ts, [("2014-04-01 00:05:00", "2014-04-01 00:15:00")]) == [(3, 4)]
+    # Row 0 comes before any time is reached: before every window.
+    assert locate_windows(ts, [("2013-01-01 00:00:00", "2014-04-01 00:00:00")]) == [(1, 1)]
+    with pytest.raises(ValueError, match="holds no row"):
+        locate_windows([None, None], [("2014-04-01 00:00:00", "2014-04-01 00:10:00")])
+
+
+def test_load_windows_and_profiles_name_the_file_when_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "windows.json"
+    path.write_text('{"a.csv": [["2014-04-01 00:00:00+02:00", "2014-04-01 01:00:00"]]}')
+    assert load_windows(path) == {"a.csv": [(datetime(2014, 3, 31, 22), datetime(2014, 4, 1, 1))]}
+    for text, problem in [("{", "not JSON"), ("[]", "expected an object"), ('{"a.csv": [["x", "y"]]}', "ISO-8601"),
+                          ('{"a.csv": ["2014-04-01"]}', "pairs")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"windows.json.*{problem}"):
+            load_windows(path)
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text('{"standard": {"CostMatrix": {"tpWeight": 1}}}')
+    with pytest.raises(ValueError, match=r"profiles.json.*fpWeight"):
+        load_profiles(profiles)
 
 
 # --- the real label files --------------------------------------------------------------------------------

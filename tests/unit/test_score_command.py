@@ -1,4 +1,5 @@
 import csv
+import gzip
 
 from streamer.cli import main
 
@@ -29,11 +30,46 @@ def test_score_writes_every_row_and_a_plot(tmp_path, capsys):
     assert "scored 240 of 240 rows" in capsys.readouterr().out
 
 
-def test_score_names_the_bad_line_or_skips_it(tmp_path, capsys):
-    src, out = tmp_path / "rec.csv", tmp_path / "scores.csv"
+def test_score_skips_and_reports_the_bad_line_or_stops_there_when_strict(tmp_path, capsys):
+    src, out, clean = tmp_path / "rec.csv", tmp_path / "scores.csv", tmp_path / "clean.csv"
     write_recording(src, bad_row=True)
-    assert main(["score", str(src), "--output", str(out)]) == 2
-    assert "rec.csv:64"  # header, then 31 ticks of two streams, then the bad row in capsys.readouterr().err
-    assert main(["score", str(src), "--output", str(out), "--skip-invalid"]) == 0
-    assert "'unreadable': 1" in capsys.readouterr().out
-    assert sum(1 for _ in csv.DictReader(out.open())) == 240
+    assert main(["score", str(src), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "scored 240 of 241 rows" in printed and "invalid: {'bad_type': 1}" in printed
+    # header, then 31 ticks of two streams, then the bad row: line 64
+    assert f"{src}:64: column 'value' is not a number: 'not-a-number'" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 241 and [i for i, r in enumerate(rows) if r["note"].startswith("invalid")] == [62]
+    assert rows[62] == {"timestamp": "1700001800.5", "stream": "a", "value": "", "anomaly_score": "", "error": "",
+                        "forecast": "", "note": "invalid:bad_type"}
+    # The other rows score as if the bad one were not there, as in the daemon, which skips it.
+    write_recording(clean)
+    assert main(["score", str(clean), "--output", str(tmp_path / "clean_scores.csv")]) == 0
+    assert rows[:62] + rows[63:] == list(csv.DictReader((tmp_path / "clean_scores.csv").open()))
+
+    capsys.readouterr()
+    assert main(["score", str(src), "--output", str(out), "--strict"]) == 2
+    assert f"{src}:64: column 'value' is not a number" in capsys.readouterr().err
+    assert main(["score", str(src), "--output", str(out), "--skip-invalid"]) == 0  # the old flag: the default
+
+
+def test_score_of_an_empty_file_scores_nothing(tmp_path, capsys):
+    for content in (b"", b"stream,ts,value\n"):
+        src, out = tmp_path / "empty.csv", tmp_path / "scores.csv"
+        src.write_bytes(content)
+        assert main(["score", str(src), "--output", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+        printed = capsys.readouterr().out
+        assert "scored 0 of 0 rows" in printed and "no plot written" in printed
+        assert out.read_text().splitlines() == ["timestamp,stream,value,anomaly_score,error,forecast,note"]
+
+
+def test_score_names_a_file_it_cannot_read(tmp_path, capsys):
+    src = tmp_path / "rec.csv.gz"
+    write_recording(tmp_path / "rec.csv")
+    whole = gzip.compress((tmp_path / "rec.csv").read_bytes())
+    src.write_bytes(whole[:len(whole) // 2])
+    assert main(["score", str(src), "--output", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamer score: {src}:") and "cannot read the file" in err
+    assert main(["score", str(tmp_path), "--output", str(tmp_path / "s.csv")]) == 2  # a folder
+    assert f"{tmp_path}: unknown file type" in capsys.readouterr().err

@@ -216,3 +216,61 @@ def test_random_polls_decode_as_message_by_message(decoder):
     for _ in range(200):
         payloads = [rng.choice(PLAIN + ODD) for _ in range(rng.randint(0, 8))]
         assert _batch(decoder, payloads) == _one_by_one(decoder, payloads), payloads
+
+
+# --- recorded files read leniently (the offline scorers) -----------------------------------------------------
+
+
+def test_lenient_reading_yields_each_unreadable_row_in_its_place(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"timestamp,value\n2014-04-01 00:00:00,1\n2014-04-01 00:05:00,oops\n2014-04-01 00:10:00\n"
+                     b"2014-04-01 00:15:00,\xe9\n2014-04-01 00:20:00,\n\n2014-04-01 00:25:00,2\n")
+    records = list(read_records(path, TickSettings(), lenient=True))
+    assert [(r.line, r.error and r.error.reason) for r in records] == [
+        (2, None), (3, "bad_type"), (4, "malformed_csv"), (5, "malformed_csv"), (6, "bad_type"), (8, None)]
+    assert str(records[1].error) == f"{path}:3: column 'value' is not a number: 'oops'"
+    assert records[1].obj == {"stream": "rows", "ts": "2014-04-01 00:05:00"}  # what could be read, for the report
+    assert str(records[3].error) == f"{path}:5: not UTF-8 text"
+    # Without lenient the same file stops at the first bad row, naming it, as before.
+    with pytest.raises(RecordError, match=r"rows.csv:3: column 'value' is not a number"):
+        list(read_records(path, TickSettings()))
+    skipped: list[RecordError] = []
+    assert [r.line for r in read_records(path, TickSettings(), skipped=skipped)] == [2, 8]
+    assert [e.reason for e in skipped] == ["bad_type", "malformed_csv", "malformed_csv", "bad_type"]
+
+
+def test_lenient_json_lines_are_parsed_as_the_daemon_parses_messages(tmp_path, decoder):
+    fields = TickSettings(max_message_bytes=200)
+    path = tmp_path / "rows.jsonl"
+    long = orjson.dumps({"stream": "a", "ts": 1767225600, "value": 1, "pad": "x" * 300})
+    path.write_bytes(b'{"stream": "a", "ts": 1767225600, "value": NaN}\n{oops\n' + long + b"\n"
+                     + b'{"stream": "a", "ts": 1767225600, "value": 1, "note": "\xe9"}\n')
+    records = list(read_records(path, fields, lenient=True))
+    assert [r.error and r.error.reason for r in records] == [None, "malformed_json", "too_large", "malformed_json"]
+    with pytest.raises(InvalidTick, match="non_finite"):  # the decoder's verdict, as on the daemon's path
+        decoder.decode_obj(records[0].obj)
+    daemon = []
+    for line in path.read_bytes().splitlines():
+        with pytest.raises(InvalidTick) as bad:
+            TickDecoder(fields).decode(line)
+        daemon.append(bad.value.reason)
+    assert daemon == ["non_finite", "malformed_json", "too_large", "malformed_json"]
+    with pytest.raises(RecordError, match=r"rows.jsonl:1: malformed JSON"):  # unchanged without lenient
+        list(read_records(path, fields))
+
+
+def test_empty_and_unreadable_files(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    assert list(read_records(empty, TickSettings(), lenient=True)) == []
+    with pytest.raises(RecordError, match=r"empty.csv:1: empty file") as raised:
+        list(read_records(empty, TickSettings()))
+    assert raised.value.reason == "empty_file"
+    broken = tmp_path / "broken.jsonl.gz"
+    whole = gzip.compress(b"".join(orjson.dumps({"stream": "a", "ts": i, "value": i}) + b"\n" for i in range(5000)))
+    broken.write_bytes(whole[: len(whole) // 2])
+    for lenient in (False, True):
+        with pytest.raises(RecordError, match=r"broken.jsonl.gz:\d+: cannot read the file"):
+            list(read_records(broken, TickSettings(), lenient=lenient))
+    with pytest.raises(RecordError, match=r"missing.csv: cannot read the file: \[Errno 2\]"):
+        list(read_records(tmp_path / "missing.csv", TickSettings()))
