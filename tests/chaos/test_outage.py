@@ -31,7 +31,7 @@ from streamer.offline import score_file
 from streamer.replay import replay
 from tests.chaos.processes import DaemonProcess, MotoS3, http_get, scores_complete, stop_all
 from tests.chaos.test_crash_and_rebalance import check_against_offline
-from tests.conftest import FAST_GROUP, daemon_settings
+from tests.conftest import FAST_GROUP, daemon_settings, require
 from tests.integration.test_equivalence import write_recording
 
 OUTAGE_SECONDS = 30.0
@@ -50,8 +50,8 @@ def _sample(body: bytes, name: str) -> float | None:
 
 @pytest.mark.slow
 def test_broker_outage_with_persistent_storage(tmp_path, model, client):
-    pytest.importorskip("moto.server", reason="needs moto[server] (dev dependency) for Tansu's S3 storage")
-    pytest.importorskip("boto3")
+    require("moto.server", install="pip install -e '.[dev]' (moto[server]: Tansu's S3 storage for this test)")
+    require("boto3", install="pip install -e '.[dev]' (moto[server] brings it)")
     recording = tmp_path / "recording.jsonl.gz"
     total = write_recording(recording, streams=STREAMS, length=LENGTH, seed=5)
     offline, _ = score_file(recording, load_settings(None), model)
