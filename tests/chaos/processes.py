@@ -59,6 +59,28 @@ class DaemonProcess:
         raise AssertionError(f"{name}{labels} did not satisfy the condition within {timeout}s "
                              f"(last {self.metric(name, **labels)})\n{self.log_path.read_text()[-3000:]}")
 
+    def log_records(self) -> list[dict]:
+        """The daemon's JSON log records so far, oldest first (a line still being written is left out)."""
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+        return records
+
+    def owned(self) -> set[str]:
+        """The partitions ("topic/partition") it owns now, as its "partitions assigned/revoked/lost" log records
+        tell (whole assignments or increments alike)."""
+        owned: set[str] = set()
+        for record in self.log_records():
+            if record.get("msg") == "partitions assigned":
+                owned |= set(record["partitions"])
+            elif record.get("msg") in ("partitions revoked", "partitions lost"):
+                owned -= set(record["partitions"])
+        return owned
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -88,6 +110,20 @@ def proc_status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def wait_until(condition, what: str, timeout: float = 120, alive: tuple[DaemonProcess, ...] = ()):
+    """Poll ``condition`` until it returns something truthy, and return that; fail after ``timeout`` seconds
+    (a generous bound, not a timing assumption) or as soon as one of the ``alive`` daemons has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for daemon in alive:
+            assert daemon.proc.poll() is None, f"daemon exited: {daemon.log_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.1)
 
 
 def stop_all(*daemons: DaemonProcess) -> None:

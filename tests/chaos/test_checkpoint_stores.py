@@ -3,7 +3,10 @@
 - LocalStore, real processes: a daemon checkpointing after nearly every poll (``interval_messages`` 200,
   polls of 250, 600 streams, about 200 a partition, checkpoint files of about 300 kB each) is stopped at random
   moments, by SIGTERM, by kill -9, and by SIGTERM while another member joins and takes its partitions over
-  (a rebalance). After each round every checkpoint file must load with `LocalStore.load` and belong to its
+  (a rebalance). The moments are random points of the work, not of the clock: the recording is produced a
+  slice before each round, and the daemon is signalled once it has scored a random part of that slice, so it
+  is mid-backlog whatever the machine's speed.
+  After each round every checkpoint file must load with `LocalStore.load` and belong to its
   partition; a SIGTERMed process leaves no temporary file; temporary files a killed process left behind are
   never read. A last daemon then finishes the recording, and every score record of every round equals the
   offline score (duplicates allowed): each restart resumed from a consistent checkpoint.
@@ -32,10 +35,9 @@ from streamer.config import load_settings
 from streamer.detector import N_PROFILE, N_SCALARS, StreamStates
 from streamer.offline import score_file
 from streamer.replay import replay
-from tests.chaos.processes import DaemonProcess, stop_all
+from tests.chaos.processes import DaemonProcess, scores_complete, stop_all, wait_until
 from tests.chaos.test_crash_and_rebalance import check_against_offline
 from tests.conftest import daemon_settings
-from tests.integration.kafka_helpers import read_all
 from tests.integration.test_equivalence import write_recording
 
 PARTITIONS = 3
@@ -89,7 +91,19 @@ def test_sigterm_and_kill_at_random_moments_leave_loadable_checkpoints(broker, t
     topic = f"ckpt-{uuid.uuid4().hex[:8]}"
     create_topic(broker.bootstrap, topic, PARTITIONS)
     create_topic(broker.bootstrap, topic + "-scores", PARTITIONS)
-    assert replay(recording, topic, daemon_settings(broker.bootstrap, [topic]), progress=False).produced == total
+    t0 = 1_760_000_000  # write_recording: tick i of stream s at t0 + 60 * i + s
+    produced = []
+
+    def produce_until(i: int | None) -> int:
+        """The recording from where the last call stopped up to (excluding) tick index ``i`` (None: the end);
+        per stream a contiguous run of its ticks, in order. Returns how many messages."""
+        start = t0 + 60 * produced[-1][0] if produced else None
+        end = None if i is None else t0 + 60 * i - 1
+        n = replay(recording, topic, daemon_settings(broker.bootstrap, [topic]), start=start, end=end,
+                   progress=False).produced
+        produced.append((i, n))
+        return n
+
     streams_of = {p: set() for p in range(PARTITIONS)}
     for s in range(STREAMS):
         streams_of[_partition_of(f"s{s:02d}")].add(f"s{s:02d}")
@@ -105,15 +119,22 @@ def test_sigterm_and_kill_at_random_moments_leave_loadable_checkpoints(broker, t
     report = []
     writes_hit = 0
     try:
-        for how in ["sigterm", "kill-in-write", "rebalance", "kill", "sigterm-in-write"]:
+        for round_, how in enumerate(["sigterm", "kill-in-write", "rebalance", "kill", "sigterm-in-write"]):
+            backlog = produce_until(40 * (round_ + 1))  # about 24,000 messages more for this round
+            target = rng.randint(250, backlog // 3)  # signal with most of the slice still to do
             first = member()
             started.append(first)
             first.wait_metric("streamer_ready", lambda v: v == 1, timeout=90)
+            first.wait_metric("streamer_messages_total", lambda v, target=target: v >= target, timeout=120,
+                              outcome="scored")
             if how == "rebalance":  # a second member joins; SIGTERM the first while the group rebalances
                 second = member()
                 started.append(second)
                 second.wait_up(timeout=90)  # subscribed: its join starts the rebalance
-                time.sleep(rng.uniform(0.5, 2.0))
+                # the first has given its partitions up for the rebalance (kafka-python's eager protocol): the
+                # group is mid-rebalance until it rejoins
+                wait_until(lambda first=first: any(r.get("msg") == "partitions revoked" for r in first.log_records()),
+                           "the first member's revocation", timeout=90, alive=(first, second))
                 scored = first.metric("streamer_messages_total", outcome="scored")
                 assert first.terminate(timeout=30) == 0
                 # Tansu never completes a rebalance that a member left in the middle of (reproduced with two
@@ -122,11 +143,9 @@ def test_sigterm_and_kill_at_random_moments_leave_loadable_checkpoints(broker, t
                 # abandoned: the following rounds use a new group, with the checkpoint directory moved over
                 # (checkpoints restore by partition; the new group has no commits, so restored partitions
                 # resume from their checkpoints and the others from the beginning, as a fresh group would).
-                time.sleep(rng.uniform(0.0, 1.0))
                 assert second.terminate(timeout=30) == 0
                 stopped = [first, second]
             else:
-                time.sleep(rng.uniform(0.3, 2.0))
                 scored = first.metric("streamer_messages_total", outcome="scored")
                 if how.endswith("-in-write"):  # the moment its temporary checkpoint file exists
                     writes_hit += _wait_for_write(first, state / group / topic)
@@ -139,21 +158,18 @@ def test_sigterm_and_kill_at_random_moments_leave_loadable_checkpoints(broker, t
             if not how.startswith("kill"):  # a clean stop finishes its write: no temporary file of its own remains
                 mine = [name for name in leftovers for d in stopped if name.endswith(f".{d.proc.pid}.tmp")]
                 assert not mine, mine
-            report.append(f"{how}: scored {scored:.0f} before the signal, {files} checkpoints, "
-                          f"{len(leftovers)} temporary files left")
+            report.append(f"{how}: {backlog} messages more, scored {scored:.0f} (>= {target}) before the signal, "
+                          f"{files} checkpoints, {len(leftovers)} temporary files left")
             if how == "rebalance":
                 old_group, group = group, group + "-after-rebalance"
                 (state / old_group).rename(state / group)
 
+        produce_until(None)
+        assert sum(n for _, n in produced) == total
         last = member()
         started.append(last)
-        deadline = time.monotonic() + 180
-        records: list[dict] = []
-        while time.monotonic() < deadline:
-            records = read_all(broker.bootstrap, topic + "-scores", PARTITIONS, expected=10**9, timeout_ms=2000)
-            if len({(r["stream"], r["ts"]) for r in records}) >= total:
-                break
-            assert last.proc.poll() is None, last.log_path.read_text()[-3000:]
+        records = scores_complete(broker.bootstrap, topic + "-scores", PARTITIONS, total, timeout=180)
+        assert last.proc.poll() is None, last.log_path.read_text()[-3000:]
         duplicates = check_against_offline(records, offline)
         assert last.terminate(timeout=30) == 0
         _check_local_store(state, group, topic, fingerprint, streams_of, sizes)

@@ -98,7 +98,10 @@ def test_a_million_keys_stay_within_max_streams(tmp_path):
             daemon = DaemonProcess(broker.bootstrap, topic, "flood", tmp_path,
                                    STREAMER_DETECTOR__MAX_STREAMS=str(MAX_STREAMS)).start()
             daemon.wait_metric("streamer_ready", lambda v: v == 1)
-            time.sleep(2)
+            # idle: its loop has polled every partition of the (empty) topic and measured the lag of each
+            for partition in range(3):
+                daemon.wait_metric("streamer_consumer_lag_messages", lambda v: v == 0, topic=topic,
+                                   partition=str(partition))
             idle_kb = proc_status_kb(daemon.proc.pid, "VmHWM")
 
             started = time.monotonic()
