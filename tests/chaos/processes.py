@@ -138,33 +138,20 @@ def scores_complete(bootstrap: str, scores_topic: str, partitions: int, total: i
     from tests.integration.kafka_helpers import read_all
 
     deadline = time.monotonic() + timeout
-    records: list[dict] = []
-    while time.monotonic() < deadline:
-        records = read_all(bootstrap, scores_topic, partitions, expected=10**9, timeout_ms=2000)
-        if len({(r["stream"], r["ts"]) for r in records}) >= total:
-            break
-    return records
+    while True:
+        records = read_all(bootstrap, scores_topic, partitions, expected=None)  # what the topic holds now
+        if len({(r["stream"], r["ts"]) for r in records}) >= total or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.5)
 
 
 def read_raw(bootstrap: str, topic: str, partitions: int, expected: int, timeout_ms: int = 5000) -> list:
     """Every record (kafka-python ConsumerRecord: key, value, headers, offset) of a topic, oldest first per
-    partition; stops at ``expected`` records or after ``timeout_ms`` of silence."""
-    from kafka import KafkaConsumer, TopicPartition
+    partition, up to ``expected``, waiting at most ``timeout_ms`` for them (see kafka_helpers.read_records)."""
+    from tests.integration.kafka_helpers import read_records
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms,
-                             max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    parts = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    out = []
-    try:
-        for message in consumer:
-            out.append(message)
-            if len(out) >= expected:
-                break
-    finally:
-        consumer.close()
-    return out
+    return read_records(bootstrap, topic, partitions, expected, max(timeout_ms, 30000),
+                        max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
 
 
 class MotoS3:

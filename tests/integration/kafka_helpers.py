@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import orjson
@@ -30,16 +31,37 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
         consumer.close(autocommit=False)
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, expected: int, timeout_ms: int = 10000) -> list[dict]:
-    """Every JSON record of a topic (stops at ``expected`` records or after ``timeout_ms`` of silence)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+def read_records(bootstrap: str, topic: str, partitions: int, expected: int | None = None,
+                 timeout_ms: int = 10000, **consumer_options) -> list:
+    """Every record of a topic (kafka-python ConsumerRecords: key, value, headers, partition, offset), oldest
+    first per partition, read up to the partitions' end offsets: what the topic holds, however slow the fetch.
+
+    ``expected``: until that many are there (the first ``expected`` are returned), re-reading as more arrive,
+    for at most ``timeout_ms``; then what is there. None: what the topic holds now."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **consumer_options)
     parts = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
-    out = []
-    for message in consumer:
-        out.append(orjson.loads(message.value))
-        if len(out) >= expected:
-            break
-    consumer.close()
-    return out
+    deadline = time.monotonic() + timeout_ms / 1000
+    stuck = time.monotonic() + max(timeout_ms / 1000, 120)  # records there but not fetched: a broken broker
+    out: list = []
+    try:
+        while True:
+            ends = consumer.end_offsets(parts)
+            while (expected is None or len(out) < expected) and any(consumer.position(tp) < ends[tp]
+                                                                     for tp in parts):
+                for batch in consumer.poll(timeout_ms=200).values():
+                    out.extend(batch)
+                assert time.monotonic() < stuck, f"{topic}: {len(out)} records fetched, end offsets {ends}"
+            if expected is None or len(out) >= expected or time.monotonic() >= deadline:
+                return out if expected is None else out[:expected]
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, expected: int | None = None,
+             timeout_ms: int = 10000) -> list[dict]:
+    """Every JSON record of a topic (see `read_records`: up to ``expected``, waiting at most ``timeout_ms`` for
+    them; None: what the topic holds now)."""
+    return [orjson.loads(m.value) for m in read_records(bootstrap, topic, partitions, expected, timeout_ms)]

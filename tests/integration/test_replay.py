@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 import streamer.replay
 from streamer.cli import main
+from tests.integration.kafka_helpers import read_records
 
 ROWS = "timestamp,value\n" + "".join(f"2024-01-01 00:{m:02d}:00,{m * 1.5}\n" for m in range(0, 10))
-
-
-def consume_all(bootstrap, topic, partitions, expected):
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
-    parts = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    out = []
-    for message in consumer:
-        out.append(message)
-        if len(out) >= expected:
-            break
-    consumer.close()
-    return out
 
 
 class VirtualClock:
@@ -82,7 +68,7 @@ def test_replay_paces_filters_and_keys(broker, topic, tmp_path, capsys, clock):
     assert [t - started for t in sent_at] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
     assert sum(virtual.sleeps) == pytest.approx(2.5)
 
-    messages = consume_all(broker.bootstrap, topic, 3, expected=6)
+    messages = read_records(broker.bootstrap, topic, 3)  # all the topic holds
     assert len(messages) == 6 and {m.key for m in messages} == {b"machine"}
     assert len({m.partition for m in messages}) == 1  # one stream, one partition, in order
     decoded = [orjson.loads(m.value) for m in sorted(messages, key=lambda m: m.offset)]
