@@ -34,28 +34,34 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
 def read_records(bootstrap: str, topic: str, partitions: int, expected: int | None = None,
                  timeout_ms: int = 10000, **consumer_options) -> list:
     """Every record of a topic (kafka-python ConsumerRecords: key, value, headers, partition, offset), oldest
-    first per partition, read up to the partitions' end offsets: what the topic holds, however slow the fetch.
+    first per partition: read until every partition's position has reached its end offset and a poll finds
+    nothing more (Tansu, restarted on S3 storage, can report end offsets below records it serves: those are
+    read too), however slow the fetches.
 
-    ``expected``: until that many are there (the first ``expected`` are returned), re-reading as more arrive,
+    ``expected``: until that many are there (the first ``expected`` are returned), waiting for more to arrive
     for at most ``timeout_ms``; then what is there. None: what the topic holds now."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **consumer_options)
     parts = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     deadline = time.monotonic() + timeout_ms / 1000
-    stuck = time.monotonic() + max(timeout_ms / 1000, 120)  # records there but not fetched: a broken broker
+    stuck = time.monotonic() + max(timeout_ms / 1000, 120)  # records there but never fetched: a broken broker
     out: list = []
     try:
         while True:
+            got = [record for batch in consumer.poll(timeout_ms=500).values() for record in batch]
+            out.extend(got)
+            if expected is not None and len(out) >= expected:
+                return out[:expected]
+            if got:
+                continue
             ends = consumer.end_offsets(parts)
-            while (expected is None or len(out) < expected) and any(consumer.position(tp) < ends[tp]
-                                                                     for tp in parts):
-                for batch in consumer.poll(timeout_ms=200).values():
-                    out.extend(batch)
+            if all(consumer.position(tp) >= ends[tp] for tp in parts):  # all there is, for now
+                if expected is None or time.monotonic() >= deadline:
+                    return out
+                time.sleep(0.1)
+            else:
                 assert time.monotonic() < stuck, f"{topic}: {len(out)} records fetched, end offsets {ends}"
-            if expected is None or len(out) >= expected or time.monotonic() >= deadline:
-                return out if expected is None else out[:expected]
-            time.sleep(0.1)
     finally:
         consumer.close()
 
