@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := prometheus systemd
 
-.PHONY: setup system-deps demo test lint model run
+.PHONY: setup system-deps demo test lint model run bench
 
 setup: $(VENV)/.installed
 
@@ -34,11 +34,15 @@ model: setup
 	mkdir -p build/corpus
 	$(VENV)/bin/streamer synth --output build/corpus/train.jsonl.gz --streams 800 --length 2500 --seed 1 \
 	    --anomalies --anomaly-fraction 0.3 --segment-fraction 0.05
-	$(VENV)/bin/streamer train build/corpus/train.jsonl.gz --output streamer/data/default_model.pt \
+	$(VENV)/bin/streamer train build/corpus/train.jsonl.gz --output streamer/data/default_model.npz \
 	    --hidden-size 64 --epochs 24 --batch 128 --chunk 64 --lr 0.002 --seed 0 --patience 4
 
 lint: setup
-	$(VENV)/bin/ruff check streamer tests
+	$(VENV)/bin/ruff check streamer tests benchmarks
 
 run: setup
 	$(VENV)/bin/streamer --config config.toml run
+
+# Throughput, memory and latency against a local broker (docs/perf.md): development tooling, outside the package.
+bench: setup
+	$(PY) -m benchmarks.bench

@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-from streamer.checkpoint import Checkpoint, KafkaStore, LocalStore, encode
 from streamer.config import DetectorSettings, KafkaSettings
-from streamer.detector import Detector
-from streamer.model import Forecaster
-from streamer.ticks import TickBatch
+from streamer.core.detector import Detector
+from streamer.core.model import Forecaster
+from streamer.core.ticks import TickBatch
+from streamer.daemon.checkpoint import Checkpoint, KafkaStore, LocalStore, encode
 
 
 def warmed_detector(streams: int, model: Forecaster) -> Detector:
@@ -70,7 +70,7 @@ def main() -> None:
                                                      args.repeat)
                 else:
                     if broker is None:
-                        from streamer.broker import LocalBroker
+                        from streamer.devtools.broker import LocalBroker
                         broker = LocalBroker().start()
                     store = KafkaStore(KafkaSettings(bootstrap_servers=[broker.bootstrap]), "bench-checkpoints",
                                        "bench", model.fingerprint())

@@ -15,10 +15,11 @@ import sys
 import threading
 from pathlib import Path
 
+from streamer import __version__
+from streamer.clients.base import KafkaSetupError
 from streamer.config import ConfigError, Settings, load_settings, redacted
-from streamer.kafka_io import KafkaSetupError
+from streamer.core.ticks import RecordError
 from streamer.logs import setup_logging
-from streamer.ticks import RecordError
 
 log = logging.getLogger("streamer")
 
@@ -33,7 +34,7 @@ def _speed(text: str) -> float | None:
 
 
 def _timestamp(text: str) -> float:
-    from streamer.ticks import InvalidTick, parse_ts
+    from streamer.core.ticks import InvalidTick, parse_ts
 
     try:
         return parse_ts(float(text) if text.replace(".", "", 1).isdigit() else text)
@@ -41,19 +42,37 @@ def _timestamp(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+EXAMPLES = {
+    "run": "streamer --config config.toml run --from 2026-01-01T00:00:00Z",
+    "config": "STREAMER_KAFKA__BOOTSTRAP_SERVERS=broker:9092 streamer --config config.toml config",
+    "score": "streamer score recording.csv --output scores.csv --plot scores.png --threshold 0.3",
+    "replay": "streamer replay recording.jsonl.gz --topic ticks --speed 60 --bootstrap-servers broker:9092",
+    "evaluate": "streamer evaluate ../shared/nab/data --labels ../shared/nab/windows.json --output scores/",
+    "train": "streamer train build/corpus/train.jsonl.gz --output model.npz --epochs 24  # needs streamer[train]",
+    "synth": "streamer synth --output demo.jsonl.gz --streams 20 --length 2000 --anomalies --seed 1",
+    "demo": "streamer demo --speed 3000",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0],
+                                     epilog="example: " + EXAMPLES["run"])
+    parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     parser.add_argument("--config", type=Path, help="TOML settings file (default: $STREAMER_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="consume ticks from Kafka and publish anomaly scores as metrics")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog="example:\n  " + EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = command("run", "consume ticks from Kafka and publish anomaly scores as metrics")
     run.add_argument("--from", dest="start_from", metavar="earliest|latest|ISO-8601",
                      help="start position for a group with no committed offsets (overrides kafka.start_from)")
 
-    sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    command("config", "print the effective configuration (secrets masked)")
 
-    score = sub.add_parser("score", help="score a recorded file offline")
-    score.add_argument("input", type=Path)
+    score = command("score", "score a recorded file offline, as the daemon would")
+    score.add_argument("input", type=Path, help="recorded file: .csv or .jsonl, optionally .gz")
     score.add_argument("--output", type=Path, required=True, help="CSV of scores")
     score.add_argument("--plot", type=Path, help="PNG: values, forecast, score and alarms per stream")
     score.add_argument("--threshold", type=float, default=0.5, help="alarm threshold drawn in the plot")
@@ -62,26 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop at the first row the daemon would reject (default: count, skip, report)")
     score.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)  # the default now
 
-    replay = sub.add_parser("replay", help="produce a recorded file to Kafka in the daemon's format")
-    replay.add_argument("input", type=Path)
-    replay.add_argument("--topic", required=True)
+    replay = command("replay", "produce a recorded file to Kafka in the daemon's format")
+    replay.add_argument("input", type=Path, help="recorded file: .csv or .jsonl, optionally .gz")
+    replay.add_argument("--topic", required=True, help="topic to produce to")
     replay.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
     replay.add_argument("--speed", type=_speed, default=None, help="1, 10, ... times recorded pace, or max")
     replay.add_argument("--start", type=_timestamp, help="first timestamp to replay (ISO-8601 or epoch)")
     replay.add_argument("--end", type=_timestamp, help="last timestamp to replay")
-    replay.add_argument("--skip-invalid", action="store_true")
+    replay.add_argument("--skip-invalid", action="store_true",
+                        help="count and skip rows that are not ticks (default: stop, naming file and line)")
 
-    demo = sub.add_parser("demo", help="local broker + bundled recorded stream + daemon, then a summary")
+    demo = command("demo", "local broker + bundled recorded stream + daemon, then a summary")
     demo.add_argument("--speed", type=_speed, default=3000.0, help="replay speed (default 3000x)")
     demo.add_argument("--linger", type=float, default=10.0, help="seconds to keep /metrics up at the end")
     demo.add_argument("--input", type=Path, help="recorded file (default: the bundled demo stream)")
 
-    from streamer import bench, evaluate, synth, train
+    from streamer.devtools import synth
+    from streamer.offline import evaluate, train_command
 
-    evaluate.add_arguments(sub.add_parser("evaluate", help="NAB score and best alert threshold on labelled data"))
-    train.add_arguments(sub.add_parser("train", help="train the LSTM forecaster on recorded files"))
-    synth.add_arguments(sub.add_parser("synth", help="write a synthetic recorded stream (training data, demos)"))
-    bench.add_arguments(sub.add_parser("bench", help="throughput, memory and latency against a local broker"))
+    evaluate.add_arguments(command("evaluate", "NAB score and best alert threshold on labelled data"))
+    train_command.add_arguments(command("train", "train the LSTM forecaster on recorded files"))
+    synth.add_arguments(command("synth", "write a synthetic recorded stream (training data, demos)"))
     return parser
 
 
@@ -107,7 +127,7 @@ def cmd_config(args, settings: Settings) -> int:
 
 def cmd_run(args, settings: Settings) -> int:
     stop = _stop_on_signals()  # first, so a SIGTERM during start-up (torch import, model load) is honoured
-    from streamer.daemon import Daemon, DeliveryError
+    from streamer.daemon.loop import Daemon, DeliveryError
 
     if args.start_from:
         settings = settings.model_copy(update={
@@ -137,8 +157,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_score(args, settings: Settings) -> int:
-    from streamer.model import Forecaster
-    from streamer.offline import plot_scores, score_file, write_scores_csv
+    from streamer.core.model import Forecaster
+    from streamer.offline.score import plot_scores, score_file, write_scores_csv
 
     rows, summary = score_file(args.input, settings, Forecaster.load(settings.model.path), strict=args.strict,
                                topic=args.topic)
@@ -158,7 +178,7 @@ def cmd_score(args, settings: Settings) -> int:
 
 
 def cmd_replay(args, settings: Settings) -> int:
-    from streamer.replay import replay
+    from streamer.offline.replay import replay
 
     if args.bootstrap_servers:
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
@@ -171,12 +191,13 @@ def cmd_replay(args, settings: Settings) -> int:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from streamer.demo import run_demo
+    from streamer.devtools.demo import run_demo
 
     return run_demo(settings, speed=args.speed, linger=args.linger, input_path=args.input)
 
 
 def _module_command(name: str):
+    """A command whose module (``streamer.<name>``) is imported only when that command runs."""
     def command(args, settings: Settings) -> int:
         module = __import__(f"streamer.{name}", fromlist=["run"])
         return module.run(args, settings)
@@ -190,8 +211,7 @@ COMMANDS = {
     "score": cmd_score,
     "replay": cmd_replay,
     "demo": cmd_demo,
-    "train": _module_command("train"),
-    "synth": _module_command("synth"),
-    "evaluate": _module_command("evaluate"),
-    "bench": _module_command("bench"),
+    "train": _module_command("offline.train_command"),
+    "synth": _module_command("devtools.synth"),
+    "evaluate": _module_command("offline.evaluate"),
 }

@@ -84,7 +84,7 @@ class KafkaSettings(Section):
     def _client_options(self) -> KafkaSettings:
         """With confluent-kafka, the kafka-python tables must translate (a typo is an error, not ignored)."""
         if self.client == "confluent-kafka":
-            from streamer.kafka_confluent import CONSUMER_NAMES, PRODUCER_NAMES, translate
+            from streamer.clients.confluent import CONSUMER_NAMES, PRODUCER_NAMES, translate
 
             translate(self.consumer, CONSUMER_NAMES, "kafka.consumer")
             translate(self.producer, PRODUCER_NAMES, "kafka.producer")

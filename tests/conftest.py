@@ -23,9 +23,9 @@ from types import ModuleType
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.broker import LocalBroker, create_topic
 from streamer.config import Settings, load_settings
-from streamer.model import Forecaster
+from streamer.core.model import Forecaster
+from streamer.devtools.broker import LocalBroker, create_topic
 
 # The detector's kernel compiled once for the whole run, not in every daemon the tests start (~3 s each);
 # numba checks the cached code against the source file, so an edit recompiles it.
@@ -48,19 +48,31 @@ def require(module: str, install: str = DEV_EXTRA) -> ModuleType:
         pytest.fail(f"cannot import {module} ({exc}); install it: {install}", pytrace=False)
 
 
-def require_tool(name: str, install: str, from_pypi: bool = False) -> str:
+def require_tool(name: str, install: str, from_pypi: bool = False, ci_installs: bool = True) -> str:
     """The path of executable ``name``, on PATH or beside the running interpreter (a PyPI package's binary
     lands in the venv's bin/, and `make test` runs .venv/bin/python without activating the venv).
 
     Missing: the test fails when the tool is always there where tests run (``from_pypi``: the dev extra
     installs it; under CI=true: CI installs it), and is skipped, saying why, only on a machine without the
-    system package (a developer without root)."""
+    system package (a developer without root), or where no registry this project may use has it
+    (``ci_installs=False``)."""
     path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is not None:
         return path
     message = f"{name} is not installed ({install})"
-    if from_pypi or IN_CI:
+    if from_pypi or (IN_CI and ci_installs):
         pytest.fail(message + ("; CI=true, and CI installs it" if IN_CI else ""), pytrace=False)
+    pytest.skip(message)
+
+
+def require_shared(path: Path) -> Path:
+    """A file or folder of ../shared (the benchmark data beside the repository): fails under CI=true, where
+    it is always there, and is skipped, saying why, only on a machine without it."""
+    if path.exists():
+        return path
+    message = f"{path} not found (the shared/ folder beside the repository)"
+    if IN_CI:
+        pytest.fail(message + "; CI=true", pytrace=False)
     pytest.skip(message)
 
 
@@ -110,7 +122,7 @@ class RunningDaemon:
     """A Daemon on its own thread; `wait_scored` blocks until it has scored n messages."""
 
     def __init__(self, settings: Settings, model: Forecaster):
-        from streamer.daemon import Daemon
+        from streamer.daemon.loop import Daemon
 
         self.daemon = Daemon(settings, model=model)
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)

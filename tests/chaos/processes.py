@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from streamer.broker import free_port, stop_process
+from streamer.devtools.broker import free_port, stop_process
 from tests.conftest import FAST_GROUP
 
 

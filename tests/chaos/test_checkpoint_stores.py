@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 from kafka.partitioner.default import murmur2
 
-from streamer.broker import create_topic
-from streamer.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore
 from streamer.config import load_settings
-from streamer.detector import N_PROFILE, N_SCALARS, StreamStates
-from streamer.offline import score_file
-from streamer.replay import replay
+from streamer.core.detector import N_PROFILE, N_SCALARS, StreamStates
+from streamer.daemon.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore
+from streamer.devtools.broker import create_topic
+from streamer.offline.replay import replay
+from streamer.offline.score import score_file
 from tests.chaos.processes import DaemonProcess, scores_complete, stop_all, wait_until
 from tests.chaos.test_crash_and_rebalance import check_against_offline
 from tests.conftest import daemon_settings

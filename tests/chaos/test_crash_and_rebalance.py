@@ -14,10 +14,10 @@ import uuid
 
 import pytest
 
-from streamer.broker import create_topic
 from streamer.config import load_settings
-from streamer.offline import score_file
-from streamer.replay import replay
+from streamer.devtools.broker import create_topic
+from streamer.offline.replay import replay
+from streamer.offline.score import score_file
 from tests.chaos.processes import DaemonProcess, scores_complete, stop_all, wait_until
 from tests.conftest import daemon_settings
 from tests.integration.test_equivalence import write_recording

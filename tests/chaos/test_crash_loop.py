@@ -17,8 +17,8 @@ import uuid
 import pytest
 
 from streamer.config import load_settings
-from streamer.offline import score_file
-from streamer.replay import replay
+from streamer.offline.replay import replay
+from streamer.offline.score import score_file
 from tests.chaos.processes import DaemonProcess, scores_complete, stop_all
 from tests.chaos.test_crash_and_rebalance import check_against_offline, setup_topics
 from tests.conftest import daemon_settings

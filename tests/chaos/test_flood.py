@@ -28,7 +28,7 @@ import time
 import orjson
 import pytest
 
-from streamer.broker import LocalBroker, create_topic
+from streamer.devtools.broker import LocalBroker, create_topic
 from tests.chaos.processes import DaemonProcess, http_get, proc_status_kb, stop_all
 
 KEYS = int(os.environ.get("CHAOS_FLOOD_KEYS", "1000000"))

@@ -27,9 +27,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer, TopicPartition
 
-from streamer.broker import create_topic
 from streamer.config import load_settings
-from streamer.offline import score_file
+from streamer.devtools.broker import create_topic
+from streamer.offline.score import score_file
 from tests.chaos.processes import read_raw
 from tests.conftest import daemon_settings
 from tests.integration.kafka_helpers import read_all

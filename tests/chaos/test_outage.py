@@ -25,10 +25,10 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.broker import LocalBroker, create_topic, free_port
 from streamer.config import load_settings
-from streamer.offline import score_file
-from streamer.replay import replay
+from streamer.devtools.broker import LocalBroker, create_topic, free_port
+from streamer.offline.replay import replay
+from streamer.offline.score import score_file
 from tests.chaos.processes import DaemonProcess, MotoS3, http_get, scores_complete, stop_all
 from tests.chaos.test_crash_and_rebalance import check_against_offline
 from tests.conftest import FAST_GROUP, daemon_settings, require

@@ -29,9 +29,9 @@ if "--mdwe-probe" in sys.argv:  # torch's precompiled path alone (no JIT): works
     sys.exit(0)
 
 from streamer.config import DetectorSettings  # noqa: E402 - after the probe, which must not import numba
-from streamer.detector import Detector  # noqa: E402
-from streamer.model import Forecaster  # noqa: E402
-from streamer.ticks import Tick  # noqa: E402
+from streamer.core.detector import Detector  # noqa: E402
+from streamer.core.model import Forecaster  # noqa: E402
+from streamer.core.ticks import Tick  # noqa: E402
 
 detector = Detector(Forecaster.load(), DetectorSettings())
 result = detector.process([Tick(f"s{i % 8}", 1.7e9 + 60.0 * i, float(i % 5)) for i in range(400)])

@@ -50,14 +50,14 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
         assert rule in out
 
 
-def test_multi_stage_build_with_cpu_torch(stages: list[list]) -> None:
+def test_multi_stage_build_without_torch(stages: list[list]) -> None:
+    """The image ships the daemon, not the trainer: no torch (pip's plain `.` has no `train` extra)."""
     assert len(stages) == 2
     builder, final = stages
     assert builder[0].value[0].startswith("python:3.11-slim") and builder[0].value[1:] == ("AS", "builder")
     assert final[0].value[0].startswith("python:3.11-slim")
     runs = [shlex.split(c.value[0]) for c in instr(builder, "RUN")]
-    torch_install = next(r for r in runs if "torch==2.13.0" in r)
-    assert torch_install[torch_install.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert not any("torch" in arg for r in runs for arg in r if not arg.startswith("import"))
     assert any(r[:4] == ["pip", "install", "--no-cache-dir", "."] for r in runs)
     # the runtime stage gets the whole venv, nothing else from the build stage
     (copy,) = instr(final, "COPY")

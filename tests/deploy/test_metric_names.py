@@ -1,5 +1,5 @@
 """The metric catalogue the deploy artefacts are written against (deploytools.DAEMON_METRICS) versus what
-streamer.metrics.Metrics really registers, and every name used by the rules, dashboard and Grafana alerts."""
+streamer.daemon.metrics.Metrics really registers, and every name used by the rules, dashboard and Grafana alerts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from deploytools import (
 )
 from prometheus_client import CollectorRegistry
 
-from streamer import metrics as metrics_module
+from streamer.daemon import metrics as metrics_module
 
 
 # The families prometheus_client reports (counters without _total) -> type, and label names seen in samples.

@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streamer.broker import create_topic, free_port
+from streamer.devtools.broker import create_topic, free_port
 from tests.chaos.processes import read_raw
 from tests.conftest import FAST_GROUP, daemon_settings
 from tests.integration.kafka_helpers import committed, produce, read_all, tick

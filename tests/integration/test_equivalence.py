@@ -7,10 +7,10 @@ import gzip
 import numpy as np
 import orjson
 
-from streamer.broker import create_topic
 from streamer.config import load_settings
-from streamer.offline import score_file
-from streamer.replay import replay
+from streamer.devtools.broker import create_topic
+from streamer.offline.replay import replay
+from streamer.offline.score import score_file
 from tests.conftest import daemon_settings
 from tests.integration.kafka_helpers import read_all
 

@@ -1,6 +1,6 @@
 """`streamer replay`: daemon wire format, keyed by stream, paced by the recorded timestamps.
 
-Pacing is checked on a virtual clock that stands for the `time` module inside streamer.replay (sleep advances
+Pacing is checked on a virtual clock that stands for the `time` module inside streamer.offline.replay (sleep advances
 it), so the moment each message is sent is exact whatever the machine's speed; the messages themselves go to
 the real broker.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-import streamer.replay
+import streamer.offline.replay
 from streamer.cli import main
 from tests.integration.kafka_helpers import read_records
 
@@ -18,7 +18,7 @@ ROWS = "timestamp,value\n" + "".join(f"2024-01-01 00:{m:02d}:00,{m * 1.5}\n" for
 
 
 class VirtualClock:
-    """monotonic() and sleep() of streamer.replay: sleep(d) advances the clock by exactly d."""
+    """monotonic() and sleep() of streamer.offline.replay: sleep(d) advances the clock by exactly d."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -37,7 +37,7 @@ class VirtualClock:
 def clock(monkeypatch) -> tuple[VirtualClock, list[float]]:
     """The virtual clock, and the clock's reading at each message replay sends (to the real producer)."""
     virtual, sent_at = VirtualClock(), []
-    make_producer = streamer.replay.make_producer
+    make_producer = streamer.offline.replay.make_producer
 
     def recording_producer(settings):
         producer = make_producer(settings)
@@ -50,8 +50,8 @@ def clock(monkeypatch) -> tuple[VirtualClock, list[float]]:
         producer.send = timed_send
         return producer
 
-    monkeypatch.setattr(streamer.replay, "time", virtual)
-    monkeypatch.setattr(streamer.replay, "make_producer", recording_producer)
+    monkeypatch.setattr(streamer.offline.replay, "time", virtual)
+    monkeypatch.setattr(streamer.offline.replay, "make_producer", recording_producer)
     return virtual, sent_at
 
 

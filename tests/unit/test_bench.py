@@ -1,4 +1,4 @@
-"""Smoke tests of `streamer bench` pieces at tiny sizes: ticks, state accounting, profile summary, the table.
+"""Smoke tests of `make bench` pieces at tiny sizes: ticks, state accounting, profile summary, the table.
 
 Nothing here asserts a speed: the numbers depend on the machine. They check that the table has every row and
 that the ratios are computed against the right ceiling.
@@ -12,9 +12,10 @@ from collections import defaultdict
 
 import pytest
 
-from streamer import bench
+from benchmarks import bench
 from streamer.config import load_settings
-from streamer.ticks import TickDecoder
+from streamer.core.ticks import TickDecoder
+from tests.conftest import require
 
 
 def test_tick_payloads_are_small_keyed_json_ticks_in_order():
@@ -154,9 +155,9 @@ def test_tiny_end_to_end_run_prints_the_whole_table(broker, capsys, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bench._confluent_version() is None, reason="confluent-kafka not installed")
 def test_tiny_run_with_the_confluent_rows(broker, capsys, tmp_path):
     """The ceiling, naive and streamer run rows once more with kafka.client = confluent-kafka."""
+    require("confluent_kafka", install="pip install -e '.[dev]'")
     args = _args("--messages", "3000", "--streams", "40", "--also-streams", "", "--naive-messages", "500",
                  "--latency-seconds", "1", "--producer", "kafka-python", "--confluent", "--scrape-every", "0",
                  "--bootstrap-servers", broker.bootstrap, "--json", str(tmp_path / "r.json"))

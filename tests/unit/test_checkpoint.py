@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from streamer.checkpoint import Checkpoint, CheckpointError, LocalStore, decode, encode
 from streamer.config import DetectorSettings
-from streamer.detector import Detector, StreamStates
-from streamer.ticks import Tick
+from streamer.core.detector import Detector, StreamStates
+from streamer.core.ticks import Tick
+from streamer.daemon.checkpoint import Checkpoint, CheckpointError, LocalStore, decode, encode
 
 
 def make_checkpoint(model, offset=42) -> Checkpoint:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamer.config import DetectorSettings, ResetRules
-from streamer.detector import OUT_OF_ORDER, SCORED, Detector, StreamStates
-from streamer.ticks import Tick, TickBatch
+from streamer.core.detector import OUT_OF_ORDER, SCORED, Detector, StreamStates
+from streamer.core.ticks import Tick, TickBatch
 
 T0 = 1_700_000_000.0
 
@@ -150,7 +150,7 @@ def test_least_recently_seen_streams_are_evicted(model):
 
 
 def test_top_scores_are_the_most_recently_anomalous(model, settings):
-    from streamer.kernel import PEAK
+    from streamer.core.kernel import PEAK
 
     det = Detector(model, settings)
     det.process(interleave(*(series(f"s{i}", 50, seed=i) for i in range(10))))
@@ -176,7 +176,7 @@ def test_a_one_tick_alarm_is_held_for_peak_hold_seconds(model):
 
 def test_state_per_stream_is_small(model):
     """Every per-slot array, as allocated, within the 1.5 KB budget (Python-side state is measured by
-    `streamer bench`)."""
+    `make bench`)."""
     det = Detector(model, DetectorSettings())
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]

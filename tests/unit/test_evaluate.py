@@ -12,22 +12,21 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from streamer import nab
 from streamer.cli import main
 from streamer.config import load_settings
-from streamer.detector import OUT_OF_ORDER, Detector
-from streamer.evaluate import _series
-from streamer.offline import score_file, score_files
-from streamer.ticks import InvalidTick, Tick, TickDecoder
-from tests.conftest import NAB
+from streamer.core.detector import OUT_OF_ORDER, Detector
+from streamer.core.ticks import InvalidTick, Tick, TickDecoder
+from streamer.offline import nab
+from streamer.offline.evaluate import _series
+from streamer.offline.score import score_file, score_files
+from tests.conftest import NAB, require_shared
 
 FILES = ["realAdExchange/exchange-3_cpc_results.csv", "realTraffic/speed_7578.csv"]
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    if not NAB.is_dir():
-        pytest.skip(f"NAB data not found at {NAB}")
+    require_shared(NAB)
     windows = json.loads((NAB / "windows.json").read_text())
     for name in FILES:
         (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)

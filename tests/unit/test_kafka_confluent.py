@@ -4,10 +4,10 @@ import builtins
 
 import pytest
 
-from streamer import kafka_confluent
+from streamer.clients import confluent as kafka_confluent
+from streamer.clients.base import KafkaSetupError, open_consumer
+from streamer.clients.confluent import FETCH_TUNING, consumer_options, producer_options
 from streamer.config import ConfigError, load_settings, redacted
-from streamer.kafka_confluent import FETCH_TUNING, consumer_options, producer_options
-from streamer.kafka_io import KafkaSetupError, open_consumer
 
 
 def confluent(**kafka):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamer
 
-BUILD_A_DETECTOR = ("from streamer.config import DetectorSettings; from streamer.detector import Detector; "
-                    "from streamer.model import Forecaster; Detector(Forecaster.load(), DetectorSettings())")
+BUILD_A_DETECTOR = ("from streamer.config import DetectorSettings; from streamer.core.detector import Detector; "
+                    "from streamer.core.model import Forecaster; Detector(Forecaster.load(), DetectorSettings())")
 
 
 def test_the_kernel_is_cached_where_numba_cache_dir_points_and_nowhere_without_it(tmp_path):

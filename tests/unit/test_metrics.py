@@ -3,7 +3,7 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry
 
-from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
+from streamer.daemon.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
 
 
 def test_score_series_come_from_the_snapshot_only():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.nab import (
+from streamer.offline.nab import (
     PROFILE_NAMES,
     TIE_TOLERANCE,
     Profile,
@@ -27,6 +27,7 @@ from streamer.nab import (
     raw_scores_by_threshold,
     sweep,
 )
+from tests.conftest import require_shared
 
 P = Profile("test", tp=1.5, fp=0.5, fn=2.0)
 NAB_DIR = Path(__file__).parents[3] / "shared" / "nab"
@@ -285,8 +286,7 @@ def test_load_windows_and_profiles_name_the_file_when_malformed(tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def nab_dir() -> Path:
-    if not (NAB_DIR / "windows.json").is_file():
-        pytest.skip(f"NAB data not found at {NAB_DIR} (expected the shared/ folder beside the repository)")
+    require_shared(NAB_DIR / "windows.json")
     return NAB_DIR
 
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.config import load_settings
-from streamer.partitions import CheckpointSchedule, Partitions
+from streamer.daemon.partitions import CheckpointSchedule, Partitions
 
 TopicPartition = namedtuple("TopicPartition", "topic partition")
 A, B = TopicPartition("ticks", 0), TopicPartition("ticks", 1)
@@ -183,7 +183,7 @@ def _messages(tp, first, n, t0=1_767_225_600):
 @pytest.fixture
 def daemon_with(model, monkeypatch):
     """A Daemon whose consumer and store are fakes; returns (daemon, consumer) after its loop ended."""
-    from streamer import daemon as daemon_module
+    from streamer.daemon import loop as daemon_module
 
     def run(polls, checkpoints=None, committed=None, **checkpoint):
         settings = load_settings(None)

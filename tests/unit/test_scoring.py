@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from streamer.config import DetectorSettings
-from streamer.detector import Detector
-from streamer.kernel import (
+from streamer.core.detector import Detector
+from streamer.core.kernel import (
     BIN_COUNT,
     BIN_MEAN,
     LEVEL_MEAN,
@@ -20,8 +20,8 @@ from streamer.kernel import (
     learn_tail,
     tail_decades,
 )
-from streamer.model import Forecaster, ModelSpec
-from streamer.ticks import Tick
+from streamer.core.model import Forecaster, ModelSpec
+from streamer.core.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
 HOUR = 3600.0
@@ -218,7 +218,7 @@ def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_sl
 
 def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(model):
     torch.manual_seed(0)
-    other = Forecaster(ModelSpec(hidden_size=8))  # untrained: forecasts nothing useful
+    other = Forecaster.random(ModelSpec(hidden_size=8))  # untrained: forecasts nothing useful
     values = stable(700, seed=9, noise=0.2)
     values[400] += 1.5  # inside the range: scored by the tails only
     off = DetectorSettings(forecast_evidence=False)

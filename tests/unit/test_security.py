@@ -1,7 +1,6 @@
 """Security settings reach the Kafka client, secrets never reach output, and /metrics can require TLS + auth."""
 
 import base64
-import shutil
 import ssl
 import subprocess
 import urllib.error
@@ -10,9 +9,10 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamer.clients.kafka_python import consumer_options, producer_options
 from streamer.config import ConfigError, load_settings, redacted
-from streamer.kafka_io import consumer_options, producer_options
-from streamer.metrics import Health, Metrics, MetricsServer
+from streamer.daemon.metrics import Health, Metrics, MetricsServer
+from tests.conftest import require_tool
 
 
 def test_sasl_ssl_scram_settings_reach_both_clients(tmp_path):
@@ -50,8 +50,7 @@ def test_metrics_auth_settings_come_in_pairs():
 
 @pytest.fixture
 def certificate(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    require_tool("openssl", "Debian package openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamer.config import Settings, TickSettings
-from streamer.synth import (
+from streamer.core.ticks import TickDecoder, read_records
+from streamer.devtools.synth import (
     ANOMALY_KINDS,
     DEMO,
     DEMO_COMMAND,
@@ -19,7 +20,6 @@ from streamer.synth import (
     run,
     write_jsonl_gz,
 )
-from streamer.ticks import TickDecoder, read_records
 
 
 def _same(a, b):

@@ -1,4 +1,4 @@
-"""streamer.systemd against a real unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+"""streamer.daemon.systemd against a real unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer import systemd
+from streamer.daemon import systemd
 
 
 class NotifyListener:

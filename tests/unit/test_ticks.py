@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from streamer.config import TickSettings
-from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
+from streamer.core.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
 
 NOW = 1_800_000_000.0
 

@@ -10,26 +10,26 @@ import pytest
 import torch
 
 from streamer.config import DetectorSettings, ResetRules, Settings, TickSettings
-from streamer.detector import Detector
-from streamer.model import Forecaster, ModelSpec
-from streamer.synth import generate, write_jsonl_gz
-from streamer.ticks import TickDecoder, read_records
-from streamer.train import (
+from streamer.core.detector import Detector
+from streamer.core.model import Forecaster, ModelSpec
+from streamer.core.ticks import TickDecoder, read_records
+from streamer.devtools.synth import generate, write_jsonl_gz
+from streamer.offline.train import (
+    LOSSES,
     Corpus,
-    TrainConfig,
+    TorchForecaster,
     _run_steps,
     _Tensors,
-    add_arguments,
     forecasts,
     gaussian_nll,
     laplace_nll,
     layout,
     normalise,
     read_corpus,
-    run,
     split_streams,
     train,
 )
+from streamer.offline.train_command import LOSS_NAMES, TrainConfig, add_arguments, run
 
 FIELDS = TickSettings()
 
@@ -84,7 +84,7 @@ def test_reset_rules_cut_sequences_like_the_detector(tmp_path):
     assert got == [("a", [1.0, 2.0]), ("a", [3.0, 4.0]), ("a", [5.0, 6.0]), ("a", [7.0, 8.0]),
                    ("b/u", [1.0, 1.5, 2.0]), ("b/v", [2.0, 2.5, 3.0])]
     assert corpus.skipped == {"out_of_order": 1, "bad_type": 1}
-    detector = Detector(Forecaster(ModelSpec(hidden_size=4)), DetectorSettings())
+    detector = Detector(Forecaster.random(ModelSpec(hidden_size=4)), DetectorSettings())
     good = [r for r in rows if r.get("value") != "oops"]
     ticks = [t for r in good for t in TickDecoder(FIELDS).decode_obj(r)]
     assert corpus.resets == detector.process(ticks, rules).resets
@@ -96,7 +96,7 @@ def test_session_resets_follow_the_detector(tmp_path):
     path = _write(tmp_path / "s.jsonl", rows)
     rules = ResetRules(session_timezone="America/New_York", session_start="09:30")
     corpus = read_corpus([path], FIELDS, rules)
-    detector = Detector(Forecaster(ModelSpec(hidden_size=4)), DetectorSettings())
+    detector = Detector(Forecaster.random(ModelSpec(hidden_size=4)), DetectorSettings())
     assert corpus.resets == detector.process(_ticks(path), rules).resets
     assert corpus.resets["session"] == 2 and [len(s) for s in corpus.sequences] == [29, 48, 23]
 
@@ -145,7 +145,7 @@ def test_lanes_continue_from_batch_to_batch_and_reset_at_sequence_starts():
 
 def test_state_carried_over_chunks_equals_one_pass():
     torch.manual_seed(0)
-    model = Forecaster(ModelSpec(hidden_size=8)).eval()
+    model = TorchForecaster(ModelSpec(hidden_size=8)).eval()
     rng = np.random.default_rng(1)
     sequences = [np.cumsum(rng.normal(size=int(n))) for n in rng.integers(5, 60, 12)]
     data = _Tensors(layout(sequences, range(12), lanes=3, chunk=8), model.spec.normaliser)
@@ -238,11 +238,11 @@ def test_no_usable_sequences():
 def test_train_command_writes_a_loadable_model(tiny_corpus, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    out = tmp_path / "m.pt"
+    out = tmp_path / "m.npz"
     args = parser.parse_args([str(tiny_corpus), "--output", str(out), "--hidden-size", "8", "--epochs", "2",
                               "--chunk", "32", "--batch", "8", "--seed", "5"])
     assert run(args, Settings()) == 0
-    model = Forecaster.load(out)  # weights_only loading
+    model = Forecaster.load(out)  # numpy + JSON, no pickle
     assert model.hidden_size == 8
     info = model.training_info
     assert info["seed"] == 5 and info["epochs_run"] == 2 and info["best_val_nll"] > -10
@@ -254,12 +254,12 @@ def test_train_command_writes_a_loadable_model(tiny_corpus, tmp_path):
 def test_train_command_rejects_a_large_hidden_size(tiny_corpus, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args([str(tiny_corpus), "--output", str(tmp_path / "m.pt"), "--hidden-size", "256"])
+    args = parser.parse_args([str(tiny_corpus), "--output", str(tmp_path / "m.npz"), "--hidden-size", "256"])
     assert run(args, Settings()) == 2
 
 
 def test_bundled_model():
-    path = files("streamer").joinpath("data", "default_model.pt")
+    path = files("streamer").joinpath("data", "default_model.npz")
     assert path.stat().st_size < 400_000
     model = Forecaster.load()
     assert model.hidden_size <= 128
@@ -285,3 +285,7 @@ def test_training_with_the_laplace_loss(tiny_corpus):
     assert model.fingerprint() != gaussian.fingerprint()
     assert summary["config"]["loss"] == "laplace"
     assert summary["best_val_nll"] == min(summary["val_nll_history"]) < summary["val_nll_history"][0]
+
+
+def test_the_command_offers_every_loss_of_the_trainer():
+    assert set(LOSS_NAMES) == set(LOSSES)

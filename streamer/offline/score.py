@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from streamer.config import ResetRules, Settings
-from streamer.detector import OUT_OF_ORDER, Detector
-from streamer.model import Forecaster
-from streamer.ticks import InvalidTick, Record, RecordError, Tick, TickDecoder, read_records
+from streamer.core.detector import OUT_OF_ORDER, Detector
+from streamer.core.model import Forecaster
+from streamer.core.ticks import InvalidTick, Record, RecordError, Tick, TickDecoder, read_records
 
 
 @dataclass(slots=True)

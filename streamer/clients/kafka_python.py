@@ -1,21 +1,4 @@
-"""Kafka clients built from settings: the daemon's client seam and its default, kafka-python, backend.
-
-The daemon drives a consumer and a producer through a small surface (`PythonConsumer` / `PythonProducer`
-here, `streamer.kafka_confluent.ConfluentConsumer` / `ConfluentProducer` for ``kafka.client =
-"confluent-kafka"``); `open_consumer` / `open_producer` pick the backend. Consumer surface:
-
-* ``subscribe(topics, listener)``: ``listener.assigned/revoked/lost(partitions)`` (kafka-python runs them on
-  its network thread, confluent-kafka inside ``poll``/``close`` on the calling thread); confluent-kafka also
-  asks ``listener.start_offsets(partitions)`` and assigns there, kafka-python's are sought by the daemon;
-* ``poll(timeout_ms, max_records) -> {TopicPartition: [message, ...]}`` with the client's *own* message
-  objects, read through the accessors ``value(m)``, ``key(m)``, ``offset(m)``, ``partition(m)``,
-  ``timestamp_ms(m)`` (no wrapper object per message: the per-message path stays as cheap as the client);
-* ``seek``, ``commit(offsets)`` (raises `CommitFailed`), ``commit_revoked(offsets)`` (from the revocation
-  callback), ``committed(tp)``, ``start_offset`` (``kafka.start_from`` = a timestamp), ``lag``, ``connected``,
-  ``close``.
-
-Producer surface: ``send(topic, key, value, headers)`` and ``deliver() -> [failure, ...]`` (flush, then
-the records that were not delivered since the last call).
+"""The default client backend, kafka-python, behind the seam of `streamer.clients.base`.
 
 Everything kafka-python specific that is not the run loop lives here: option mapping (security settings
 included), client construction with errors a person can act on, and `start_offset`, which turns
@@ -26,23 +9,18 @@ which use kafka-python whatever ``kafka.client`` says.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from streamer.config import KafkaSettings
+from streamer.clients.base import CommitFailed, KafkaSetupError, TopicPartition
 
-
-class KafkaSetupError(RuntimeError):
-    """The broker cannot be reached or refused us; the message says which and where."""
-
-
-class CommitFailed(RuntimeError):
-    """An offset commit failed (e.g. a rebalance in progress); the next owner re-reads from the last commit."""
+if TYPE_CHECKING:
+    from streamer.config import KafkaSettings
 
 
 def security_options(k: KafkaSettings) -> dict[str, Any]:
@@ -129,50 +107,27 @@ def create_topic(bootstrap_servers: str | list[str], topic: str, partitions: int
         admin.close()
 
 
-def start_timestamp_ms(start_from: str) -> int | None:
-    """Milliseconds of an ISO-8601 ``start_from``, or None for earliest/latest."""
-    if start_from in ("earliest", "latest"):
-        return None
-    parsed = datetime.fromisoformat(start_from)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
-
-
-def open_consumer(k: KafkaSettings):
-    """The daemon's consumer for ``kafka.client``."""
-    if k.client == "confluent-kafka":
-        from streamer.kafka_confluent import ConfluentConsumer
-
-        return ConfluentConsumer(k)
-    return PythonConsumer(k)
-
-
-def open_producer(k: KafkaSettings):
-    """The daemon's producer (score records, dead letters) for ``kafka.client``."""
-    if k.client == "confluent-kafka":
-        from streamer.kafka_confluent import ConfluentProducer
-
-        return ConfluentProducer(k)
-    return PythonProducer(k)
-
-
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, listener):
         self.listener = listener
 
     def on_partitions_revoked(self, revoked):
-        self.listener.revoked(list(revoked))
+        self.listener.revoked([TopicPartition(*tp) for tp in revoked])
 
     def on_partitions_lost(self, lost):
-        self.listener.lost(list(lost))
+        self.listener.lost([TopicPartition(*tp) for tp in lost])
 
     def on_partitions_assigned(self, assigned):
-        self.listener.assigned(list(assigned))
+        self.listener.assigned([TopicPartition(*tp) for tp in assigned])
 
 
-def _metadata(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+def _theirs(tp: TopicPartition) -> KafkaTopicPartition:
+    """kafka-python checks the type of the partitions it is given (its own named tuple, equal to ours)."""
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _metadata(offsets: dict[TopicPartition, int]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
+    return {_theirs(tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
 
 class PythonConsumer:
@@ -195,7 +150,7 @@ class PythonConsumer:
         return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._consumer.seek(tp, offset)
+        self._consumer.seek(_theirs(tp), offset)
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -209,7 +164,7 @@ class PythonConsumer:
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset of ``tp`` (None: the group never committed one)."""
-        return self._consumer.committed(tp)
+        return self._consumer.committed(_theirs(tp))
 
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """Where a partition without a committed offset starts for a timestamp backfill (None: keep position).
@@ -219,6 +174,7 @@ class PythonConsumer:
         consumer = self._consumer
         if self.committed(tp) is not None:
             return None
+        tp = _theirs(tp)
         found = consumer.offsets_for_times({tp: timestamp_ms}).get(tp)
         if found is not None:
             return found.offset
@@ -226,7 +182,7 @@ class PythonConsumer:
 
     def lag(self, partitions) -> dict[TopicPartition, int]:
         out = {}
-        for tp in partitions:
+        for tp in map(_theirs, partitions):
             end = self._consumer.highwater(tp)
             if end is None:
                 continue

@@ -11,7 +11,8 @@ The trainer sees the data exactly as the detector does:
   (where the detector zeroes a stream's statistics): ``x_t = (v_t - mean_t) / scale_t`` with ``v_t`` folded
   into ``mean_t``/``var_t``, target ``(v_{t+1} - mean_t) / scale_t`` (clipped to +-`TARGET_CLIP`), so that
   ``mean_t + scale_t * mu_t`` is the detector's forecast of ``v_{t+1}``;
-- the forward pass is `Forecaster.step`, the detector's, one step at a time.
+- the forward pass is `TorchForecaster.step`, the detector's LSTM step (`kernel.lstm_step` is the same
+  function compiled), one step at a time.
 
 Stateful truncated BPTT: the sequences are laid end to end in ``batch`` parallel *lanes*; batch ``k`` is the
 ``chunk`` steps ``[k*chunk, (k+1)*chunk)`` of every lane, and the LSTM state is carried (detached) from one
@@ -24,9 +25,7 @@ deterministic (single-threaded by default: as fast as two threads for this model
 
 from __future__ import annotations
 
-import argparse
 import copy
-import hashlib
 import heapq
 import math
 import sys
@@ -37,17 +36,58 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from streamer import kernel
 from streamer.config import ResetRules, TickSettings
-from streamer.detector import RESET_REASONS, ResetPolicy
-from streamer.model import Forecaster, ModelSpec, NormaliserSpec
-from streamer.ticks import InvalidTick, RecordError, Tick, TickDecoder, object_array, read_records
+from streamer.core import kernel
+from streamer.core.detector import RESET_REASONS, ResetPolicy
+from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, ModelSpec, NormaliserSpec
+from streamer.core.ticks import InvalidTick, Tick, TickDecoder, object_array, read_records
+from streamer.offline.train_command import TrainConfig
 
 TARGET_CLIP = 8.0  # a spike's target is clipped like the inputs are, so that one tick cannot dominate a batch
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
+
+
+# --- the network, as a torch module -------------------------------------------------------------------------
+
+
+class TorchForecaster(nn.Module):
+    """`streamer.core.model.Forecaster` as a torch module: one LSTM cell and a linear head giving (mean,
+    log_std) of the next normalised value. Trained here; the daemon runs its weights in the compiled kernel."""
+
+    def __init__(self, spec: ModelSpec | None = None):
+        super().__init__()
+        self.spec = spec = spec or ModelSpec()
+        self.cell = nn.LSTMCell(1, spec.hidden_size)
+        self.head = nn.Linear(spec.hidden_size, 2)
+        # Forget-gate bias 1 (split over the two bias vectors): remember by default (Jozefowicz et al., 2015).
+        with torch.no_grad():
+            h = spec.hidden_size
+            for bias in (self.cell.bias_ih, self.cell.bias_hh):
+                bias[h:2 * h].fill_(0.5)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.hidden_size
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """One step for a batch of streams: x [B], h/c [B, H] -> (mean [B], log_std [B], h, c)."""
+        h, c = self.cell(x.clamp(-INPUT_CLIP, INPUT_CLIP).unsqueeze(1), (h, c))
+        out = self.head(h)
+        return out[:, 0], out[:, 1].clamp(LOG_STD_MIN, LOG_STD_MAX), h, c
+
+    @classmethod
+    def of(cls, model: Forecaster) -> TorchForecaster:
+        module = cls(model.spec)
+        module.load_state_dict({name: torch.from_numpy(array.copy()) for name, array in model.weights.items()})
+        return module.eval()
+
+    def to_forecaster(self, training: dict | None = None) -> Forecaster:
+        return Forecaster(self.spec, {k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()},
+                          training or {})
 
 
 # --- reading: the detector's view of recorded files ---------------------------------------------------------
@@ -187,7 +227,7 @@ class _Tensors:
         self.steps, self.lanes = self.x.shape
 
 
-def _run_steps(model: Forecaster, data: _Tensors, start: int, stop: int, h: torch.Tensor, c: torch.Tensor):
+def _run_steps(model: TorchForecaster, data: _Tensors, start: int, stop: int, h: torch.Tensor, c: torch.Tensor):
     """Steps [start, stop) of every lane: (mu [n, B], log_std [n, B], h, c)."""
     mus, log_stds = [], []
     for t in range(start, stop):
@@ -215,7 +255,7 @@ LOSSES = {"gaussian": gaussian_nll, "laplace": laplace_nll}
 
 
 @torch.inference_mode()
-def evaluate(model: Forecaster, data: _Tensors, chunk: int = 256, loss: str = "gaussian") -> float:
+def evaluate(model: TorchForecaster, data: _Tensors, chunk: int = 256, loss: str = "gaussian") -> float:
     """Mean NLL per target (under ``loss``) over a whole layout (state carried through, as in serving)."""
     h = torch.zeros(data.lanes, model.hidden_size)
     c = torch.zeros(data.lanes, model.hidden_size)
@@ -235,6 +275,7 @@ def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
 
     Equals the detector's ``forecast`` for the same ticks of a fresh stream (the tests check it).
     """
+    model = TorchForecaster.of(model)
     lanes = layout([np.asarray(values, dtype=np.float64)], [0], 1)
     data = _Tensors(lanes, model.spec.normaliser)
     h = torch.zeros(1, model.hidden_size)
@@ -247,26 +288,8 @@ def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
 # --- training -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TrainConfig:
-    hidden_size: int = 64
-    epochs: int = 24
-    chunk: int = 64
-    batch: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-    val_fraction: float = 0.2
-    patience: int = 4
-    max_minutes: float = 0.0  # 0: no limit
-    grad_clip: float = 1.0
-    ema: float = 0.99  # decay of the weight average that is validated and saved (0: the raw weights)
-    threads: int = 1
-    loss: str = "gaussian"  # likelihood of the head: gaussian | laplace (see LOSSES)
-    progress: bool | None = None  # None: a progress bar on a terminal only
-
-
 @torch.no_grad()
-def _update_average(averaged: Forecaster, model: Forecaster, decay: float) -> None:
+def _update_average(averaged: TorchForecaster, model: TorchForecaster, decay: float) -> None:
     for avg, param in zip(averaged.parameters(), model.parameters()):
         avg.lerp_(param, 1.0 - decay)
 
@@ -289,19 +312,20 @@ def train(corpus: Corpus, config: TrainConfig, log=None) -> tuple[Forecaster, di
     torch.set_num_threads(max(1, config.threads))
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(corpus, config, log)
+        model, summary = _train(corpus, config, log)
+        return model.to_forecaster(), summary
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
+def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[TorchForecaster, dict]:
     began = time.monotonic()
     if not corpus.sequences:
         raise ValueError("no training sequences (every stream has fewer than 2 ticks between resets)")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = Forecaster(ModelSpec(hidden_size=config.hidden_size))
+    model = TorchForecaster(ModelSpec(hidden_size=config.hidden_size))
     spec = model.spec.normaliser
     val_streams = split_streams(corpus.streams, config.val_fraction, config.seed)
     train_ids = [i for i, s in enumerate(corpus.streams) if s not in val_streams]
@@ -408,83 +432,3 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
 
 
 # --- the `streamer train` command --------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
-                        help="recorded files (.csv/.jsonl, optionally .gz) in the daemon's tick format")
-    parser.add_argument("--output", "-o", type=Path, required=True, help="model file to write")
-    parser.add_argument("--hidden-size", type=int, default=d.hidden_size,
-                        help=f"LSTM units (default {d.hidden_size}; at most 128 keeps state <= 1.5 KB/stream)")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
-    parser.add_argument("--chunk", type=int, default=d.chunk,
-                        help=f"truncated-BPTT length in steps (default {d.chunk})")
-    parser.add_argument("--batch", type=int, default=d.batch, help=f"parallel lanes (default {d.batch})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                        help=f"fraction of the streams held out for validation (default {d.val_fraction})")
-    parser.add_argument("--patience", type=int, default=d.patience,
-                        help=f"stop after this many epochs without a better validation NLL "
-                             f"(default {d.patience})")
-    parser.add_argument("--max-minutes", type=float, default=d.max_minutes,
-                        help="stop after this much wall time, keeping the best weights (default: no limit)")
-    parser.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                        help=f"gradient-norm clip (default {d.grad_clip})")
-    parser.add_argument("--ema", type=float, default=d.ema,
-                        help=f"decay of the averaged weights that are validated and saved (default {d.ema}; "
-                             "0: the raw weights)")
-    parser.add_argument("--loss", choices=sorted(LOSSES), default=d.loss,
-                        help=f"likelihood of the forecast head (default {d.loss}; laplace: heavier tails)")
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help=f"torch threads (default {d.threads}: bit-reproducible and as fast for this size)")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def run(args: argparse.Namespace, settings) -> int:
-    if not 1 <= args.hidden_size <= 128:
-        print("streamer train: --hidden-size must be between 1 and 128", file=sys.stderr)
-        return 2
-    config = TrainConfig(hidden_size=args.hidden_size, epochs=args.epochs, chunk=args.chunk, batch=args.batch,
-                         lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, patience=args.patience,
-                         max_minutes=args.max_minutes, grad_clip=args.grad_clip, ema=args.ema,
-                         threads=args.threads, loss=args.loss)
-    rules = ResetRules(**settings.resets.model_dump(exclude={"topics"}))
-    began = time.monotonic()
-    try:
-        corpus = read_corpus(args.inputs, settings.ticks, rules)
-    except (OSError, RecordError) as exc:
-        print(f"streamer train: {exc}", file=sys.stderr)
-        return 1
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(corpus.skipped.items())) or "none"
-    print(f"read {corpus.ticks} ticks of {len(set(corpus.streams))} streams in {len(corpus.sequences)} "
-          f"sequences in {time.monotonic() - began:.1f} s (skipped: {skipped})", file=sys.stderr)
-    try:
-        model, summary = train(corpus, config)
-    except ValueError as exc:
-        print(f"streamer train: {exc}", file=sys.stderr)
-        return 1
-    recipe = " ".join(["streamer train", *map(str, args.inputs), "--output", str(args.output),
-                       *(f"--{k.replace('_', '-')} {v}" for k, v in summary["config"].items())])
-    model.save(args.output, training={
-        "inputs": [{"path": str(p), "sha256": _sha256(p)} for p in args.inputs],
-        "ticks": corpus.ticks,
-        "skipped": dict(corpus.skipped),
-        "resets": dict(corpus.resets),
-        "seed": config.seed,
-        "recipe": recipe,
-        "torch": str(torch.__version__),
-        **summary,
-    })
-    print(f"wrote {args.output} ({Path(args.output).stat().st_size} bytes): best val NLL "
-          f"{summary['best_val_nll']} at epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-          f"{summary['train_seconds']} s", file=sys.stderr)
-    return 0

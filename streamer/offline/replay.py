@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 from tqdm import tqdm
 
+from streamer.clients.kafka_python import make_producer
 from streamer.config import Settings
-from streamer.kafka_io import make_producer
-from streamer.ticks import InvalidTick, Record, RecordError, parse_ts, read_records
+from streamer.core.ticks import InvalidTick, Record, RecordError, parse_ts, read_records
 
 log = logging.getLogger("streamer.replay")
 

@@ -3,7 +3,7 @@
 Delivery is at-least-once: an offset is committed only after every message before it was scored, its
 metrics updated and its score record (if ``kafka.scores_topic`` is set) flushed to the broker.
 
-State and offsets move together (`streamer.partitions`). With a checkpoint store, the loop checkpoints and
+State and offsets move together (`streamer.daemon.partitions`). With a checkpoint store, the loop checkpoints and
 then commits exactly the checkpoints' offsets: after a partition's first batch, then every
 ``checkpoint.interval_seconds``/``interval_messages``, on revocation and at shutdown. A committed offset
 never passes the last saved checkpoint, so a ``kill -9`` at any moment restarts from a checkpoint and the
@@ -11,7 +11,7 @@ offset that belongs to it, and replays at most one interval's messages. Without 
 with the process by design, and processed offsets are committed every ``kafka.commit_interval_ms``.
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
-in `streamer.kafka_io` (kafka-python, the default) and implemented again in `streamer.kafka_confluent`
+in `streamer.clients.kafka_python` (kafka-python, the default) and implemented again in `streamer.clients.confluent`
 (confluent-kafka). Polled messages are the client's own objects, read through the consumer's accessors.
 
 Threads: kafka-python 3 runs rebalance callbacks on its own network thread; confluent-kafka runs them inside
@@ -45,16 +45,16 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streamer import systemd
-from streamer.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore, Store
+from streamer.clients.base import CommitFailed, Consumer, Producer, open_consumer, open_producer, start_timestamp_ms
 from streamer.config import Settings
-from streamer.detector import SCORED, Detector
-from streamer.kafka_io import CommitFailed, open_consumer, open_producer, start_timestamp_ms
+from streamer.core.detector import SCORED, Detector
+from streamer.core.model import Forecaster
+from streamer.core.ticks import Decoded, InvalidTick, TickBatch, TickDecoder
+from streamer.daemon import systemd
+from streamer.daemon.checkpoint import Checkpoint, CheckpointError, KafkaStore, LocalStore, Store
+from streamer.daemon.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
+from streamer.daemon.partitions import TP, CheckpointSchedule, Partitions
 from streamer.logs import RateLimited
-from streamer.metrics import Health, Metrics, MetricsServer, ScoreSnapshot
-from streamer.model import Forecaster
-from streamer.partitions import TP, CheckpointSchedule, Partitions
-from streamer.ticks import Decoded, InvalidTick, TickBatch, TickDecoder
 
 log = logging.getLogger("streamer.daemon")
 
@@ -66,7 +66,7 @@ class DeliveryError(RuntimeError):
 
 
 class _Listener:
-    """Rebalance callbacks, as the client backends call them (kafka_io's consumer surface)."""
+    """Rebalance callbacks (`streamer.clients.base.RebalanceListener`)."""
 
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
@@ -114,8 +114,8 @@ class Daemon:
         self._start_ms = start_timestamp_ms(settings.kafka.start_from)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
-        self._consumer = None  # kafka_io.PythonConsumer or kafka_confluent.ConfluentConsumer
-        self._producer = None
+        self._consumer: Consumer | None = None  # the client seam (streamer.clients.base)
+        self._producer: Producer | None = None
         self.http: MetricsServer | None = None
         self._last_snapshot = ScoreSnapshot([], 0.0, 0)
 

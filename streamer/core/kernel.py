@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from streamer.config import DetectorSettings
-from streamer.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec
+from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec
 
 # Per-stream scalars, float64 [slots, N_SCALARS]: values in the stream's own units and epoch timestamps need
 # the precision (float32 resolves 1.7e9 s to 128 s).
@@ -389,8 +389,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
 def lstm_weights(model: Forecaster) -> Weights:
     """The forecaster's weights as `lstm_step` reads them: the recurrent matrix transposed, so one hidden
     unit's weights on the four gates are a contiguous row."""
-    cell = model.cell
-    as_numpy = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)  # noqa: E731
-    return Weights(w_hh=as_numpy(cell.weight_hh.t()), w_ih=as_numpy(cell.weight_ih[:, 0]),
-                   bias=as_numpy(cell.bias_ih + cell.bias_hh), head_w=as_numpy(model.head.weight),
-                   head_b=as_numpy(model.head.bias))
+    w = model.weights
+    c = np.ascontiguousarray
+    return Weights(w_hh=c(w["cell.weight_hh"].T), w_ih=c(w["cell.weight_ih"][:, 0]),
+                   bias=w["cell.bias_ih"] + w["cell.bias_hh"], head_w=w["head.weight"], head_b=w["head.bias"])

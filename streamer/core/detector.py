@@ -53,11 +53,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from streamer import kernel
 from streamer.config import DetectorSettings, ResetRules
-from streamer.kernel import N_PROFILE, N_SCALARS, PEAK, SCORE
-from streamer.model import Forecaster
-from streamer.ticks import Tick, TickBatch, object_array
+from streamer.core import kernel
+from streamer.core.kernel import N_PROFILE, N_SCALARS, PEAK, SCORE
+from streamer.core.model import Forecaster
+from streamer.core.ticks import Tick, TickBatch, object_array
 
 SCORED, OUT_OF_ORDER = 0, 1
 RESET_REASONS = ("explicit", "segment", "session", "gap")  # reset code k + 1 is RESET_REASONS[k]; 0: none
@@ -142,7 +142,7 @@ class Detector:
     """Holds the state of every stream in flat arrays indexed by slot, and advances them in batches."""
 
     def __init__(self, model: Forecaster, settings: DetectorSettings):
-        self.model = model.eval()
+        self.model = model
         self.settings = settings
         self._weights = kernel.lstm_weights(model)
         self._params = kernel.params(settings, model.spec.normaliser)

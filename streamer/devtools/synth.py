@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.config import TickSettings
-from streamer.ticks import TickDecoder, parse_ts
+from streamer.core.ticks import TickDecoder, parse_ts
 
 DEFAULT_START = 1735689600.0  # 2025-01-01T00:00:00Z: long hourly streams still end in the past
 INTERVALS = (60.0, 300.0, 3600.0)

@@ -26,8 +26,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streamer import __version__
-from streamer.detector import RESET_REASONS
-from streamer.ticks import REASONS as INVALID_REASONS
+from streamer.core.detector import RESET_REASONS
+from streamer.core.ticks import REASONS as INVALID_REASONS
 
 OUTCOMES = ("scored", "invalid", "out_of_order")
 

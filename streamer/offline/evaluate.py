@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer import nab
 from streamer.config import Settings
-from streamer.model import Forecaster
-from streamer.offline import ScoredRow, ScoreSummary, score_files, write_scores_csv
-from streamer.ticks import InvalidTick, parse_ts
+from streamer.core.model import Forecaster
+from streamer.core.ticks import InvalidTick, parse_ts
+from streamer.offline import nab
+from streamer.offline.score import ScoredRow, ScoreSummary, score_files, write_scores_csv
 
 # NAB's three profiles, used when no profiles.json lies beside the labels.
 DEFAULT_PROFILES = [nab.Profile("standard", 1.0, 0.11, 1.0), nab.Profile("reward_low_FP_rate", 1.0, 0.22, 1.0),

@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-from streamer.broker import LocalBroker, create_topic
 from streamer.config import Settings
-from streamer.daemon import Daemon
-from streamer.replay import replay
+from streamer.daemon.loop import Daemon
+from streamer.devtools.broker import LocalBroker, create_topic
+from streamer.offline.replay import replay
 
 TOPIC, SCORES = "ticks", "scores"
 PARTITIONS = 4
@@ -65,7 +65,7 @@ def run_demo(settings: Settings, speed: float | None, linger: float, input_path:
 def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = ALERT_THRESHOLD) -> None:
     """Per stream: alarms (score >= threshold), the first one, and the peak, from the score records.
 
-    For the bundled recording the injected anomalies are known (``streamer.synth.demo_series``), so each
+    For the bundled recording the injected anomalies are known (``streamer.devtools.synth.demo_series``), so each
     stream's row says where its anomaly was: a reader can see the hits and the false alarms.
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000)
@@ -84,7 +84,7 @@ def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = 
     consumer.close()
     truth = {}
     if labelled:
-        from streamer.synth import demo_series
+        from streamer.devtools.synth import demo_series
 
         truth = {s.name: ", ".join(f"{w['kind']} {_clock(w['start'])}-{_clock(w['end'])}" for w in s.windows())
                  for s in demo_series()}

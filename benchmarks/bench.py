@@ -1,12 +1,13 @@
-"""`streamer bench`: throughput and cost of the daemon against a real local Kafka-protocol broker.
+"""`python -m benchmarks.bench` (`make bench`): throughput and cost of the daemon against a local broker.
 
-One command (``streamer bench``, ``--quick`` for a short run) prints a table of ratios; docs/perf.md has the
-results and profiles. Per stream count (default 10,000, then 100 and 100,000), on a fresh Tansu broker:
+One command (``make bench``; ``python -m benchmarks.bench --quick`` for a short run) prints a table of ratios;
+docs/perf.md has the results and profiles. Per stream count (default 10,000, then 100 and 100,000), on a fresh
+Tansu broker:
 
 1. produce N JSON ticks ``{"stream":"s123","ts":...,"value":...}`` keyed by stream to a topic with P partitions
    (once; counted per partition from delivery reports, since Tansu's ListOffsets under-reports the end);
 2. *ceiling*: the daemon's Kafka client (a kafka-python group consumer built from
-   `streamer.kafka_io.consumer_options`, the daemon's poll size and timeout) decoding every message with
+   `streamer.clients.kafka_python.consumer_options`, the daemon's poll size and timeout) decoding every message with
    orjson and nothing else;
 3. *naive*: the same client, then per message one ``LSTMCell(1, 64)`` call with batch 1 (per-stream (h, c)
    in a dict) and one ``Gauge.labels(stream).set()`` (on a prefix of the topic);
@@ -14,13 +15,13 @@ results and profiles. Per stream count (default 10,000, then 100 and 100,000), o
    first polled message to every offset committed (read back by a separate client), with its peak RSS,
    ``/metrics`` size and scrape time (scraped over HTTP), and the bytes of state per stream;
    rows 2-4 use kafka-python; at the main stream count, with confluent-kafka installed, they are repeated
-   with ``kafka.client = "confluent-kafka"`` (consumer options from `streamer.kafka_confluent.consumer_options`
+   with ``kafka.client = "confluent-kafka"`` (consumer options from `streamer.clients.confluent.consumer_options`
    for all three), with targets against that client's own ceiling and naive rows;
 5. *latency* (main stream count only): ticks produced at half the daemon's measured rate; per message, the
    time from its production (its Kafka timestamp, ms) to the end of the `Daemon._handle` call that scored it
    and updated the metrics.
 
-Every measurement runs in its own Python process (``python -m streamer.bench --worker SPEC``), so the
+Every measurement runs in its own Python process (``python -m benchmarks.bench --worker SPEC``), so the
 numbers of one do not leak into the next and peak RSS is the daemon's own.
 """
 
@@ -75,6 +76,9 @@ DEFAULTS = {"messages": 1_000_000, "also_messages": None, "naive_messages": 100_
 
 def _int_list(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+REPO = Path(__file__).resolve().parents[1]  # workers run `python -m benchmarks.bench` from here
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,7 +346,7 @@ def bench_settings(settings: Settings, bootstrap: str, topic: str, local: bool, 
 
 
 class Workers:
-    """Runs measurements in fresh interpreters: ``python -m streamer.bench --worker SPEC``."""
+    """Runs measurements in fresh interpreters: ``python -m benchmarks.bench --worker SPEC``."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -360,8 +364,8 @@ class Workers:
         with os.fdopen(fd, "w") as handle:
             json.dump(spec, handle)
         log = open(log_path, "wb")  # noqa: SIM115 - closed in finish
-        proc = subprocess.Popen([sys.executable, "-m", "streamer.bench", "--worker", str(spec_path)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench", "--worker", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         proc._bench_log = log  # type: ignore[attr-defined]
         return proc, result_path, log_path
 
@@ -403,7 +407,7 @@ class _Broker:
     def __enter__(self) -> str:
         if self.external:
             return self.external
-        from streamer.broker import LocalBroker
+        from streamer.devtools.broker import LocalBroker
 
         self._local = LocalBroker(log_path=self.log_path).start()
         return self._local.bootstrap
@@ -422,7 +426,7 @@ def _timeout_for(messages: int, floor_rate: float = 2_000.0) -> float:
 
 def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, messages: int,
                 main: bool) -> dict:
-    from streamer.broker import create_topic
+    from streamer.devtools.broker import create_topic
 
     out: dict[str, Any] = {"streams": streams, "messages": messages, "rows": []}
     broker = _Broker(plan.bootstrap, workers.workdir / f"tansu-{streams}.log")
@@ -503,7 +507,7 @@ def _ratios(row: dict, ceiling: dict) -> dict:
 
 def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str, local: bool, streams: int,
                 rate: float, broker_pid: int | None) -> dict:
-    from streamer.broker import create_topic
+    from streamer.devtools.broker import create_topic
 
     topic = f"bench-latency-{uuid.uuid4().hex[:6]}"
     create_topic(bootstrap, topic, partitions=plan.partitions)
@@ -859,7 +863,7 @@ def _worker_ceiling(spec: dict) -> dict:
     import orjson
     from kafka import KafkaConsumer
 
-    from streamer.kafka_io import consumer_options
+    from streamer.clients.kafka_python import consumer_options
 
     k = Settings(**spec["settings"]).kafka
     consumer = KafkaConsumer(**consumer_options(k))
@@ -883,7 +887,7 @@ def _confluent_consumer(k):
     """A raw confluent-kafka group consumer with the daemon's options (`kafka_confluent.consumer_options`)."""
     import confluent_kafka
 
-    from streamer.kafka_confluent import consumer_options
+    from streamer.clients.confluent import consumer_options
 
     consumer = confluent_kafka.Consumer(consumer_options(k))
     consumer.subscribe(k.topics)
@@ -918,7 +922,7 @@ def _worker_naive(spec: dict) -> dict:
     from kafka import KafkaConsumer
     from prometheus_client import CollectorRegistry, Gauge
 
-    from streamer.kafka_io import consumer_options
+    from streamer.clients.kafka_python import consumer_options
 
     settings = Settings(**spec["settings"])
     k = settings.kafka
@@ -1019,9 +1023,9 @@ def _worker_daemon(spec: dict) -> dict:
     """A `Daemon` on the main thread (as `streamer run`), measured by a monitor thread."""
     from kafka import KafkaConsumer
 
-    from streamer.daemon import Daemon
+    from streamer.core.model import Forecaster
+    from streamer.daemon.loop import Daemon
     from streamer.logs import setup_logging
-    from streamer.model import Forecaster
 
     settings = Settings(**spec["settings"])
     setup_logging(settings.log)
@@ -1122,7 +1126,7 @@ class _GcTimer:
 
 
 def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, result: dict, consumer_cls) -> None:
-    from streamer.kafka_io import consumer_options
+    from streamer.clients.kafka_python import consumer_options
 
     deadline = time.monotonic() + 60
     while (daemon.http is None or not daemon.health.ready) and time.monotonic() < deadline:
@@ -1221,9 +1225,9 @@ def _worker_state(spec: dict) -> dict:
     """Bytes of detector state per stream: arrays exactly, Python-side objects with tracemalloc."""
     import tracemalloc
 
-    from streamer.detector import Detector
-    from streamer.model import Forecaster
-    from streamer.ticks import Tick
+    from streamer.core.detector import Detector
+    from streamer.core.model import Forecaster
+    from streamer.core.ticks import Tick
 
     settings = Settings(**spec["settings"])
     model = Forecaster.load(settings.model.path)
@@ -1295,7 +1299,7 @@ def worker_main(spec_path: str) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streamer.bench")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help="TOML settings file (default: $STREAMER_CONFIG)")
     add_arguments(parser)

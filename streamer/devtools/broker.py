@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from streamer.kafka_io import create_topic  # noqa: F401 - the demo and the tests create topics from here
+from streamer.clients.kafka_python import create_topic  # noqa: F401 - the demo and the tests create topics from here
 
 
 def tansu_binary() -> str:

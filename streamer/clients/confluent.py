@@ -1,7 +1,7 @@
 """The optional confluent-kafka (librdkafka) client backend: ``kafka.client = "confluent-kafka"``.
 
-The same small surface as `streamer.kafka_io.PythonConsumer` / `PythonProducer` (the kafka-python default),
-so `streamer.daemon` does not know which client it drives:
+The surface of `streamer.clients.base` (as `streamer.clients.kafka_python`, the default), so the daemon does
+not know which client it drives:
 
 * ``poll`` returns ``{TopicPartition: [message, ...]}`` with librdkafka's own ``Message`` objects, never a
   Python wrapper per message (that would cost ~0.5 us/msg, half of what this client saves); the daemon reads
@@ -16,7 +16,7 @@ so `streamer.daemon` does not know which client it drives:
   coordinator is up; ``all brokers down`` marks it down at once; a session timeout ends in ``lost``.
 
 Options: `consumer_options` / `producer_options` build the client configuration from `KafkaSettings` (one
-function each, used by the daemon and by `streamer bench`'s ceiling and naive rows). Security settings map
+function each, used by the daemon and by `make bench`'s ceiling and naive rows). Security settings map
 to librdkafka's names; the kafka-python pass-through tables ``[kafka.consumer]`` / ``[kafka.producer]`` are
 accepted for the names that have an exact librdkafka equivalent (`CONSUMER_NAMES`, `PRODUCER_NAMES`), and
 ``[kafka.librdkafka_consumer]`` / ``[kafka.librdkafka_producer]`` take any librdkafka property and win.
@@ -32,10 +32,8 @@ import time
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
-from kafka import TopicPartition
-
-from streamer import kafka_io
-from streamer.kafka_io import CommitFailed, KafkaSetupError
+from streamer.clients import kafka_python as kafka_io
+from streamer.clients.base import CommitFailed, KafkaSetupError, TopicPartition
 
 if TYPE_CHECKING:
     from streamer.config import KafkaSettings
@@ -195,7 +193,7 @@ class _Client:
 
 
 class ConfluentConsumer(_Client):
-    """A librdkafka group consumer with the daemon's consumer surface (see `streamer.kafka_io.PythonConsumer`)."""
+    """A librdkafka group consumer with the daemon's consumer surface (`clients.kafka_python.PythonConsumer`)."""
 
     def __init__(self, k: KafkaSettings):
         ck = _import()
@@ -318,12 +316,12 @@ class ConfluentConsumer(_Client):
                                f"{failed[0].error}")
 
     def committed(self, tp: TopicPartition) -> int | None:
-        """As `streamer.kafka_io.PythonConsumer.committed`."""
+        """As `streamer.clients.kafka_python.PythonConsumer.committed`."""
         offset = self._consumer.committed([self._ck.TopicPartition(tp.topic, tp.partition)], timeout=10)[0].offset
         return offset if offset >= 0 else None
 
     def start_offset(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
-        """As `streamer.kafka_io.PythonConsumer.start_offset` (-1, librdkafka's OFFSET_END: the end)."""
+        """As `streamer.clients.kafka_python.PythonConsumer.start_offset` (-1, librdkafka's OFFSET_END: the end)."""
         ck = self._ck
         if self.committed(tp) is not None:
             return None

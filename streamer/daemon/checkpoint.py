@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from streamer.detector import N_PROFILE, N_SCALARS, StreamStates
+from streamer.core.detector import N_PROFILE, N_SCALARS, StreamStates
 
 FORMAT_VERSION = 2  # 2: float32 profile apart from the float64 scalars
 
@@ -121,7 +121,7 @@ class KafkaStore:
     """Checkpoints in a compacted topic (created if missing). Chunks hold at most ``chunk_streams`` streams."""
 
     def __init__(self, kafka_settings, topic: str, group: str, model: str, chunk_streams: int = 1000):
-        from streamer.kafka_io import create_topic, make_producer, security_options
+        from streamer.clients.kafka_python import create_topic, make_producer, security_options
 
         self.kafka = kafka_settings
         self.topic = topic
@@ -164,7 +164,7 @@ class KafkaStore:
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         from kafka import KafkaConsumer, TopicPartition
 
-        from streamer.kafka_io import security_options
+        from streamer.clients.kafka_python import security_options
 
         key = self._key(topic, partition)
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, enable_auto_commit=False,

@@ -1,0 +1,1 @@
+"""The Kafka seam: one consumer/producer surface (`base`), two client backends."""

@@ -1,0 +1,1 @@
+"""The long-running consumer: run loop, partition bookkeeping, checkpoints, metrics, systemd."""

@@ -1,0 +1,1 @@
+"""Development tooling, not the product: the demo, its local broker, synthetic recordings."""

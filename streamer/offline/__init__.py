@@ -1,0 +1,1 @@
+"""The offline commands: score, evaluate (NAB scoring), replay, train."""
