@@ -17,6 +17,9 @@ Tansu broker:
    rows 2-4 use kafka-python; at the main stream count, with confluent-kafka installed, they are repeated
    with ``kafka.client = "confluent-kafka"`` (consumer options from `streamer.clients.confluent.consumer_options`
    for all three), with targets against that client's own ceiling and naive rows;
+   the ceiling and streamer run rows are measured ``--rounds`` times, interleaved (ceiling, run, ceiling, run,
+   ...: `interleave`), and each ratio is the median of the rounds' ratios, each round against the ceiling
+   measured next to it, with the range: load on the machine falls on both sides of a ratio alike;
 5. *latency* (main stream count only): ticks produced at half the daemon's measured rate; per message, the
    time from its production (its Kafka timestamp, ms) to the end of the `Daemon._handle` call that scored it
    and updated the metrics.
@@ -67,8 +70,10 @@ TARGET_SCRAPE_MS = 250.0
 TARGET_P99_MS = 250.0
 NAB_COMMAND = "streamer evaluate shared/nab/data --labels shared/nab/windows.json"
 
-QUICK = {"messages": 100_000, "also_messages": 100_000, "naive_messages": 20_000, "latency_seconds": 8.0}
-DEFAULTS = {"messages": 1_000_000, "also_messages": None, "naive_messages": 100_000, "latency_seconds": 20.0}
+QUICK = {"messages": 100_000, "also_messages": 100_000, "naive_messages": 20_000, "latency_seconds": 8.0,
+         "rounds": 2}
+DEFAULTS = {"messages": 1_000_000, "also_messages": None, "naive_messages": 100_000, "latency_seconds": 20.0,
+            "rounds": 3}
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -92,6 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-messages", type=int, help="prefix the naive baseline consumes (default 100,000)")
     parser.add_argument("--latency-seconds", type=float, help="length of the paced latency run (default 20)")
     parser.add_argument("--latency-rate", type=float, help="msg/s of the latency run (default 0.5 x measured run)")
+    parser.add_argument("--rounds", type=int, help="ceiling / streamer run pairs, interleaved A/B/A/B, per stream "
+                        "count and client; ratios are the median over the rounds (default 3; quick 2)")
     parser.add_argument("--producer", choices=("auto", "confluent", "kafka-python"), default="auto",
                         help="client that produces the ticks (auto: confluent-kafka if installed)")
     parser.add_argument("--confluent", "--confluent-ceiling", dest="confluent_ceiling",
@@ -111,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, dest="json_path", help="also write every result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep worker specs, logs and results here (default: temp)")
     parser.add_argument("--quick", action="store_true",
-                        help="100,000 ticks per count, 20,000-tick naive prefix, 8 s latency run (about 75 s)")
+                        help="100,000 ticks per count, 20,000-tick naive prefix, 8 s latency run, 2 rounds")
 
 
 @dataclass
@@ -132,6 +139,7 @@ class Plan:
     bootstrap: str | None
     profile_client: str | None = None
     gc_threshold: int | None = None
+    rounds: int = 1
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -156,7 +164,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         producer=producer, confluent_ceiling=confluent_ceiling, scrape_every=args.scrape_every,
         profile=args.profile, profile_native=args.profile_native, bootstrap=args.bootstrap_servers,
         profile_client=args.profile_client,
-        gc_threshold=args.gc_threshold)
+        gc_threshold=args.gc_threshold, rounds=max(1, args.rounds or base["rounds"]))
 
 
 # --- ticks -----------------------------------------------------------------------------------------------
@@ -446,35 +454,43 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
         timeout = _timeout_for(messages)
         # Rows 2-4 with kafka-python, then (main count, if installed) with confluent-kafka: ceilings, naive, runs.
         clients = ["kafka-python"] + (["confluent-kafka"] if plan.confluent_ceiling and main else [])
+        labels = {"ceiling": {"kafka-python": "ceiling: kafka-python + orjson",
+                              "confluent-kafka": "ceiling: confluent-kafka + orjson"},
+                  "naive": {"kafka-python": "naive: per msg LSTMCell + Gauge",
+                            "confluent-kafka": "naive with confluent-kafka"},
+                  "run": {"kafka-python": "streamer run (Daemon)",
+                          "confluent-kafka": "streamer run, kafka.client=confluent-kafka"}}
+        kinds = {("ceiling", "kafka-python"): "ceiling", ("ceiling", "confluent-kafka"): "ceiling-confluent",
+                 ("naive", "kafka-python"): "naive", ("naive", "confluent-kafka"): "naive",
+                 ("run", "kafka-python"): "daemon", ("run", "confluent-kafka"): "daemon"}
+        options = {"ceiling": {"limit": messages}, "naive": {"limit": plan.naive_messages},
+                   "run": {"limit": messages, "scrape_every": plan.scrape_every}}
 
-        def measure(row: str, label: str, kind: str, client: str, note, timeout: float, **extra) -> dict:
-            """One worker's row; ``note(result)`` is its note."""
-            result = workers.run(kind, spec(client, **extra), timeout)
-            out["rows"].append({"row": row + _SUFFIX[client], "label": label, **result, "note": note(result)})
-            _say(f"  {label}: {result['rate']:,.0f} msg/s"
-                 + (f", peak RSS {result['peak_rss'] / 2**20:,.0f} MiB" if "peak_rss" in result else ""))
-            return result
+        def measure(row: str, client: str):
+            """A step that measures ``row`` with ``client`` once, in its own worker."""
+            def step() -> dict:
+                seconds = _timeout_for(plan.naive_messages, 500.0) if row == "naive" else timeout
+                result = workers.run(kinds[row, client], spec(client, **options[row]), seconds)
+                _say(f"  {labels[row][client]}: {result['rate']:,.0f} msg/s"
+                     + (f", peak RSS {result['peak_rss'] / 2**20:,.0f} MiB" if "peak_rss" in result else ""))
+                return result
+            return step
 
-        measure("ceiling", "ceiling: kafka-python + orjson", "ceiling", "kafka-python",
-                lambda r: f"{r['messages']:,} msgs, first poll -> last decoded", timeout, limit=messages)
-        if "confluent-kafka" in clients:
-            measure("ceiling", "ceiling: confluent-kafka + orjson", "ceiling-confluent", "confluent-kafka",
-                    lambda r: f"librdkafka {r.get('libversion', '?')}, kafka_confluent.consumer_options", timeout,
-                    limit=messages)
+        # Each ceiling and its streamer run side by side, round after round (A/B/A/B): see `interleave`.
+        measured = interleave(plan.rounds, {(row, client): measure(row, client)
+                                            for client in clients for row in ("ceiling", "run")})
         for client in clients if main else []:
-            measure("naive", "naive: per msg LSTMCell + Gauge" if client == "kafka-python"
-                    else "naive with confluent-kafka", "naive", client,
-                    lambda r: f"prefix of {r['messages']:,} msgs, batch-1 torch call per msg",
-                    _timeout_for(plan.naive_messages, 500.0), limit=plan.naive_messages)
-        for client in clients:
-            run = measure("run", "streamer run (Daemon)" if client == "kafka-python"
-                          else "streamer run, kafka.client=confluent-kafka", "daemon", client,
-                          lambda r: "first poll -> all offsets committed" + (
-                              f"; {r['messages'] - r['scored']:,} msgs not scored (out of order/invalid)"
-                              if r["messages"] > r["scored"] else ""),
-                          timeout, limit=messages, scrape_every=plan.scrape_every)
-            if client == "kafka-python":
-                out["daemon"] = daemon = run
+            measured["naive", client] = [measure("naive", client)()]
+        for row in ("ceiling", "naive", "run"):
+            for client in clients:
+                if (row, client) in measured:
+                    out["rows"].append({**summarise_rounds(measured[row, client]), "row": row + _SUFFIX[client],
+                                        "label": labels[row][client]})
+        rows = {r["row"]: r for r in out["rows"]}
+        for r in out["rows"]:
+            _ratios(r, rows["ceiling"])
+            r["note"] = _row_note(r)
+        out["daemon"] = daemon = rows["run"]
         out["state"] = workers.run("state", {"settings": _settings_data(settings), "streams": streams}, 600)
         _say(f"  state {out['state']['alloc_per_stream'] + out['state']['python_per_stream']:,.0f} B/stream")
 
@@ -488,21 +504,77 @@ def run_variant(plan: Plan, settings: Settings, workers: Workers, streams: int, 
                 client = plan.profile_client or settings.kafka.client
                 out["profile"] = run_profile(plan, workers, lambda **x: spec(client, **x), streams, messages,
                                              timeout, client)
-    rows = {r["row"]: r for r in out["rows"]}
-    for row in out["rows"]:
-        _ratios(row, rows["ceiling"])
     if "run-confluent" in rows:  # against its own client's rows
         run_c, ceiling_c, naive_c = rows["run-confluent"], rows["ceiling-confluent"], rows["naive-confluent"]
         out["confluent"] = {**_ratios({**run_c}, ceiling_c), "naive_factor": run_c["rate"] / naive_c["rate"]}
     return out
 
 
-def _ratios(row: dict, ceiling: dict) -> dict:
-    """``ratio`` (msg/s) and ``cpu_ratio`` (CPU per message, inverted) of a row against a ceiling row."""
-    row["ratio"] = row["rate"] / ceiling["rate"]
-    if row.get("cpu_seconds") and ceiling.get("cpu_seconds"):
-        row["cpu_ratio"] = (ceiling["cpu_seconds"] / ceiling["messages"]) / (row["cpu_seconds"] / row["messages"])
+def interleave(rounds: int, steps: dict) -> dict[Any, list[dict]]:
+    """Run every step once per round, in the given order, ``rounds`` times over (A, B, A, B, ...); return each
+    step's results, one per round.
+
+    A ratio compares two rows: measured once each, load that comes and goes on the machine (other processes,
+    a busy broker) falls on one side only and flatters or punishes the ratio. Measured side by side in
+    every round, each round's pair sees about the same machine, and the median over the rounds' ratios
+    (`_ratios`) leaves out a round that one burst of load spoiled."""
+    results: dict[Any, list[dict]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            results[name].append(step())
+    return results
+
+
+def summarise_rounds(rounds: list[dict]) -> dict:
+    """One row from its rounds: msg/s is the median, peak RSS the highest, and the round with the median
+    msg/s (the lower one of an even count) stands for the rest (CPU, scrapes, GC); every round is kept."""
+    ordered = sorted(rounds, key=lambda r: r["rate"])
+    row = {**ordered[(len(ordered) - 1) // 2], "rate": statistics.median(r["rate"] for r in rounds),
+           "rounds": rounds}
+    if all("peak_rss" in r for r in rounds):
+        row["peak_rss"] = max(r["peak_rss"] for r in rounds)
     return row
+
+
+def _cpu_per_message(result: dict) -> float | None:
+    return result["cpu_seconds"] / result["messages"] if result.get("cpu_seconds") else None
+
+
+def _ratios(row: dict, ceiling: dict) -> dict:
+    """``ratio`` (msg/s) and ``cpu_ratio`` (CPU per message, inverted) of a row against a ceiling row: the
+    median over rounds, with ``ratio_range`` (lowest, highest). An interleaved row is taken round by round
+    against the ceiling round measured next to it; a row measured once (naive), against every ceiling round."""
+    if len(row["rounds"]) == len(ceiling["rounds"]):
+        pairs = list(zip(row["rounds"], ceiling["rounds"]))
+    else:
+        pairs = [(r, c) for r in row["rounds"] for c in ceiling["rounds"]]
+    ratios = [r["rate"] / c["rate"] for r, c in pairs]
+    row.update(ratio=statistics.median(ratios), ratio_range=(min(ratios), max(ratios)))
+    cpu = [c_cpu / r_cpu for r, c in pairs if (r_cpu := _cpu_per_message(r)) and (c_cpu := _cpu_per_message(c))]
+    if cpu:
+        row["cpu_ratio"] = statistics.median(cpu)
+    return row
+
+
+def _ratio_text(row: dict) -> str:
+    """``0.83`` or, over rounds that differ, ``0.83 (0.79-0.86)``: the median ratio and its range."""
+    low, high = row.get("ratio_range", (row["ratio"], row["ratio"]))
+    return f"{row['ratio']:.2f}" + (f" ({low:.2f}-{high:.2f})" if f"{low:.2f}" != f"{high:.2f}" else "")
+
+
+def _row_note(row: dict) -> str:
+    rounds = row["rounds"]
+    rates = [r["rate"] for r in rounds]
+    note = {"ceiling": f"{row['messages']:,} msgs, first poll -> last decoded",
+            "naive": f"prefix of {row['messages']:,} msgs, batch-1 torch call per msg",
+            "run": "first poll -> all offsets committed"}[row["row"].split("-")[0]]
+    if row["row"] == "ceiling-confluent":
+        note = f"librdkafka {row.get('libversion', '?')}, clients.confluent.consumer_options"
+    if row["row"].startswith("run") and row["messages"] > row["scored"]:
+        note += f"; {row['messages'] - row['scored']:,} msgs not scored (out of order/invalid)"
+    if len(rounds) > 1:
+        note += f"; {len(rounds)} rounds, {min(rates):,.0f}-{max(rates):,.0f} msg/s"
+    return note
 
 
 def run_latency(plan: Plan, settings: Settings, workers: Workers, bootstrap: str, local: bool, streams: int,
@@ -638,6 +710,21 @@ def _cores(seconds: float | None, wall: float) -> str:
     return "" if seconds is None else f"{seconds / wall:.2f}"
 
 
+def _median_over(row: dict, figure) -> float | None:
+    """The median of ``figure(round)`` over a row's rounds (None if a round lacks it)."""
+    values = [figure(r) for r in row.get("rounds", [row])]
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
+def _ratio_measured(row: dict) -> str:
+    """A ratio target's measured side: ``0.83 x (median of 3 rounds, 0.79-0.86)``."""
+    n = len(row.get("rounds", [row]))
+    if n == 1:
+        return f"{row['ratio']:.2f} x (1 round)"
+    low, high = row["ratio_range"]
+    return f"{row['ratio']:.2f} x (median of {n} rounds, {low:.2f}-{high:.2f})"
+
+
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
@@ -655,13 +742,13 @@ def targets(results: dict) -> list[tuple[bool | None, str, str]]:
     out = []
     run = next(r for r in main["rows"] if r["row"] == "run")
     out.append((run["ratio"] >= TARGET_RATIO, f"streamer run >= {TARGET_RATIO} x ceiling ({main['streams']:,} streams)",
-                f"{run['ratio']:.2f} x"))
+                _ratio_measured(run)))
     for v in variants:
         if v is main:
             continue
         r = next(r for r in v["rows"] if r["row"] == "run")
         out.append((r["ratio"] >= TARGET_RATIO, f"streamer run >= {TARGET_RATIO} x ceiling ({v['streams']:,} streams)",
-                    f"{r['ratio']:.2f} x"))
+                    _ratio_measured(r)))
     worst = max(variants, key=lambda v: state_total(v["state"]))
     total = state_total(worst["state"])
     out.append((total <= TARGET_STATE_BYTES, f"state <= {TARGET_STATE_BYTES / 1024:.1f} KiB/stream",
@@ -678,7 +765,7 @@ def targets(results: dict) -> list[tuple[bool | None, str, str]]:
     if conf:
         out.append((conf["ratio"] >= TARGET_CONFLUENT_RATIO,
                     f"confluent streamer run >= {TARGET_CONFLUENT_RATIO} x confluent ceiling ({main['streams']:,} "
-                    "streams)", f"{conf['ratio']:.2f} x (CPU ratio {conf.get('cpu_ratio', math.nan):.2f})"))
+                    "streams)", f"{_ratio_measured(conf)}, CPU ratio {conf.get('cpu_ratio', math.nan):.2f}"))
         out.append((conf["naive_factor"] >= TARGET_CONFLUENT_NAIVE,
                     f"confluent streamer run >= {TARGET_CONFLUENT_NAIVE:g} x confluent naive",
                     f"{conf['naive_factor']:.1f} x"))
@@ -714,12 +801,13 @@ def render(results: dict) -> str:
     for v in results["variants"]:
         prod = v["produce"]
         for r in v["rows"]:
-            cpu = r.get("cpu_seconds")
-            rows.append([f"{v['streams']:,}", r["label"], f"{r['rate']:,.0f}", f"{r['ratio']:.2f}",
+            cpu = _median_over(r, lambda x: x.get("cpu_seconds") and x["cpu_seconds"] / x["messages"])
+            cores = [_median_over(r, lambda x, key=key: None if x.get(key) is None else x[key] / x["seconds"])
+                     for key in ("cpu_seconds", "broker_cpu_seconds", "other_cpu_seconds")]
+            rows.append([f"{v['streams']:,}", r["label"], f"{r['rate']:,.0f}", _ratio_text(r),
                          f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") else "",
-                         f"{cpu / r['messages'] * 1e6:.1f}" if cpu is not None else "",
-                         *[_cores(r.get(key), r["seconds"]) for key in ("cpu_seconds", "broker_cpu_seconds",
-                                                                         "other_cpu_seconds")], r["note"]])
+                         f"{cpu * 1e6:.1f}" if cpu is not None else "",
+                         *["" if c is None else f"{c:.2f}" for c in cores], r["note"]])
         rows.append([f"{v['streams']:,}", "(producer, for reference)", f"{prod['rate']:,.0f}", "", "", "", "", "", "",
                      f"{prod['messages']:,} ticks, mean {prod['mean_bytes']:.1f} B, {prod['backend']}"])
     lines += ["Throughput"]
@@ -728,15 +816,21 @@ def render(results: dict) -> str:
     for v in results["variants"]:
         conf = v.get("confluent")
         if conf:
-            lines += _note(f"confluent-kafka ({v['streams']:,} streams): streamer run = {conf['ratio']:.2f} x the "
+            lines += _note(f"confluent-kafka ({v['streams']:,} streams): streamer run = {_ratio_text(conf)} x the "
                            f"confluent ceiling (CPU ratio {conf.get('cpu_ratio', math.nan):.2f}) and "
                            f"{conf['naive_factor']:.1f} x the naive loop with that client")
-    lines += _note("ratio: msg/s over the kafka-python ceiling's at the same stream count; CPU us/msg: CPU time of "
-                   "the measuring process (all threads) per message, which depends less on other load than msg/s; "
-                   "CPU ratio: the ceiling's CPU us/msg over the row's (the ratio on an otherwise idle machine if "
-                   "both were CPU-bound); cpu, broker, other: CPU cores in use during the measurement by the "
-                   "measuring process, the broker and everything else on the machine")
-    busiest = max((r.get("other_cpu_seconds") or 0.0) / r["seconds"] for v in results["variants"] for r in v["rows"])
+    rounds = results["plan"].get("rounds", 1)
+    lines += _note(f"rounds: every ceiling and streamer run row was measured {rounds} time(s), interleaved (ceiling, "
+                   "run, ceiling, run, ...); msg/s, CPU us/msg and cores are medians over the rounds; ratio: msg/s "
+                   "over the kafka-python ceiling's at the same stream count, each round against the ceiling round "
+                   "measured next to it (the naive row, measured once, against every ceiling round), median and "
+                   "(range); CPU us/msg: CPU time of the measuring process (all threads) per message, which depends "
+                   "less on other load than msg/s; CPU ratio: the ceiling's CPU us/msg over the row's, median over "
+                   "the rounds (the ratio on an otherwise idle machine if both were CPU-bound); cpu, broker, other: "
+                   "CPU cores in use during the measurement by the measuring process, the broker and everything else "
+                   "on the machine")
+    busiest = max((x.get("other_cpu_seconds") or 0.0) / x["seconds"]
+                  for v in results["variants"] for r in v["rows"] for x in r.get("rounds", [r]))
     if busiest > 0.25:
         lines += _note(f"WARNING: other processes used up to {busiest:.2f} of the {env['cpus']} CPUs during a "
                        "measurement; rates are lower than on an otherwise idle machine")
@@ -757,14 +851,15 @@ def render(results: dict) -> str:
                      "state B/stream", "RSS-delta B/stream", "/metrics bytes", "score series",
                      "scrape ms p50/max idle", "scrape ms max, loaded", "GC % of run (full GCs)"], rows,
                     set(range(12)))
-    lines += _note("peak RSS: ru_maxrss of the daemon's process; RSS growth: over the process after imports and "
-                   "model load; arrays: every per-slot array of the Detector (h, c, stats, ...) per live stream, as "
-                   "allocated (the table grows by an eighth) / per slot; Python: tracemalloc (Python domain) of the "
-                   "slot dict, names and per-slot lists; state = arrays as allocated + Python; RSS-delta: "
-                   "cross-check, RSS growth of a Detector fed the same streams (allocator slack and garbage "
-                   "included); /metrics scraped over HTTP with the default max_stream_series; GC: wall time of "
-                   "the daemon's process in Python's cyclic garbage collector during the streamer run row "
-                   "(gc.callbacks), how many full (generation 2) collections it made and the longest pause")
+    lines += _note("peak RSS: ru_maxrss of the daemon's process, the highest over the rounds; RSS growth: over "
+                   "the process after imports and model load; arrays: every per-slot array of the Detector (h, c, "
+                   "stats, ...) per live stream, as allocated (the table grows by an eighth) / per slot; Python: "
+                   "tracemalloc (Python domain) of the slot dict, names and per-slot lists; state = arrays as "
+                   "allocated + Python; RSS-delta: cross-check, RSS growth of a Detector fed the same streams "
+                   "(allocator slack and garbage included); /metrics scraped over HTTP with the default "
+                   "max_stream_series; scrapes and GC: the streamer run round with the median msg/s; GC: wall time "
+                   "of the daemon's process in Python's cyclic garbage collector during that run (gc.callbacks), "
+                   "how many full (generation 2) collections it made and the longest pause")
 
     for v in results["variants"]:
         lat = v.get("latency")
@@ -1270,17 +1365,11 @@ def _worker_state(spec: dict) -> dict:
 
 
 def _slot_arrays(det, capacity: int) -> dict[str, int]:
-    """Bytes of every numpy array / torch tensor of the detector with one row per slot (h, c, stats, ...)."""
+    """Bytes of every numpy array of the detector with one row per slot (h, c, stats, ...)."""
     import numpy as np
-    import torch
 
-    out = {}
-    for name, value in vars(det).items():
-        if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == capacity:
-            out[name.lstrip("_")] = value.nbytes
-        elif isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == capacity:
-            out[name.lstrip("_")] = value.element_size() * value.nelement()
-    return out
+    return {name.lstrip("_"): value.nbytes for name, value in vars(det).items()
+            if isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == capacity}
 
 
 WORKERS = {"ceiling": _worker_ceiling, "ceiling-confluent": _worker_ceiling_confluent, "naive": _worker_naive,
