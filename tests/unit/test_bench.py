@@ -46,6 +46,20 @@ def test_state_worker_counts_arrays_exactly_and_python_side_by_tracemalloc():
     assert 50 < state["python_per_stream"] < 2000
 
 
+def test_a_workers_peak_rss_is_its_own_not_the_harness_s():
+    """ru_maxrss of a child started by vfork + exec holds its parent's peak; the workers report VmHWM."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(256 << 20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touched: resident
+    probe = "from benchmarks.bench import _peak_rss; print(_peak_rss())"
+    child = int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                               cwd=bench.REPO).stdout)
+    assert 0 < child < 256 << 20 <= bench._peak_rss()
+    del ballast
+
+
 def test_profile_summary_counts_self_and_inclusive_and_drops_the_harness():
     raw = "\n".join([
         "thread (1): MainThread;run (streamer/daemon.py:10);process (streamer/detector.py:5) 6",
