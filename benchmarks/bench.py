@@ -566,8 +566,12 @@ def _row_note(row: dict) -> str:
             "run": "first poll -> all offsets committed"}[row["row"].split("-")[0]]
     if row["row"] == "ceiling-confluent":
         note = f"librdkafka {row.get('libversion', '?')}, clients.confluent.consumer_options"
-    if row["row"].startswith("run") and row["messages"] > row["scored"]:
-        note += f"; {row['messages'] - row['scored']:,} msgs not scored (out of order/invalid)"
+    if row["row"].startswith("run"):
+        if row["messages"] > row["scored"]:
+            note += f"; {row['messages'] - row['scored']:,} msgs not scored (out of order/invalid)"
+        scored = _median_over(row, lambda r: r.get("scored_rate"))
+        if scored:
+            note += f"; to the last msg scored (no commit wait): {scored:,.0f} msg/s"
     if len(rounds) > 1:
         note += f"; {len(rounds)} rounds, {min(rates):,.0f}-{max(rates):,.0f} msg/s"
     return note
@@ -847,12 +851,13 @@ def render(results: dict) -> str:
                      "state B/stream", "RSS-delta B/stream", "/metrics bytes", "score series",
                      "scrape ms p50/max idle", "scrape ms max, loaded", "GC % of run (full GCs)"], rows,
                     set(range(12)))
-    lines += _note("peak RSS: ru_maxrss of the daemon's process, the highest over the rounds; RSS growth: over "
-                   "the process after imports and model load; arrays: every per-slot array of the Detector (h, c, "
-                   "stats, ...) per live stream, as allocated (the table grows by an eighth) / per slot; Python: "
-                   "tracemalloc (Python domain) of the slot dict, names and per-slot lists; state = arrays as "
-                   "allocated + Python; RSS-delta: cross-check, RSS growth of a Detector fed the same streams "
-                   "(allocator slack and garbage included); /metrics scraped over HTTP with the default "
+    lines += _note("peak RSS: VmHWM of the daemon's process, the highest over the rounds (the kernel compiles in it "
+                   "unless NUMBA_CACHE_DIR is set: `python -m benchmarks.startup` has the warm-cache figure); RSS "
+                   "growth: over the process after imports and model load; arrays: every per-slot array of the "
+                   "Detector (h, c, stats, ...) per live stream, as allocated (the table grows by an eighth) / per "
+                   "slot; Python: tracemalloc (Python domain) of the slot dict, names and per-slot lists; state = "
+                   "arrays as allocated + Python; RSS-delta: cross-check, RSS growth of a Detector fed the same "
+                   "streams (allocator slack and garbage included); /metrics scraped over HTTP with the default "
                    "max_stream_series; scrapes and GC: the streamer run round with the median msg/s; GC: wall time "
                    "of the daemon's process in Python's cyclic garbage collector during that run (gc.callbacks), "
                    "how many full (generation 2) collections it made and the longest pause")
@@ -1148,6 +1153,7 @@ def _worker_daemon(spec: dict) -> dict:
             polled_ms = time.time() * 1000.0
             super()._handle(polled)
             marks["handled"] = marks.get("handled", 0) + sum(len(m) for m in polled.values())
+            marks["handled_at"] = time.perf_counter()
             if latency_mode:
                 now_ms = time.time() * 1000.0
                 stamp = self._consumer.timestamp_ms
@@ -1267,6 +1273,9 @@ def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, re
         _stop_profiler(marks.pop("profiler", None), profile, result)
     checker.close()
     result.update(_rate(total, marks["first"], end))
+    # The row ends at the last commit, which comes up to kafka.commit_interval_ms (or a checkpoint interval)
+    # after the last message was scored: on a short run that wait is a large part of the row.
+    result["scored_rate"] = total / (marks["handled_at"] - marks["first"][0])
     idle = [_scrape(url) for _ in range(5)]
     body = idle[-1][1]
     det = daemon.detector

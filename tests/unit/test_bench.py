@@ -60,6 +60,22 @@ def test_a_workers_peak_rss_is_its_own_not_the_harness_s():
     del ballast
 
 
+def test_startup_reads_the_daemons_steps_from_its_log(tmp_path):
+    from benchmarks import startup
+
+    log = tmp_path / "run.log"
+    log.write_text("\n".join([
+        '{"ts": 100.9, "level": "info", "msg": "metrics listening"}',
+        "not json (a traceback line)",
+        '{"ts": 104.0, "level": "info", "msg": "partitions assigned"}',
+        '{"ts": 109.0, "level": "info", "msg": "partitions assigned"}',
+    ]))
+    marks = startup._log_marks(log, wall=100.0)
+    assert marks == pytest.approx({"built_s": 0.9, "assigned_s": 4.0})  # the first of each
+    assert startup._median_range([3.0, 1.0, 2.0]) == "2.00 (1.00-3.00)"
+    assert startup._median_range([2 << 20], 2**20, "{:.0f}") == "2"
+
+
 def test_profile_summary_counts_self_and_inclusive_and_drops_the_harness():
     raw = "\n".join([
         "thread (1): MainThread;run (streamer/daemon.py:10);process (streamer/detector.py:5) 6",
@@ -245,6 +261,7 @@ def test_tiny_end_to_end_run_prints_the_whole_table(broker, capsys, tmp_path):
     assert rows["run"]["ratio"] == pytest.approx(sum(per_round) / 2)  # the median of two
     assert rows["run"]["ratio_range"] == pytest.approx([min(per_round), max(per_round)])
     assert all(r["messages"] == 3000 for r in rows["ceiling"]["rounds"] + rows["run"]["rounds"])
+    assert all(r["scored_rate"] >= r["rate"] for r in rows["run"]["rounds"])  # scored, then committed
     assert rows["naive"]["messages"] == 500
     for r in rows.values():
         assert math.isfinite(r["ratio"]) and 0 < r["ratio"] < 100
