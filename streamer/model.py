@@ -69,6 +69,14 @@ class Forecaster(nn.Module):
         out = self.head(h)
         return out[:, 0], out[:, 1].clamp(LOG_STD_MIN, LOG_STD_MAX), h, c
 
+    @classmethod
+    def random_init(cls, spec: ModelSpec, seed: int = 0) -> Forecaster:
+        """An untrained model of the given shape (torch's initialisation, seeded): the baseline that tells
+        what training adds to detection."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return cls(spec).eval()
+
     def save(self, path: Path, training: dict[str, Any] | None = None) -> None:
         """Write the model; ``training`` must be plain JSON data (weights_only loading accepts nothing else)."""
         training = json.loads(json.dumps(training or {}))  # raises here, not at load time, for other types
