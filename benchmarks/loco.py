@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def variant(spec: str) -> dict[str, dict]:
         return {spec: VARIANTS[spec]}
     name, assignments = spec.split(":", 1)
     base = dict(VARIANTS.get(name.split("+")[0], {}))
-    for item in filter(None, assignments.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", assignments)):  # commas outside [...]
         key, value = item.split("=", 1)
         try:
             base[key] = json.loads(value)

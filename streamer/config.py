@@ -151,6 +151,20 @@ class DetectorSettings(Section):
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     incident_ticks: float = Field(12, ge=0, description="ticks: after an alarm only a higher score counts; 0 off")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
+    season_min_days: float = Field(0.0, ge=0, description="days a stream must cover before its time-of-day "
+                                   "profile scores (before: the level against the slow statistics); 0: at once")
+    season_min_r2: float = Field(0.0, ge=0, lt=1, description="the profile scores only while it explains this "
+                                 "share of the level's variance; 0: always")
+    season_prior: float = Field(0.0, ge=0, description="visits: a time-of-day bin is shrunk towards the level's "
+                                "distribution as if that had been seen this many times; 0: off")
+    protect_decades: float = Field(0.0, ge=0, description="a tick with evidence this strong (-log10 p) is not "
+                                   "learned into the surprise tails; 0: off")
+    robust_clip: float = Field(0.0, ge=0, description="slow level and profile move by at most this many standard "
+                               "deviations a tick (Huber); 0: off")
+    forecast_window: float = Field(0.0, ge=0, description="ticks: span of the short mean of forecast surprise, "
+                                   "scored as forecast evidence too; 0: off")
+    readout_rate: float = Field(0.0, ge=0, description="per-stream NLMS step size of the LSTM's mean readout; 0: the "
+                                "model's readout as trained")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
 

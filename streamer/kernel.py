@@ -30,17 +30,21 @@ SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
 INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
-N_SCALARS = 17
+START_TS, FORECAST_SHORT = 17, 18  # the first tick's time since the (re)start; short EW mean of log1p(forecast surprise)
+N_SCALARS = 19
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
-BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
+N_TAILS = 4  # exceedance rates of the forecast surprise, the time-of-day surprise, its short mean, and the
+TAILS = 0  # forecast surprise's short mean
+BIN_MEAN = TAILS + N_TAILS * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 568 bytes a stream besides h and c
+READOUT = BIN_COUNT + SEASON_BINS  # the stream's own correction to the forecaster's mean readout (`readout_rate`)
+MAX_READOUT = 64  # hidden units the per-stream readout covers (the model's hidden size, at most this)
+N_PROFILE = READOUT + MAX_READOUT  # 184 columns: with the scalars, 888 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -74,6 +78,13 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     peak_hold_seconds: float
+    season_min_days: float
+    season_min_r2: float
+    season_prior: float
+    protect_decades: float
+    robust_clip: float
+    forecast_window: float
+    readout_rate: float
     alpha: float  # the normaliser's
     min_scale: float
     rel_scale: float
@@ -161,9 +172,11 @@ def sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(**_JIT_SIMD)
-def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
+def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray,
+              readout: np.ndarray) -> tuple[float, float]:
     """One LSTM step of one stream (torch's `LSTMCell`), h and c [H] updated in place; returns (mean,
-    log_std) of the next normalised value. ``gates`` [4H] is scratch."""
+    log_std) of the next normalised value, the mean read out with the weights plus the stream's own
+    correction ``readout`` [H] (zeros: the model's). ``gates`` [4H] is scratch."""
     hidden = h.shape[0]
     xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
     for k in range(4 * hidden):
@@ -179,7 +192,7 @@ def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndar
         h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
     mean, log_std = w.head_b[0], w.head_b[1]
     for j in range(hidden):
-        mean += w.head_w[0, j] * h[j]
+        mean += (w.head_w[0, j] + readout[j]) * h[j]
         log_std += w.head_w[1, j] * h[j]
     return float(mean), min(max(float(log_std), LOG_STD_MIN), LOG_STD_MAX)
 
@@ -221,14 +234,16 @@ def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | Normalise
 @numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float, ts: float, error: float,
                p: Params) -> float:
-    """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
-    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
+    """Score one tick from its kinds of evidence (detector docstring), learning it into the stream's
+    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [N_TAILS, TAIL_LEVELS]
     (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
     n = st[N]  # ticks before this one
     settle = min(SETTLE, p.warmup)
     learned = max(n - settle, 0.0)  # surprises learned before this one
     learn = n >= settle
     live = n >= p.warmup
+    if n < 1:
+        st[START_TS] = ts
 
     # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
     # certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
@@ -245,20 +260,41 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
     # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
     # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
+    # With `robust_clip`, a tick moves them by at most that many of their standard deviations (Huber).
     hours = min(max(ts - st[LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
+    level_scale = _scale(st[LEVEL_MEAN], st[LEVEL_VAR], p)
     delta = value - st[LEVEL_MEAN]
+    if p.robust_clip > 0 and learned >= 1:
+        delta = min(max(delta, -p.robust_clip * level_scale), p.robust_clip * level_scale)
     level_mean = st[LEVEL_MEAN] + level_rate * delta
     level_var = (1.0 - level_rate) * (st[LEVEL_VAR] + level_rate * delta * delta)
     st[LEVEL_MEAN], st[LEVEL_VAR] = level_mean, level_var
     level = (value - level_mean) / _scale(level_mean, level_var, p)
 
-    # Time-of-day profile of the level: this tick's bin.
+    # Time-of-day profile of the level: this tick's bin. It scores once the bin has a few visits, the stream
+    # has covered `season_min_days` days, and (with `season_min_r2`) the profile explains that share of the
+    # level's variance; until then the level itself is the statistic (the profile of one flat bin).
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
     bin_mean, bin_var, visits = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b]), float(prof[BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
+    if p.season_min_days > 0 or p.season_min_r2 > 0:
+        profiled = ts - st[START_TS] >= p.season_min_days * _DAY
+        if profiled and p.season_min_r2 > 0:
+            residual = 0.0
+            for k in range(SEASON_BINS):
+                residual += prof[BIN_VAR + k]
+            profiled = residual * (1.0 / SEASON_BINS) <= 1.0 - p.season_min_r2
+        if not profiled:
+            bin_mean, bin_var, seasoned = 0.0, 1.0, learned >= 1
+    if p.season_prior > 0 and seasoned:
+        # A young bin is shrunk towards the level's own distribution (mean 0, variance 1) as if that had been
+        # seen `season_prior` times: a bin with three visits (the first hour of a new day) is not a yardstick.
+        shrink = visits / (visits + p.season_prior)
+        bin_var = shrink * (bin_var + (1.0 - shrink) * bin_mean * bin_mean) + (1.0 - shrink)
+        bin_mean = shrink * bin_mean
 
-    # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
+    # The surprise statistics, their calibrated tails (-log10 p), and learning them.
     std = st[PRED_STD]
     forecast_surprise = error / std if std > 0 else 0.0
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
@@ -269,19 +305,38 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
-    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
+    # With `forecast_window`: the forecast surprise's short EW mean too (HTM's anomaly likelihood: a run
+    # of moderately surprising ticks is as telling as one very surprising tick).
+    forecast_short = 0.0
+    if p.forecast_window > 0:
+        log_forecast = math.log1p(forecast_surprise)
+        fshort = (st[FORECAST_SHORT] + (2.0 / (p.forecast_window + 1.0)) * (log_forecast - st[FORECAST_SHORT])
+                  if learned >= 1 else log_forecast)
+        forecast_short = math.expm1(fshort)
+        evidence = max(evidence, tail_decades(rates[3], forecast_short, p.tail_index))
+        if learn:
+            st[FORECAST_SHORT] = fshort
+    season_part = max(season_decades, short_decades) if seasoned else 0.0
+    # Protected statistics: a tick flagged this strongly (by any evidence) is not learned into the tails.
+    flagged = p.protect_decades > 0 and live and max(evidence, season_part) >= p.protect_decades
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel and not flagged else 0.0
     learn_tail(rates[0], forecast_surprise, weight)
+    if p.forecast_window > 0:
+        learn_tail(rates[3], forecast_short, weight)
     if seasoned:
         learn_tail(rates[1], season, weight)
         learn_tail(rates[2], season_short, weight)
         if learn:
             st[SEASON_SHORT] = short
-    season_part = max(season_decades, short_decades) if seasoned else 0.0
 
     # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset stream's
     # LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
+    bin_mean, bin_var = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b])
     rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
     delta = level - bin_mean
+    if p.robust_clip > 0 and visits >= SEASON_MIN_VISITS:
+        bin_scale = math.sqrt(bin_var + SEASON_FLOOR ** 2)
+        delta = min(max(delta, -p.robust_clip * bin_scale), p.robust_clip * bin_scale)
     prof[BIN_MEAN + b] = bin_mean + rate * delta
     prof[BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
     prof[BIN_COUNT + b] = visits + 1.0
@@ -348,7 +403,9 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     """For each tick i in order: reset its stream's state (slot ``rows[i]``) if ``reset[i]``, score the
     value against the stream's forecast, then advance the stream's normaliser and LSTM one step and keep the
     forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
-    rates = np.empty((3, TAIL_LEVELS))
+    rates = np.empty((N_TAILS, TAIL_LEVELS))
+    hidden = h.shape[1]
+    spare = np.zeros(hidden, dtype=np.float32)  # the model's own readout, for a model wider than MAX_READOUT
     gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
@@ -363,12 +420,26 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             prof[:] = 0.0
             h[r, :] = 0.0
             c[r, :] = 0.0
-        for k in range(3 * TAIL_LEVELS):
+        for k in range(N_TAILS * TAIL_LEVELS):
             rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[TAILS + k]
 
         n = st[N]
         forecast[i] = st[PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[PRED]) if n >= 1 else np.nan
+        readout = prof[READOUT:READOUT + hidden] if hidden <= MAX_READOUT else spare
+        if p.readout_rate > 0 and n >= SETTLE:
+            # The stream's own readout: one normalised-LMS step on the forecast's error in the units the
+            # forecast was made in (the normaliser before this value), on the state that made it.
+            before = _scale(st[MEAN], st[VAR], p)
+            target = min(max((v - st[MEAN]) / before, -INPUT_CLIP), INPUT_CLIP)
+            miss = target - (st[PRED] - st[MEAN]) / before
+            miss = min(max(miss, -p.robust_clip), p.robust_clip) if p.robust_clip > 0 else miss
+            norm = 1.0
+            for j in range(hidden):
+                norm += h[r, j] * h[r, j]
+            step = p.readout_rate * miss / norm
+            for j in range(hidden):
+                readout[j] += step * h[r, j]
         mean, var, scale = normalise(n, st[MEAN], st[VAR], v, p)
         s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
@@ -377,11 +448,11 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             st[PEAK], st[PEAK_TS] = s, t
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
-        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates)
+        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates, readout)
         st[N], st[MEAN], st[VAR] = n + 1.0, mean, var
         st[PRED] = mean + scale * mu
         st[PRED_STD] = scale * math.exp(log_std)
-        for k in range(3 * TAIL_LEVELS):
+        for k in range(N_TAILS * TAIL_LEVELS):
             prof[TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
     return touched  # returned so that the compiler keeps the loads
 
