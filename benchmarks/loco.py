@@ -51,6 +51,7 @@ CACHE = Path(os.environ.get("LOCO_CACHE", "/tmp/streamer-loco"))
 CORPORA = ("nab", "msl", "skab")
 PROFILES = DEFAULT_PROFILES
 RANDOM_SEEDS = 5
+FOLD_LOG: list | None = None  # --folds: (fold, threshold, held-out standard score) of each fold
 RANDOM_INIT = CACHE / "random_init.pt"  # same shape as the bundled model, untrained (made on first use)
 
 # name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model).
@@ -186,7 +187,10 @@ def held_out(members: list[Scored], profile: nab.Profile, choose) -> float:
         train = [s for s, f in zip(member.series(), member.folds) if f != fold]
         test = [s for s, f in zip(member.series(), member.folds) if f == fold]
         threshold = nab.sweep(train, profile).threshold
-        raw += math.fsum(nab.file_raw_score(s, threshold, profile) for s in test)
+        part = math.fsum(nab.file_raw_score(s, threshold, profile) for s in test)
+        raw += part
+        if FOLD_LOG is not None and profile is PROFILES[0] and any(s.windows for s in test):
+            FOLD_LOG.append((fold, threshold, nab.normalise(part, test, profile)))
     return nab.normalise(raw, base.series(), profile)
 
 
@@ -266,6 +270,7 @@ def main() -> int:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS),
                         help="variant names from VARIANTS, or name:key=value,... ; a family: "
                              "name:key=[a,b,c] (every combination, chosen per held-out fold)")
+    parser.add_argument("--folds", action="store_true", help="also print each held-out fold's standard score")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
     rows, cache = [], {}
@@ -283,7 +288,11 @@ def main() -> int:
         for member, member_overrides in members.items():
             for c in CORPORA:
                 cache[(member, c)] = score(member, member_overrides, c)
+        global FOLD_LOG
+        FOLD_LOG = [] if args.folds else None
         rows.append(evaluate_family(name, members, cache))
+        if FOLD_LOG:
+            print(f"{name} held-out folds (standard): " + ", ".join(f"{f} {v:.1f} @{t:.3f}" for f, t, v in FOLD_LOG))
         print(f"  evaluated {name}", file=sys.stderr)
     any_member = next(iter(cache))[0]
     rows.append(random_row({c: cache[(any_member, c)] for c in CORPORA}))

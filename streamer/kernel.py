@@ -31,7 +31,9 @@ PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick t
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
 INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
 START_TS, FORECAST_SHORT = 17, 18  # the first tick's time since the (re)start; short EW mean of log1p(forecast surprise)
-N_SCALARS = 19
+ERROR_SCALE = 19  # EW mean of the forecast's |error| (`forecast_scale`)
+LAST_VALUE = 20  # the stream's last value (the base of a "change" model's forecast)
+N_SCALARS = 21
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
@@ -72,6 +74,10 @@ class Params(NamedTuple):
     tail_memory: float
     tail_index: float
     forecast_evidence: float  # 1.0 or 0.0
+    season_evidence: float  # 1.0 or 0.0
+    forecast_weight: float
+    forecast_instant: float
+    combine: float
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -79,21 +85,25 @@ class Params(NamedTuple):
     incident_ticks: float
     peak_hold_seconds: float
     season_min_days: float
+    tail_memory_days: float
     season_min_r2: float
     season_prior: float
     protect_decades: float
     robust_clip: float
     forecast_window: float
     readout_rate: float
+    forecast_scale: float
+    change_target: float  # 1.0: the model forecasts the change from the last value (ModelSpec.target)
     alpha: float  # the normaliser's
     min_scale: float
     rel_scale: float
 
 
-def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
-    """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
+def params(settings: DetectorSettings, normaliser: NormaliserSpec, target: str = "level") -> Params:
+    """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec` and target."""
     detector = {name: float(getattr(settings, name)) for name in Params._fields if hasattr(settings, name)}
-    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
+    return Params(**detector, change_target=float(target == "change"), alpha=normaliser.alpha,
+                  min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
 
 
 class Weights(NamedTuple):
@@ -278,6 +288,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
     bin_mean, bin_var, visits = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b]), float(prof[BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
+    flat = False
     if p.season_min_days > 0 or p.season_min_r2 > 0:
         profiled = ts - st[START_TS] >= p.season_min_days * _DAY
         if profiled and p.season_min_r2 > 0:
@@ -286,16 +297,25 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
                 residual += prof[BIN_VAR + k]
             profiled = residual * (1.0 / SEASON_BINS) <= 1.0 - p.season_min_r2
         if not profiled:
-            bin_mean, bin_var, seasoned = 0.0, 1.0, learned >= 1
-    if p.season_prior > 0 and seasoned:
-        # A young bin is shrunk towards the level's own distribution (mean 0, variance 1) as if that had been
-        # seen `season_prior` times: a bin with three visits (the first hour of a new day) is not a yardstick.
+            bin_mean, bin_var, seasoned, flat = 0.0, 1.0, learned >= 1, True
+    if p.season_prior > 0 and seasoned and not flat:
+        # A young bin is shrunk towards the profile as a whole, as if that had been seen `season_prior` times:
+        # its mean towards the level's (0), its variance towards the mean variance of the stream's seasoned
+        # bins. A bin with three visits (the first hour of a new day) is not a yardstick on its own.
+        pooled, bins = 0.0, 0.0
+        for k in range(SEASON_BINS):
+            if prof[BIN_COUNT + k] >= SEASON_MIN_VISITS:
+                pooled += prof[BIN_VAR + k]
+                bins += 1.0
+        pooled = pooled / bins if bins > 0 else bin_var
         shrink = visits / (visits + p.season_prior)
-        bin_var = shrink * (bin_var + (1.0 - shrink) * bin_mean * bin_mean) + (1.0 - shrink)
+        bin_var = shrink * (bin_var + (1.0 - shrink) * bin_mean * bin_mean) + (1.0 - shrink) * pooled
         bin_mean = shrink * bin_mean
 
     # The surprise statistics, their calibrated tails (-log10 p), and learning them.
-    std = st[PRED_STD]
+    # Forecast surprise: |error| in units of the LSTM's predicted standard deviation, or (`forecast_scale`)
+    # of this stream's own recent forecast errors: how surprising the miss is for this forecaster here.
+    std = st[PRED_STD] if p.forecast_scale == 0 else st[ERROR_SCALE]
     forecast_surprise = error / std if std > 0 else 0.0
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
@@ -313,14 +333,22 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
         fshort = (st[FORECAST_SHORT] + (2.0 / (p.forecast_window + 1.0)) * (log_forecast - st[FORECAST_SHORT])
                   if learned >= 1 else log_forecast)
         forecast_short = math.expm1(fshort)
-        evidence = max(evidence, tail_decades(rates[3], forecast_short, p.tail_index))
+        short_evidence = tail_decades(rates[3], forecast_short, p.tail_index)
+        evidence = max(evidence, short_evidence) if p.forecast_instant else short_evidence
         if learn:
             st[FORECAST_SHORT] = fshort
     season_part = max(season_decades, short_decades) if seasoned else 0.0
     # Protected statistics: a tick flagged this strongly (by any evidence) is not learned into the tails.
     flagged = p.protect_decades > 0 and live and max(evidence, season_part) >= p.protect_decades
-    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel and not flagged else 0.0
+    # The tails' memory: `tail_memory` ticks, or with `tail_memory_days` that many days of the stream's own
+    # time (each tick weighing the share of an hour it covers, as the profile does).
+    forget = hours * (1.0 / (SEASON_BINS * p.tail_memory_days)) if p.tail_memory_days > 0 else 1.0 / p.tail_memory
+    weight = max(1.0 / (learned + 1.0), forget) if learn and not novel and not flagged else 0.0
     learn_tail(rates[0], forecast_surprise, weight)
+    if p.forecast_scale > 0 and (weight > 0 or learned < 1):
+        # The scale learns with the tails' weight, a miss counting at most `forecast_scale` times the scale.
+        capped = min(error, p.forecast_scale * st[ERROR_SCALE]) if st[ERROR_SCALE] > 0 else error
+        st[ERROR_SCALE] += max(weight, 1.0 / (n + 1.0)) * (capped - st[ERROR_SCALE])
     if p.forecast_window > 0:
         learn_tail(rates[3], forecast_short, weight)
     if seasoned:
@@ -348,7 +376,13 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     if live:
         st[DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
 
+    # The forecast's decades weigh `forecast_weight` (its tails are calibrated like the others', but the two
+    # surprises are not equally telling: the weight is chosen out of sample, docs/detection.md).
+    forecast_part *= p.forecast_weight
+    season_part *= p.season_evidence
     strongest = max(forecast_part, season_part, DECADES if novel else 0.0)
+    if p.combine > 0:  # joint evidence: the decades of both add (Fisher's product of the two p-values)
+        strongest = max(strongest, forecast_part + season_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
@@ -431,8 +465,9 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             # The stream's own readout: one normalised-LMS step on the forecast's error in the units the
             # forecast was made in (the normaliser before this value), on the state that made it.
             before = _scale(st[MEAN], st[VAR], p)
-            target = min(max((v - st[MEAN]) / before, -INPUT_CLIP), INPUT_CLIP)
-            miss = target - (st[PRED] - st[MEAN]) / before
+            base = st[LAST_VALUE] if p.change_target else st[MEAN]
+            target = min(max((v - base) / before, -INPUT_CLIP), INPUT_CLIP)
+            miss = target - (st[PRED] - base) / before
             miss = min(max(miss, -p.robust_clip), p.robust_clip) if p.robust_clip > 0 else miss
             norm = 1.0
             for j in range(hidden):
@@ -450,7 +485,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
         mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates, readout)
         st[N], st[MEAN], st[VAR] = n + 1.0, mean, var
-        st[PRED] = mean + scale * mu
+        st[PRED] = (v if p.change_target else mean) + scale * mu
+        st[LAST_VALUE] = v
         st[PRED_STD] = scale * math.exp(log_std)
         for k in range(N_TAILS * TAIL_LEVELS):
             prof[TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]

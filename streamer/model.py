@@ -37,10 +37,18 @@ class NormaliserSpec(NamedTuple):
     rel_scale: float = 1e-3  # relative floor: a fraction of |mean|, for flat or quantised streams
 
 
+TARGETS = ("level", "change")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     hidden_size: int = 64
     normaliser: NormaliserSpec = field(default_factory=NormaliserSpec)
+    # What the head predicts, in units of the normaliser's scale: "level", the next value's offset from the
+    # normaliser's mean (forecast = mean + scale * mu); "change", its offset from the last value (forecast =
+    # last value + scale * mu: persistence is the model's baseline, and a level shift does not leave the
+    # forecast behind the stream for the normaliser's memory).
+    target: str = "level"
 
 
 class Forecaster(nn.Module):
@@ -83,7 +91,8 @@ class Forecaster(nn.Module):
         blob = {
             "format": FORMAT,
             "version": VERSION,
-            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict()},
+            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict(),
+                     "target": self.spec.target},
             "training": training,
             "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
         }
@@ -108,8 +117,10 @@ class Forecaster(nn.Module):
         if blob.get("version") != VERSION:
             raise ValueError(f"{path}: model format version {blob.get('version')}, this build reads {VERSION}")
         spec = blob["spec"]
-        model = cls(ModelSpec(hidden_size=int(spec["hidden_size"]),
-                              normaliser=NormaliserSpec(**spec["normaliser"])))
+        if spec.get("target", "level") not in TARGETS:
+            raise ValueError(f"{path}: unknown forecast target {spec.get('target')!r}")
+        model = cls(ModelSpec(hidden_size=int(spec["hidden_size"]), normaliser=NormaliserSpec(**spec["normaliser"]),
+                              target=str(spec.get("target", "level"))))
         model.load_state_dict(blob["state_dict"])
         model.training_info = dict(blob["training"])
         model.eval()
