@@ -113,11 +113,13 @@ def corpus_files(corpus: str) -> tuple[Path, list[Path], dict]:
 
 def model_path(overrides: dict) -> Path | None:
     path = overrides.get("model")
-    if path == "RANDOM_INIT":
-        if not RANDOM_INIT.exists():
+    if path and path.startswith("RANDOM_INIT"):  # RANDOM_INIT or RANDOM_INIT:<seed>
+        seed = int(path.split(":")[1]) if ":" in path else 0
+        target = RANDOM_INIT if seed == 0 else RANDOM_INIT.with_name(f"random_init_{seed}.pt")
+        if not target.exists():
             bundled = Forecaster.load()
-            Forecaster.random_init(bundled.spec, seed=0).save(RANDOM_INIT, {"random_init": True, "seed": 0})
-        return RANDOM_INIT
+            Forecaster.random_init(bundled.spec, seed=seed).save(target, {"random_init": True, "seed": seed})
+        return target
     return Path(path) if path else None
 
 

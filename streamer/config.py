@@ -148,7 +148,14 @@ class DetectorSettings(Section):
     forecast_weight: float = Field(1.0, ge=0, description="weight of the forecast evidence's decades in the score")
     forecast_instant: bool = Field(True, description="with forecast_window: score the single tick's surprise too "
                                    "(false: only the short mean)")
-    combine: bool = Field(False, description="also score forecast + time-of-day decades together (joint evidence)")
+    gate_weight: float = Field(1.0, gt=0, description="combine = 2: the time-of-day evidence counts up to this many "
+                               "times the forecast's decades")
+    novelty_calibrated: bool = Field(False, description="range novelty scored by the stream's own rate of novel "
+                                     "ticks (false: certain, p = 1e-10)")
+    combine: int = Field(0, ge=0, le=6, description="0: the strongest evidence; 1: also forecast + time-of-day "
+                         "decades (joint); 2: time-of-day only as far as the forecast is surprised too (min); "
+                         "3: their geometric mean; 4: as 2 for the single tick's time-of-day surprise only, not its short mean; "
+                         "5: as 2 for the short mean only; 6: as 2 against the forecast's recent (decaying) maximum surprise")
     season_evidence: bool = Field(True, description="score the time-of-day / level evidence (false: ablation only)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")

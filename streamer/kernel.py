@@ -33,7 +33,8 @@ INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the curr
 START_TS, FORECAST_SHORT = 17, 18  # the first tick's time since the (re)start; short EW mean of log1p(forecast surprise)
 ERROR_SCALE = 19  # EW mean of the forecast's |error| (`forecast_scale`)
 LAST_VALUE = 20  # the stream's last value (the base of a "change" model's forecast)
-N_SCALARS = 21
+NOVEL_RATE = 21  # EW rate of range-novel ticks (`novelty_calibrated`)
+N_SCALARS = 22
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
@@ -77,6 +78,8 @@ class Params(NamedTuple):
     season_evidence: float  # 1.0 or 0.0
     forecast_weight: float
     forecast_instant: float
+    novelty_calibrated: float
+    gate_weight: float
     combine: float
     refractory_halflife: float
     range_margin: float
@@ -380,8 +383,35 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # surprises are not equally telling: the weight is chosen out of sample, docs/detection.md).
     forecast_part *= p.forecast_weight
     season_part *= p.season_evidence
-    strongest = max(forecast_part, season_part, DECADES if novel else 0.0)
-    if p.combine > 0:  # joint evidence: the decades of both add (Fisher's product of the two p-values)
+    # Range novelty: certain (p = 1e-10), or (`novelty_calibrated`) as rare as this stream's own novel ticks
+    # have been (an EW rate with a prior of half a tick), times a Pareto tail in how far beyond the margin.
+    novel_part = DECADES if novel else 0.0
+    if p.novelty_calibrated > 0 and learn and learned >= 1:
+        if novel:
+            rate = max(st[NOVEL_RATE], 0.5 / (learned + 1.0))
+            novel_part = min(-math.log10(rate) + p.tail_index * math.log10(beyond / max(p.range_margin, 1e-12)),
+                             DECADES)
+        forget_novel = max(1.0 / (learned + 1.0), forget)
+        st[NOVEL_RATE] += forget_novel * ((1.0 if novel else 0.0) - st[NOVEL_RATE])
+    # With the LSTM's evidence off (`forecast_evidence = false`) the LSTM contributes nothing at all.
+    if p.combine == 2.0 and p.forecast_evidence:
+        # The time-of-day surprise counts only as far as the forecast was surprised too (`gate_weight`
+        # times its decades): a value the stream's own dynamics led up to is not a time-of-day anomaly.
+        season_part = min(season_part, p.gate_weight * evidence)
+    elif p.combine == 3.0 and p.forecast_evidence:  # ... or as the geometric mean of the two
+        season_part = math.sqrt(season_part * p.gate_weight * evidence)
+    elif p.combine == 4.0 and p.forecast_evidence and seasoned:
+        # Only the single tick's time-of-day surprise is gated; its short mean (a pattern that has changed
+        # for a while, which a forecaster of the next tick follows) counts on its own.
+        season_part = max(min(season_decades, p.gate_weight * evidence), short_decades)
+    elif p.combine == 5.0 and p.forecast_evidence and seasoned:  # ... or the short mean only
+        season_part = max(season_decades, min(short_decades, p.gate_weight * evidence))
+    elif p.combine == 6.0 and p.forecast_evidence:
+        # As 2, against the forecast's recent surprise (its decaying maximum, half-life
+        # `refractory_halflife`): a time-of-day anomaly must come with, or soon after, a surprise to the LSTM.
+        season_part = min(season_part, p.gate_weight * max(evidence, damp))
+    strongest = max(forecast_part, season_part, novel_part)
+    if p.combine == 1.0:  # joint evidence: the decades of both add (Fisher's product of the two p-values)
         strongest = max(strongest, forecast_part + season_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
