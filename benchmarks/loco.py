@@ -57,8 +57,11 @@ RANDOM_INIT = CACHE / "random_init.pt"  # same shape as the bundled model, untra
 # name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model).
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "no_forecast": {"forecast_evidence": False},
-    "random_init": {"model": "RANDOM_INIT"},
+    "no_forecast": {"forecast_evidence": False},  # the LSTM contributes nothing
+    "random_init": {"model": "RANDOM_INIT"},  # the same detector with an untrained LSTM of the same shape
+    "gated": {"season_gate": 1.0},  # time-of-day evidence only as far as the LSTM is surprised too
+    "gated_no_forecast": {"season_gate": 1.0, "forecast_evidence": False},  # = no_forecast
+    "gated_random_init": {"season_gate": 1.0, "model": "RANDOM_INIT"},
 }
 
 
@@ -259,7 +262,7 @@ def print_table(rows: list[Row]) -> None:
         for r in rows:
             ins, loco = r.figures[c]
             print(f"{r.name:<{width}}  {fmt(ins)}  {fmt(loco)}")
-    print(f"\nsummary, standard profile (mean of the three corpora)")
+    print("\nsummary, standard profile (mean of the three corpora)")
     print(f"{'variant':<{width}}  {'nab in/LOCO':>15}  {'msl in/LOCO':>15}  {'skab in/LOCO':>15}  {'mean LOCO':>9}")
     for r in rows:
         cells = [f"{r.figures[c][0][0]:6.2f}/{r.figures[c][1][0]:6.2f}" for c in CORPORA]

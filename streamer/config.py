@@ -145,43 +145,16 @@ class DetectorSettings(Section):
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
     forecast_evidence: bool = Field(True, description="score the LSTM's forecast surprise (false: an output only)")
-    forecast_weight: float = Field(1.0, ge=0, description="weight of the forecast evidence's decades in the score")
-    forecast_instant: bool = Field(True, description="with forecast_window: score the single tick's surprise too "
-                                   "(false: only the short mean)")
-    gate_weight: float = Field(1.0, gt=0, description="combine = 2: the time-of-day evidence counts up to this many "
-                               "times the forecast's decades")
-    novelty_calibrated: bool = Field(False, description="range novelty scored by the stream's own rate of novel "
-                                     "ticks (false: certain, p = 1e-10)")
-    combine: int = Field(0, ge=0, le=6, description="0: the strongest evidence; 1: also forecast + time-of-day "
-                         "decades (joint); 2: time-of-day only as far as the forecast is surprised too (min); "
-                         "3: their geometric mean; 4: as 2 for the single tick's time-of-day surprise only, not its short mean; "
-                         "5: as 2 for the short mean only; 6: as 2 against the forecast's recent (decaying) maximum surprise")
-    season_evidence: bool = Field(True, description="score the time-of-day / level evidence (false: ablation only)")
+    season_evidence: bool = Field(True, description="score the time-of-day evidence (false: an ablation, for "
+                                  "benchmarks/loco.py)")
+    season_gate: float = Field(0.0, ge=0, description="time-of-day evidence counts up to this many times the "
+                               "forecast's decades (the LSTM must be surprised too); 0: ungated")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     incident_ticks: float = Field(12, ge=0, description="ticks: after an alarm only a higher score counts; 0 off")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
-    tail_memory_days: float = Field(0.0, ge=0, description="days of the stream's own time: memory of its surprise "
-                                    "distributions (replaces tail_memory); 0: tail_memory ticks")
-    season_min_days: float = Field(0.0, ge=0, description="days a stream must cover before its time-of-day "
-                                   "profile scores (before: the level against the slow statistics); 0: at once")
-    season_min_r2: float = Field(0.0, ge=0, lt=1, description="the profile scores only while it explains this "
-                                 "share of the level's variance; 0: always")
-    season_prior: float = Field(0.0, ge=0, description="visits: a time-of-day bin is shrunk towards the level's "
-                                "distribution as if that had been seen this many times; 0: off")
-    protect_decades: float = Field(0.0, ge=0, description="a tick with evidence this strong (-log10 p) is not "
-                                   "learned into the surprise tails; 0: off")
-    robust_clip: float = Field(0.0, ge=0, description="slow level and profile move by at most this many standard "
-                               "deviations a tick (Huber); 0: off")
-    forecast_window: float = Field(0.0, ge=0, description="ticks: span of the short mean of forecast surprise, "
-                                   "scored as forecast evidence too; 0: off")
-    forecast_scale: float = Field(0.0, ge=0, description="forecast surprise in units of the stream's own EW mean "
-                                  "|error| (a miss counts at most this many of them) instead of the LSTM's predicted "
-                                  "std; 0: the predicted std")
-    readout_rate: float = Field(0.0, ge=0, description="per-stream NLMS step size of the LSTM's mean readout; 0: the "
-                                "model's readout as trained")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
 

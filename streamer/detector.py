@@ -144,10 +144,8 @@ class Detector:
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         self.model = model.eval()
         self.settings = settings
-        if settings.readout_rate > 0 and model.hidden_size > kernel.MAX_READOUT:
-            raise ValueError(f"readout_rate needs a model of at most {kernel.MAX_READOUT} hidden units")
         self._weights = kernel.lstm_weights(model)
-        self._params = kernel.params(settings, model.spec.normaliser, model.spec.target)
+        self._params = kernel.params(settings, model.spec.normaliser)
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = []
         self._free: list[int] = []

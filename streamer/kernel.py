@@ -30,24 +30,17 @@ SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
 INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
-START_TS, FORECAST_SHORT = 17, 18  # the first tick's time since the (re)start; short EW mean of log1p(forecast surprise)
-ERROR_SCALE = 19  # EW mean of the forecast's |error| (`forecast_scale`)
-LAST_VALUE = 20  # the stream's last value (the base of a "change" model's forecast)
-NOVEL_RATE = 21  # EW rate of range-novel ticks (`novelty_calibrated`)
-N_SCALARS = 22
+N_SCALARS = 17
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-N_TAILS = 4  # exceedance rates of the forecast surprise, the time-of-day surprise, its short mean, and the
-TAILS = 0  # forecast surprise's short mean
-BIN_MEAN = TAILS + N_TAILS * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
+TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
+BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-READOUT = BIN_COUNT + SEASON_BINS  # the stream's own correction to the forecaster's mean readout (`readout_rate`)
-MAX_READOUT = 64  # hidden units the per-stream readout covers (the model's hidden size, at most this)
-N_PROFILE = READOUT + MAX_READOUT  # 184 columns: with the scalars, 888 bytes a stream besides h and c
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 568 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -76,37 +69,22 @@ class Params(NamedTuple):
     tail_index: float
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
-    forecast_weight: float
-    forecast_instant: float
-    novelty_calibrated: float
-    gate_weight: float
-    combine: float
+    season_gate: float  # 0: off
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
     season_window: float
     incident_ticks: float
     peak_hold_seconds: float
-    season_min_days: float
-    tail_memory_days: float
-    season_min_r2: float
-    season_prior: float
-    protect_decades: float
-    robust_clip: float
-    forecast_window: float
-    readout_rate: float
-    forecast_scale: float
-    change_target: float  # 1.0: the model forecasts the change from the last value (ModelSpec.target)
     alpha: float  # the normaliser's
     min_scale: float
     rel_scale: float
 
 
-def params(settings: DetectorSettings, normaliser: NormaliserSpec, target: str = "level") -> Params:
-    """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec` and target."""
+def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
+    """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
     detector = {name: float(getattr(settings, name)) for name in Params._fields if hasattr(settings, name)}
-    return Params(**detector, change_target=float(target == "change"), alpha=normaliser.alpha,
-                  min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
+    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
 
 
 class Weights(NamedTuple):
@@ -185,11 +163,9 @@ def sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(**_JIT_SIMD)
-def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray,
-              readout: np.ndarray) -> tuple[float, float]:
+def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
     """One LSTM step of one stream (torch's `LSTMCell`), h and c [H] updated in place; returns (mean,
-    log_std) of the next normalised value, the mean read out with the weights plus the stream's own
-    correction ``readout`` [H] (zeros: the model's). ``gates`` [4H] is scratch."""
+    log_std) of the next normalised value. ``gates`` [4H] is scratch."""
     hidden = h.shape[0]
     xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
     for k in range(4 * hidden):
@@ -205,7 +181,7 @@ def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndar
         h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
     mean, log_std = w.head_b[0], w.head_b[1]
     for j in range(hidden):
-        mean += (w.head_w[0, j] + readout[j]) * h[j]
+        mean += w.head_w[0, j] * h[j]
         log_std += w.head_w[1, j] * h[j]
     return float(mean), min(max(float(log_std), LOG_STD_MIN), LOG_STD_MAX)
 
@@ -247,16 +223,14 @@ def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | Normalise
 @numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float, ts: float, error: float,
                p: Params) -> float:
-    """Score one tick from its kinds of evidence (detector docstring), learning it into the stream's
-    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [N_TAILS, TAIL_LEVELS]
+    """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
+    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
     (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
     n = st[N]  # ticks before this one
     settle = min(SETTLE, p.warmup)
     learned = max(n - settle, 0.0)  # surprises learned before this one
     learn = n >= settle
     live = n >= p.warmup
-    if n < 1:
-        st[START_TS] = ts
 
     # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
     # certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
@@ -273,52 +247,21 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
     # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
     # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
-    # With `robust_clip`, a tick moves them by at most that many of their standard deviations (Huber).
     hours = min(max(ts - st[LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
-    level_scale = _scale(st[LEVEL_MEAN], st[LEVEL_VAR], p)
     delta = value - st[LEVEL_MEAN]
-    if p.robust_clip > 0 and learned >= 1:
-        delta = min(max(delta, -p.robust_clip * level_scale), p.robust_clip * level_scale)
     level_mean = st[LEVEL_MEAN] + level_rate * delta
     level_var = (1.0 - level_rate) * (st[LEVEL_VAR] + level_rate * delta * delta)
     st[LEVEL_MEAN], st[LEVEL_VAR] = level_mean, level_var
     level = (value - level_mean) / _scale(level_mean, level_var, p)
 
-    # Time-of-day profile of the level: this tick's bin. It scores once the bin has a few visits, the stream
-    # has covered `season_min_days` days, and (with `season_min_r2`) the profile explains that share of the
-    # level's variance; until then the level itself is the statistic (the profile of one flat bin).
+    # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
     bin_mean, bin_var, visits = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b]), float(prof[BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
-    flat = False
-    if p.season_min_days > 0 or p.season_min_r2 > 0:
-        profiled = ts - st[START_TS] >= p.season_min_days * _DAY
-        if profiled and p.season_min_r2 > 0:
-            residual = 0.0
-            for k in range(SEASON_BINS):
-                residual += prof[BIN_VAR + k]
-            profiled = residual * (1.0 / SEASON_BINS) <= 1.0 - p.season_min_r2
-        if not profiled:
-            bin_mean, bin_var, seasoned, flat = 0.0, 1.0, learned >= 1, True
-    if p.season_prior > 0 and seasoned and not flat:
-        # A young bin is shrunk towards the profile as a whole, as if that had been seen `season_prior` times:
-        # its mean towards the level's (0), its variance towards the mean variance of the stream's seasoned
-        # bins. A bin with three visits (the first hour of a new day) is not a yardstick on its own.
-        pooled, bins = 0.0, 0.0
-        for k in range(SEASON_BINS):
-            if prof[BIN_COUNT + k] >= SEASON_MIN_VISITS:
-                pooled += prof[BIN_VAR + k]
-                bins += 1.0
-        pooled = pooled / bins if bins > 0 else bin_var
-        shrink = visits / (visits + p.season_prior)
-        bin_var = shrink * (bin_var + (1.0 - shrink) * bin_mean * bin_mean) + (1.0 - shrink) * pooled
-        bin_mean = shrink * bin_mean
 
-    # The surprise statistics, their calibrated tails (-log10 p), and learning them.
-    # Forecast surprise: |error| in units of the LSTM's predicted standard deviation, or (`forecast_scale`)
-    # of this stream's own recent forecast errors: how surprising the miss is for this forecaster here.
-    std = st[PRED_STD] if p.forecast_scale == 0 else st[ERROR_SCALE]
+    # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
+    std = st[PRED_STD]
     forecast_surprise = error / std if std > 0 else 0.0
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
@@ -328,46 +271,19 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
-    # With `forecast_window`: the forecast surprise's short EW mean too (HTM's anomaly likelihood: a run
-    # of moderately surprising ticks is as telling as one very surprising tick).
-    forecast_short = 0.0
-    if p.forecast_window > 0:
-        log_forecast = math.log1p(forecast_surprise)
-        fshort = (st[FORECAST_SHORT] + (2.0 / (p.forecast_window + 1.0)) * (log_forecast - st[FORECAST_SHORT])
-                  if learned >= 1 else log_forecast)
-        forecast_short = math.expm1(fshort)
-        short_evidence = tail_decades(rates[3], forecast_short, p.tail_index)
-        evidence = max(evidence, short_evidence) if p.forecast_instant else short_evidence
-        if learn:
-            st[FORECAST_SHORT] = fshort
-    season_part = max(season_decades, short_decades) if seasoned else 0.0
-    # Protected statistics: a tick flagged this strongly (by any evidence) is not learned into the tails.
-    flagged = p.protect_decades > 0 and live and max(evidence, season_part) >= p.protect_decades
-    # The tails' memory: `tail_memory` ticks, or with `tail_memory_days` that many days of the stream's own
-    # time (each tick weighing the share of an hour it covers, as the profile does).
-    forget = hours * (1.0 / (SEASON_BINS * p.tail_memory_days)) if p.tail_memory_days > 0 else 1.0 / p.tail_memory
-    weight = max(1.0 / (learned + 1.0), forget) if learn and not novel and not flagged else 0.0
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(rates[0], forecast_surprise, weight)
-    if p.forecast_scale > 0 and (weight > 0 or learned < 1):
-        # The scale learns with the tails' weight, a miss counting at most `forecast_scale` times the scale.
-        capped = min(error, p.forecast_scale * st[ERROR_SCALE]) if st[ERROR_SCALE] > 0 else error
-        st[ERROR_SCALE] += max(weight, 1.0 / (n + 1.0)) * (capped - st[ERROR_SCALE])
-    if p.forecast_window > 0:
-        learn_tail(rates[3], forecast_short, weight)
     if seasoned:
         learn_tail(rates[1], season, weight)
         learn_tail(rates[2], season_short, weight)
         if learn:
             st[SEASON_SHORT] = short
+    season_part = max(season_decades, short_decades) if seasoned else 0.0
 
     # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset stream's
     # LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
-    bin_mean, bin_var = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b])
     rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
     delta = level - bin_mean
-    if p.robust_clip > 0 and visits >= SEASON_MIN_VISITS:
-        bin_scale = math.sqrt(bin_var + SEASON_FLOOR ** 2)
-        delta = min(max(delta, -p.robust_clip * bin_scale), p.robust_clip * bin_scale)
     prof[BIN_MEAN + b] = bin_mean + rate * delta
     prof[BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
     prof[BIN_COUNT + b] = visits + 1.0
@@ -379,40 +295,12 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     if live:
         st[DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
 
-    # The forecast's decades weigh `forecast_weight` (its tails are calibrated like the others', but the two
-    # surprises are not equally telling: the weight is chosen out of sample, docs/detection.md).
-    forecast_part *= p.forecast_weight
-    season_part *= p.season_evidence
-    # Range novelty: certain (p = 1e-10), or (`novelty_calibrated`) as rare as this stream's own novel ticks
-    # have been (an EW rate with a prior of half a tick), times a Pareto tail in how far beyond the margin.
-    novel_part = DECADES if novel else 0.0
-    if p.novelty_calibrated > 0 and learn and learned >= 1:
-        if novel:
-            rate = max(st[NOVEL_RATE], 0.5 / (learned + 1.0))
-            novel_part = min(-math.log10(rate) + p.tail_index * math.log10(beyond / max(p.range_margin, 1e-12)),
-                             DECADES)
-        forget_novel = max(1.0 / (learned + 1.0), forget)
-        st[NOVEL_RATE] += forget_novel * ((1.0 if novel else 0.0) - st[NOVEL_RATE])
-    # With the LSTM's evidence off (`forecast_evidence = false`) the LSTM contributes nothing at all.
-    if p.combine == 2.0 and p.forecast_evidence:
-        # The time-of-day surprise counts only as far as the forecast was surprised too (`gate_weight`
-        # times its decades): a value the stream's own dynamics led up to is not a time-of-day anomaly.
-        season_part = min(season_part, p.gate_weight * evidence)
-    elif p.combine == 3.0 and p.forecast_evidence:  # ... or as the geometric mean of the two
-        season_part = math.sqrt(season_part * p.gate_weight * evidence)
-    elif p.combine == 4.0 and p.forecast_evidence and seasoned:
-        # Only the single tick's time-of-day surprise is gated; its short mean (a pattern that has changed
-        # for a while, which a forecaster of the next tick follows) counts on its own.
-        season_part = max(min(season_decades, p.gate_weight * evidence), short_decades)
-    elif p.combine == 5.0 and p.forecast_evidence and seasoned:  # ... or the short mean only
-        season_part = max(season_decades, min(short_decades, p.gate_weight * evidence))
-    elif p.combine == 6.0 and p.forecast_evidence:
-        # As 2, against the forecast's recent surprise (its decaying maximum, half-life
-        # `refractory_halflife`): a time-of-day anomaly must come with, or soon after, a surprise to the LSTM.
-        season_part = min(season_part, p.gate_weight * max(evidence, damp))
-    strongest = max(forecast_part, season_part, novel_part)
-    if p.combine == 1.0:  # joint evidence: the decades of both add (Fisher's product of the two p-values)
-        strongest = max(strongest, forecast_part + season_part)
+    # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
+    # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
+    # time-of-day anomaly. Off with the LSTM's evidence: `forecast_evidence = false` removes the LSTM entirely.
+    if p.season_gate > 0 and p.forecast_evidence:
+        season_part = min(season_part, p.season_gate * evidence)
+    strongest = max(forecast_part, season_part * p.season_evidence, DECADES if novel else 0.0)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
@@ -467,9 +355,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     """For each tick i in order: reset its stream's state (slot ``rows[i]``) if ``reset[i]``, score the
     value against the stream's forecast, then advance the stream's normaliser and LSTM one step and keep the
     forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
-    rates = np.empty((N_TAILS, TAIL_LEVELS))
-    hidden = h.shape[1]
-    spare = np.zeros(hidden, dtype=np.float32)  # the model's own readout, for a model wider than MAX_READOUT
+    rates = np.empty((3, TAIL_LEVELS))
     gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
@@ -484,27 +370,12 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             prof[:] = 0.0
             h[r, :] = 0.0
             c[r, :] = 0.0
-        for k in range(N_TAILS * TAIL_LEVELS):
+        for k in range(3 * TAIL_LEVELS):
             rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[TAILS + k]
 
         n = st[N]
         forecast[i] = st[PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[PRED]) if n >= 1 else np.nan
-        readout = prof[READOUT:READOUT + hidden] if hidden <= MAX_READOUT else spare
-        if p.readout_rate > 0 and n >= SETTLE:
-            # The stream's own readout: one normalised-LMS step on the forecast's error in the units the
-            # forecast was made in (the normaliser before this value), on the state that made it.
-            before = _scale(st[MEAN], st[VAR], p)
-            base = st[LAST_VALUE] if p.change_target else st[MEAN]
-            target = min(max((v - base) / before, -INPUT_CLIP), INPUT_CLIP)
-            miss = target - (st[PRED] - base) / before
-            miss = min(max(miss, -p.robust_clip), p.robust_clip) if p.robust_clip > 0 else miss
-            norm = 1.0
-            for j in range(hidden):
-                norm += h[r, j] * h[r, j]
-            step = p.readout_rate * miss / norm
-            for j in range(hidden):
-                readout[j] += step * h[r, j]
         mean, var, scale = normalise(n, st[MEAN], st[VAR], v, p)
         s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
@@ -513,12 +384,11 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             st[PEAK], st[PEAK_TS] = s, t
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
-        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates, readout)
+        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates)
         st[N], st[MEAN], st[VAR] = n + 1.0, mean, var
-        st[PRED] = (v if p.change_target else mean) + scale * mu
-        st[LAST_VALUE] = v
+        st[PRED] = mean + scale * mu
         st[PRED_STD] = scale * math.exp(log_std)
-        for k in range(N_TAILS * TAIL_LEVELS):
+        for k in range(3 * TAIL_LEVELS):
             prof[TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
     return touched  # returned so that the compiler keeps the loads
 

@@ -37,18 +37,10 @@ class NormaliserSpec(NamedTuple):
     rel_scale: float = 1e-3  # relative floor: a fraction of |mean|, for flat or quantised streams
 
 
-TARGETS = ("level", "change")
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     hidden_size: int = 64
     normaliser: NormaliserSpec = field(default_factory=NormaliserSpec)
-    # What the head predicts, in units of the normaliser's scale: "level", the next value's offset from the
-    # normaliser's mean (forecast = mean + scale * mu); "change", its offset from the last value (forecast =
-    # last value + scale * mu: persistence is the model's baseline, and a level shift does not leave the
-    # forecast behind the stream for the normaliser's memory).
-    target: str = "level"
 
 
 class Forecaster(nn.Module):
@@ -80,7 +72,7 @@ class Forecaster(nn.Module):
     @classmethod
     def random_init(cls, spec: ModelSpec, seed: int = 0) -> Forecaster:
         """An untrained model of the given shape (torch's initialisation, seeded): the baseline that tells
-        what training adds to detection."""
+        what training adds to detection (benchmarks/loco.py's random_init rows)."""
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return cls(spec).eval()
@@ -91,8 +83,7 @@ class Forecaster(nn.Module):
         blob = {
             "format": FORMAT,
             "version": VERSION,
-            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict(),
-                     "target": self.spec.target},
+            "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict()},
             "training": training,
             "state_dict": {k: v.detach().clone() for k, v in self.state_dict().items()},
         }
@@ -117,10 +108,8 @@ class Forecaster(nn.Module):
         if blob.get("version") != VERSION:
             raise ValueError(f"{path}: model format version {blob.get('version')}, this build reads {VERSION}")
         spec = blob["spec"]
-        if spec.get("target", "level") not in TARGETS:
-            raise ValueError(f"{path}: unknown forecast target {spec.get('target')!r}")
-        model = cls(ModelSpec(hidden_size=int(spec["hidden_size"]), normaliser=NormaliserSpec(**spec["normaliser"]),
-                              target=str(spec.get("target", "level"))))
+        model = cls(ModelSpec(hidden_size=int(spec["hidden_size"]),
+                              normaliser=NormaliserSpec(**spec["normaliser"])))
         model.load_state_dict(blob["state_dict"])
         model.training_info = dict(blob["training"])
         model.eval()

@@ -158,7 +158,7 @@ def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1) -> La
     return Lanes(values, reset, has_target, owner)
 
 
-def normalise(lanes: Lanes, spec: NormaliserSpec, target: str = "level"):
+def normalise(lanes: Lanes, spec: NormaliserSpec):
     """Inputs, targets and the normaliser's (mean, scale) at every step, as the detector computes them.
 
     The detector's own compiled arithmetic (`kernel.normalise_lanes`); a lane's statistics are zeroed where
@@ -169,17 +169,16 @@ def normalise(lanes: Lanes, spec: NormaliserSpec, target: str = "level"):
     means, scales = kernel.normalise_lanes(values, lanes.reset, spec)
     x = ((values - means) / scales).astype(np.float32)
     y = np.zeros_like(values)
-    base = values if target == "change" else means  # what the forecast is an offset from (ModelSpec.target)
-    y[:, :-1] = (values[:, 1:] - base[:, :-1]) / scales[:, :-1]
+    y[:, :-1] = (values[:, 1:] - means[:, :-1]) / scales[:, :-1]
     y = np.where(lanes.has_target, np.clip(y, -TARGET_CLIP, TARGET_CLIP), 0.0).astype(np.float32)
-    return x, y, base, scales
+    return x, y, means, scales
 
 
 class _Tensors:
     """Time-major tensors of one layout, ready for the step loop."""
 
-    def __init__(self, lanes: Lanes, spec: NormaliserSpec, target: str = "level"):
-        x, y, self.mean, self.scale = normalise(lanes, spec, target)  # mean: the forecast's base
+    def __init__(self, lanes: Lanes, spec: NormaliserSpec):
+        x, y, self.mean, self.scale = normalise(lanes, spec)
         self.x = torch.from_numpy(np.ascontiguousarray(x.T))  # [T, B]
         self.y = torch.from_numpy(np.ascontiguousarray(y.T))
         self.mask = torch.from_numpy(np.ascontiguousarray(lanes.has_target.T)).float()
@@ -237,7 +236,7 @@ def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
     Equals the detector's ``forecast`` for the same ticks of a fresh stream (the tests check it).
     """
     lanes = layout([np.asarray(values, dtype=np.float64)], [0], 1)
-    data = _Tensors(lanes, model.spec.normaliser, model.spec.target)
+    data = _Tensors(lanes, model.spec.normaliser)
     h = torch.zeros(1, model.hidden_size)
     mu, _, _, _ = _run_steps(model, data, 0, len(values), h, h)
     out = np.full(len(values), np.nan)
@@ -251,7 +250,6 @@ def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
 @dataclass
 class TrainConfig:
     hidden_size: int = 64
-    target: str = "level"  # ModelSpec.target
     epochs: int = 24
     chunk: int = 64
     batch: int = 128
@@ -303,12 +301,12 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
         raise ValueError("no training sequences (every stream has fewer than 2 ticks between resets)")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = Forecaster(ModelSpec(hidden_size=config.hidden_size, target=config.target))
+    model = Forecaster(ModelSpec(hidden_size=config.hidden_size))
     spec = model.spec.normaliser
     val_streams = split_streams(corpus.streams, config.val_fraction, config.seed)
     train_ids = [i for i, s in enumerate(corpus.streams) if s not in val_streams]
     val_ids = [i for i, s in enumerate(corpus.streams) if s in val_streams]
-    val_data = _Tensors(layout(corpus.sequences, val_ids, 256, 256), spec, config.target) if val_ids else None
+    val_data = _Tensors(layout(corpus.sequences, val_ids, 256, 256), spec) if val_ids else None
     train_ticks = sum(len(corpus.sequences[i]) for i in train_ids)
     log(f"training on {len(train_ids)} sequences ({train_ticks} ticks) of "
         f"{len(set(corpus.streams)) - len(val_streams)} streams; validating on {len(val_ids)} sequences of "
@@ -335,8 +333,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[Forecaster, dict]:
     train_nll = math.nan
     epoch = 0
     for epoch in range(1, config.epochs + 1):
-        data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk), spec,
-                        config.target)
+        data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk), spec)
         model.train()
         h = torch.zeros(data.lanes, model.hidden_size)
         c = torch.zeros(data.lanes, model.hidden_size)
@@ -418,9 +415,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                         help="recorded files (.csv/.jsonl, optionally .gz) in the daemon's tick format")
     parser.add_argument("--output", "-o", type=Path, required=True, help="model file to write")
-    parser.add_argument("--target", choices=("level", "change"), default=d.target,
-                        help="what the head predicts: the next value's offset from the normaliser's mean (level) "
-                             "or from the last value (change)")
     parser.add_argument("--hidden-size", type=int, default=d.hidden_size,
                         help=f"LSTM units (default {d.hidden_size}; at most 128 keeps state <= 1.5 KB/stream)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
@@ -462,7 +456,7 @@ def run(args: argparse.Namespace, settings) -> int:
     config = TrainConfig(hidden_size=args.hidden_size, epochs=args.epochs, chunk=args.chunk, batch=args.batch,
                          lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, patience=args.patience,
                          max_minutes=args.max_minutes, grad_clip=args.grad_clip, ema=args.ema,
-                         threads=args.threads, loss=args.loss, target=args.target)
+                         threads=args.threads, loss=args.loss)
     rules = ResetRules(**settings.resets.model_dump(exclude={"topics"}))
     began = time.monotonic()
     try:
