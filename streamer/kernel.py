@@ -70,7 +70,6 @@ class Params(NamedTuple):
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
-    season_gate_floor: float
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -300,7 +299,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
     # time-of-day anomaly. Off with the LSTM's evidence: `forecast_evidence = false` removes the LSTM entirely.
     if p.season_gate > 0 and p.forecast_evidence:
-        season_part = min(season_part, p.season_gate_floor + p.season_gate * evidence)
+        season_part = min(season_part, p.season_gate * evidence)
     strongest = max(forecast_part, season_part * p.season_evidence, DECADES if novel else 0.0)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
