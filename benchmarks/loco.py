@@ -62,6 +62,10 @@ VARIANTS: dict[str, dict] = {
     "gated": {"season_gate": 1.0},  # time-of-day evidence only as far as the LSTM is surprised too
     "gated_no_forecast": {"season_gate": 1.0, "forecast_evidence": False},  # = no_forecast
     "gated_random_init": {"season_gate": 1.0, "model": "RANDOM_INIT"},
+    # gated during a stream's first day only (after it, its daily profile is a yardstick of its own)
+    "gated_day1": {"season_gate": 1.0, "season_gate_days": 1.0},
+    "gated_day1_no_forecast": {"season_gate": 1.0, "season_gate_days": 1.0, "forecast_evidence": False},
+    "gated_day1_random_init": {"season_gate": 1.0, "season_gate_days": 1.0, "model": "RANDOM_INIT"},
 }
 
 
