@@ -56,16 +56,13 @@ RANDOM_INIT = CACHE / "random_init.pt"  # same shape as the bundled model, untra
 
 # name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model).
 VARIANTS: dict[str, dict] = {
-    "default": {},
-    "no_forecast": {"forecast_evidence": False},  # the LSTM contributes nothing
+    "default": {},  # the code's defaults (time-of-day evidence gated by the LSTM during a stream's first day)
+    "no_forecast": {"forecast_evidence": False},  # the LSTM contributes nothing (nor gates anything)
     "random_init": {"model": "RANDOM_INIT"},  # the same detector with an untrained LSTM of the same shape
-    "gated": {"season_gate": 1.0},  # time-of-day evidence only as far as the LSTM is surprised too
-    "gated_no_forecast": {"season_gate": 1.0, "forecast_evidence": False},  # = no_forecast
-    "gated_random_init": {"season_gate": 1.0, "model": "RANDOM_INIT"},
-    # gated during a stream's first day only (after it, its daily profile is a yardstick of its own)
-    "gated_day1": {"season_gate": 1.0, "season_gate_days": 1.0},
-    "gated_day1_no_forecast": {"season_gate": 1.0, "season_gate_days": 1.0, "forecast_evidence": False},
-    "gated_day1_random_init": {"season_gate": 1.0, "season_gate_days": 1.0, "model": "RANDOM_INIT"},
+    "ungated": {"season_gate": 0.0},  # the default before issue 15
+    "ungated_random_init": {"season_gate": 0.0, "model": "RANDOM_INIT"},
+    "gated_always": {"season_gate_days": 0.0},  # the gate for a stream's whole life
+    "gated_always_random_init": {"season_gate_days": 0.0, "model": "RANDOM_INIT"},
 }
 
 

@@ -147,9 +147,9 @@ class DetectorSettings(Section):
     forecast_evidence: bool = Field(True, description="score the LSTM's forecast surprise (false: an output only)")
     season_evidence: bool = Field(True, description="score the time-of-day evidence (false: an ablation, for "
                                   "benchmarks/loco.py)")
-    season_gate: float = Field(0.0, ge=0, description="time-of-day evidence counts up to this many times the "
+    season_gate: float = Field(1.0, ge=0, description="time-of-day evidence counts up to this many times the "
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
-    season_gate_days: float = Field(0.0, ge=0, description="days: season_gate applies only until the stream has "
+    season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
                                     "covered this much of its own time; 0: always")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
