@@ -128,7 +128,8 @@ def model_path(overrides: dict) -> Path | None:
 
 
 def cache_key(overrides: dict) -> str:
-    digest = hashlib.sha256(json.dumps({k: v for k, v in overrides.items() if k != "model"}, sort_keys=True).encode())
+    effective = DetectorSettings(**{k: v for k, v in overrides.items() if k != "model"}).model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode())  # the settings, defaults included
     path = model_path(overrides)
     digest.update(Path(path or _bundled()).read_bytes())
     for source in ("kernel.py", "detector.py", "offline.py", "model.py"):
