@@ -151,8 +151,6 @@ class DetectorSettings(Section):
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
     season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
                                     "covered this much of its own time; 0: always")
-    season_gate_rate: float = Field(0.0, ge=0, description="after season_gate_days, still gate a stream whose "
-                                    "time-of-day evidence reached 3 decades more often than this rate; 0: off")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

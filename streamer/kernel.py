@@ -31,8 +31,7 @@ PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick t
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
 INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
 START_TS = 17  # the time of the stream's first tick since its (re)start
-SEASON_ALARMS = 18  # EW rate of ticks whose time-of-day evidence reached 3 decades (`season_gate_rate`)
-N_SCALARS = 19
+N_SCALARS = 18
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
@@ -73,7 +72,6 @@ class Params(NamedTuple):
     season_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
-    season_gate_rate: float  # 0: off
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -307,14 +305,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # With `season_gate_days`, only while the stream has covered fewer days than that: after them its daily
     # profile is a yardstick of its own, before them the time-of-day surprise is a young level test.
     young = p.season_gate_days <= 0 or ts - st[START_TS] < p.season_gate_days * _DAY
-    # With `season_gate_rate`, also any stream whose time-of-day evidence has reached 3 decades (1 in 1,000)
-    # more often than that rate lately: its profile is no yardstick (bursts, a drifting level).
-    if p.season_gate_rate > 0:
-        noisy = st[SEASON_ALARMS] > p.season_gate_rate
-        if learn:
-            st[SEASON_ALARMS] += max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) * (
-                (1.0 if season_part >= 3.0 else 0.0) - st[SEASON_ALARMS])
-        young = young or noisy
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
     strongest = max(forecast_part, season_part * p.season_evidence, DECADES if novel else 0.0)
