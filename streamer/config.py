@@ -146,6 +146,12 @@ class DetectorSettings(Section):
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
     forecast_evidence: bool = Field(True, description="score the LSTM's forecast surprise (false: an output only)")
+    season_evidence: bool = Field(True, description="score the time-of-day evidence (false: an ablation, for "
+                                  "benchmarks/loco.py)")
+    season_gate: float = Field(1.0, ge=0, description="time-of-day evidence counts up to this many times the "
+                               "forecast's decades (the LSTM must be surprised too); 0: ungated")
+    season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
+                                    "covered this much of its own time; 0: always")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

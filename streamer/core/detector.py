@@ -10,7 +10,7 @@ accepted tick), and the per-tick arithmetic, scoring and the LSTM step, is one c
 whole batch (`kernel.advance`), each stream's ticks in order. A batch of 50 ticks from each of 100 streams
 costs about what 5,000 ticks of 5,000 streams do per tick. State lives in four tables indexed by slot: float64
 scalars (values in the stream's units, timestamps), a float32 profile (tail rates, the daily profile),
-568 bytes a stream, and the LSTM's float32 h and c.
+576 bytes a stream, and the LSTM's float32 h and c.
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:

@@ -30,7 +30,8 @@ SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
 PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
 LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
 INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
-N_SCALARS = 17
+START_TS = 17  # the time of the stream's first tick since its (re)start
+N_SCALARS = 18
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
@@ -40,7 +41,7 @@ TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise
 BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
 BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
 BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 568 bytes a stream besides h and c
+N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 576 bytes a stream besides h and c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -68,6 +69,9 @@ class Params(NamedTuple):
     tail_memory: float
     tail_index: float
     forecast_evidence: float  # 1.0 or 0.0
+    season_evidence: float  # 1.0 or 0.0
+    season_gate: float  # 0: off
+    season_gate_days: float  # 0: always
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -225,6 +229,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
     (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
     n = st[N]  # ticks before this one
+    if n < 1:
+        st[START_TS] = ts
     settle = min(SETTLE, p.warmup)
     learned = max(n - settle, 0.0)  # surprises learned before this one
     learn = n >= settle
@@ -293,7 +299,15 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     if live:
         st[DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
 
-    strongest = max(forecast_part, season_part, DECADES if novel else 0.0)
+    # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
+    # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
+    # time-of-day anomaly. Off with the LSTM's evidence: `forecast_evidence = false` removes the LSTM entirely.
+    # With `season_gate_days`, only while the stream has covered fewer days than that: after them its daily
+    # profile is a yardstick of its own, before them the time-of-day surprise is a young level test.
+    young = p.season_gate_days <= 0 or ts - st[START_TS] < p.season_gate_days * _DAY
+    if p.season_gate > 0 and p.forecast_evidence and young:
+        season_part = min(season_part, p.season_gate * evidence)
+    strongest = max(forecast_part, season_part * p.season_evidence, DECADES if novel else 0.0)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's

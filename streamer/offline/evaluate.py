@@ -84,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not rows:
             left_out.append(f"{key} (no rows; {len(windows[key])} windows)")
             continue
-        corpus.append(_series(key, rows, windows[key], dropped=None if args.strict else dropped))
+        corpus.append(file_series(key, rows, windows[key], dropped=None if args.strict else dropped))
         summaries.append(summary)
     if not corpus:
         raise ValueError(f"no labelled file under {args.data} could be scored: {'; '.join(left_out)}")
@@ -126,7 +126,7 @@ def _time(raw: object) -> datetime | None:
         return None
 
 
-def _series(key: str, rows: list[ScoredRow], file_windows, dropped: list[str] | None = None) -> nab.Series:
+def file_series(key: str, rows: list[ScoredRow], file_windows, dropped: list[str] | None = None) -> nab.Series:
     """One row per input row; a skipped row (out of order, invalid) scores 0: it raised no alarm.
 
     Windows are located in file order with each row at the latest time of a tick scored up to it (a skipped

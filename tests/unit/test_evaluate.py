@@ -17,7 +17,7 @@ from streamer.config import load_settings
 from streamer.core.detector import OUT_OF_ORDER, Detector
 from streamer.core.ticks import InvalidTick, Tick, TickDecoder
 from streamer.offline import nab
-from streamer.offline.evaluate import _series
+from streamer.offline.evaluate import file_series
 from streamer.offline.score import score_file, score_files
 from tests.conftest import NAB, require_shared
 
@@ -44,7 +44,7 @@ def test_evaluate_prints_the_sweep_of_offline_scores(corpus, capsys, model):
     assert set(printed) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
 
     windows = nab.load_windows(corpus / "windows.json")
-    series = [_series(k, score_file(corpus / "data" / k, load_settings(None), model)[0], windows[k]) for k in FILES]
+    series = [file_series(k, score_file(corpus / "data" / k, load_settings(None), model)[0], windows[k]) for k in FILES]
     expected = nab.sweep(series, nab.Profile("standard", 1.0, 0.11, 1.0)).normalised
     assert printed["standard"] == pytest.approx(expected, abs=0.01)
     assert all((corpus / "out" / k).is_file() for k in FILES)
@@ -223,7 +223,7 @@ def test_evaluate_counts_and_skips_unparseable_cells(tmp_path, capsys, model):
     np.testing.assert_allclose([float(r["anomaly_score"]) for r in others], expected, rtol=0, atol=1e-6)
     # A skipped row's own timestamp (2031, a time the daemon never went by) does not move a window edge.
     stamps = [r["timestamp"] for r in written]
-    located = _series("realX/cells.csv", score_file(path, load_settings(None), model)[0],
+    located = file_series("realX/cells.csv", score_file(path, load_settings(None), model)[0],
                       nab.load_windows(tmp_path / "windows.json")["realX/cells.csv"]).windows
     assert located == ((stamps.index("2015-03-02 05:00:00"), stamps.index("2015-03-02 06:00:00")),)
 
