@@ -171,7 +171,7 @@ def test_hostile_input_is_counted_dead_lettered_and_skipped(broker, tmp_path, ru
     offline, summary = score_file(reference_file, load_settings(None), model)
     n_valid = sum(len(t) for t in valid.values())
     assert summary.scored == n_valid
-    assert sum(row.score > 0 for row in offline) > n_valid // 100  # the comparison covers real scores
+    assert sum(row.score > 0 for row in offline) > n_valid // 1000  # the comparison covers real scores
 
     settings = daemon_settings(broker.bootstrap, [topic], scores_topic=scores_topic, dead_letter_topic=dlq,
                                max_poll_records=97, client=client)
