@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         own = [r["built_s"] + r["first_commit_s"] - r["assigned_s"] for r in warm if "assigned_s" in r]
         print(f"  [{'PASS' if statistics.median(first) <= TARGET_FIRST_COMMIT_S else 'FAIL'}] first commit <= "
               f"{TARGET_FIRST_COMMIT_S:g} s after start, {name}: {_median_range(first)} s"
-              + (f"; without the group join (assigned - built): {_median_range(own)} s" if own else ""))
+              + (f"; the daemon's own part (start -> built, assigned -> first commit): {_median_range(own)} s"
+                 if own else ""))
         print(f"  [{'PASS' if max(peak) / 2**20 <= TARGET_PEAK_RSS_MIB else 'FAIL'}] peak RSS <= "
               f"{TARGET_PEAK_RSS_MIB:.0f} MiB at {args.streams:,} streams, {name}: "
               f"{_median_range(peak, 2**20, '{:.0f}')} MiB")

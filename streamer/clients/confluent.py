@@ -4,7 +4,8 @@ The surface of `streamer.clients.base` (as `streamer.clients.kafka_python`, the 
 not know which client it drives:
 
 * ``poll`` returns ``{TopicPartition: [message, ...]}`` with librdkafka's own ``Message`` objects, never a
-  Python wrapper per message (that would cost ~0.5 us/msg, half of what this client saves); the daemon reads
+  Python wrapper per message (it would spend much of what this client saves: docs/perf.md, "Why the
+  settings"); the daemon reads
   them through the accessors ``value``, ``key``, ``offset``, ``partition``, ``timestamp_ms``;
 * rebalance callbacks (assigned, revoked, lost) run inside ``poll`` on the calling thread, and ``close``
   runs the final revocation the same way;
@@ -41,10 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamer.kafka")
 
 # librdkafka's fetcher: by default it pauses ``fetch.queue.backoff.ms`` = 1000 ms whenever the local queue
-# holds ``queued.min.messages`` (100,000 per partition), so a consumer that drains that in 0.1 s idles 0.9 s.
-# Measured on the 2-core machine against Tansu, consume + orjson: 142k msg/s at 0.15 cores by default,
-# 0.73-1.04M msg/s at ~1 core with 1 ms (CPU per message unchanged, ~1.2 us). fetch.wait.max.ms = 100: the
-# same latency bound as the kafka-python consumer (kafka_io.consumer_options).
+# holds ``queued.min.messages`` (100,000 per partition), so a consumer that drains its queue faster than that
+# idles most of every second; 1 ms keeps it fetching (docs/perf.md, "Why the settings"). fetch.wait.max.ms =
+# 100: the same latency bound as the kafka-python consumer (kafka_python.consumer_options).
 FETCH_TUNING: dict[str, Any] = {"fetch.queue.backoff.ms": 1, "fetch.wait.max.ms": 100}
 
 # kafka-python option names ([kafka.consumer] / [kafka.producer]) with an exact librdkafka equivalent.

@@ -49,8 +49,8 @@ def consumer_options(k: KafkaSettings) -> dict[str, Any]:
         "enable_auto_commit": False,
         "auto_offset_reset": start,
         "max_poll_records": k.max_poll_records,
-        # The broker holds a fetch until data arrives or this passes: 100 ms (not 500) keeps the p99 tick-to-
-        # metric latency low at modest rates (measured against Tansu: p99 301-709 ms -> 67-89 ms).
+        # The broker holds a fetch until data arrives or this passes: 100 ms (not the default 500) bounds the
+        # wait that made most of the p99 tick-to-metric latency at modest rates (docs/perf.md, "Why the settings").
         "fetch_max_wait_ms": 100,
         **security_options(k),
         **k.consumer,

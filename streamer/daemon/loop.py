@@ -471,10 +471,11 @@ class Daemon:
 
 
 def _quiet_gc() -> None:
-    """Move start-up objects (torch, the model) out of the cyclic GC's reach and collect rarely.
+    """Move start-up objects (imported modules, the model) out of the cyclic GC's reach and collect rarely.
 
     Every poll allocates thousands of short-lived objects; with the default thresholds the GC walked the
-    whole heap often enough to take 18-20% of the daemon's time, with pauses of 100-200 ms (docs/perf.md).
+    whole heap often enough to take a large share of the daemon's time, with long pauses (docs/perf.md, "Why
+    the settings").
     The per-message objects hold no reference cycles, so reference counting frees them anyway.
     """
     gc.collect()
