@@ -1,8 +1,8 @@
 """`python -m benchmarks.bench` (`make bench`): throughput and cost of the daemon against a local broker.
 
 One command (``make bench``; ``python -m benchmarks.bench --quick`` for a short run) prints a table of ratios;
-docs/perf.md has the results and profiles. Per stream count (default 10,000, then 100 and 100,000), on a fresh
-Tansu broker:
+docs/perf.md has today's figures and the targets, docs/perf-history.md the profiles. Per stream count (default
+10,000, then 100 and 100,000), on a fresh Tansu broker:
 
 1. produce N JSON ticks ``{"stream":"s123","ts":...,"value":...}`` keyed by stream to a topic with P partitions
    (once; counted per partition from delivery reports, since Tansu's ListOffsets under-reports the end);
