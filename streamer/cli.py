@@ -126,7 +126,7 @@ def cmd_config(args, settings: Settings) -> int:
 
 
 def cmd_run(args, settings: Settings) -> int:
-    stop = _stop_on_signals()  # first, so a SIGTERM during start-up (torch import, model load) is honoured
+    stop = _stop_on_signals()  # first, so a SIGTERM during start-up (imports, model, kernel) is honoured
     from streamer.daemon.loop import Daemon, DeliveryError
 
     if args.start_from:

@@ -4,7 +4,7 @@
 order ticks, reset reasons); everything that happens once per tick is `advance`, one compiled call for a
 whole batch. Ticks of different streams are independent and a stream's ticks are taken in order, so a
 batch of any shape costs about the same per tick: 100 streams with 50 ticks each in a poll cost what 5,000
-streams with one do (numpy over waves of streams paid ~400 us a wave; docs/perf.md, "Fourth round").
+streams with one do (the numpy version it replaced paid ~400 us a wave of streams; docs/perf-history.md).
 
 Written as plain scalar loops: each line is the formula of the detector's module docstring, for one tick.
 Statistics are float64; the stored tail rates and daily profile are float32 (read, updated in float64,
