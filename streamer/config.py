@@ -154,10 +154,6 @@ class DetectorSettings(Section):
                                     "covered this much of its own time; 0: always")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
-    novelty_gate_young: bool = Field(False, description="novelty_gate applies only during the stream's first "
-                                     "season_gate_days (false: always)")
-    novelty_gate_scaled: bool = Field(False, description="soft novelty_gate: a novel tick scores "
-                                      "min(1, decades / novelty_gate) of certainty instead of all or nothing")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

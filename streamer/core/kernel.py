@@ -73,8 +73,6 @@ class Params(NamedTuple):
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
-    novelty_gate_young: float  # 1.0 or 0.0
-    novelty_gate_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -314,14 +312,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
-    # reaches `novelty_gate` decades too (scaled: that share of certainty below it), so a random walk's or a
-    # trend's new extreme, which the stream's dynamics led up to, is no anomaly. Only while young with
-    # `novelty_gate_young`; off with the LSTM's evidence. Either way the tick is kept out of the tails.
-    novel_part = DECADES if novel else 0.0
-    gated = p.novelty_gate > 0 and p.forecast_evidence and (young or p.novelty_gate_young == 0.0)
-    if novel and gated and not unprecedented:
-        ratio = evidence / p.novelty_gate
-        novel_part = DECADES * min(ratio, 1.0) if p.novelty_gate_scaled else (DECADES if ratio >= 1.0 else 0.0)
+    # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
+    # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
+    gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
+    novel_part = DECADES if novel and not gated else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
