@@ -54,11 +54,14 @@ RANDOM_INIT = CACHE / "random_init.npz"  # same shape as the bundled model, untr
 
 # name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model).
 VARIANTS: dict[str, dict] = {
-    "default": {},  # the code's defaults (time-of-day evidence gated by the LSTM during a stream's first day)
+    "default": {},  # the code's defaults (time-of-day evidence gated by the LSTM during a stream's first day,
+    # range novelty gated by the LSTM's surprise, novelty_gate = 1)
     "no_forecast": {"forecast_evidence": False},  # the LSTM contributes nothing (nor gates anything)
     "random_init": {"model": "RANDOM_INIT"},  # the same detector with an untrained LSTM of the same shape
-    "ungated": {"season_gate": 0.0},  # the default before issue 15
-    "ungated_random_init": {"season_gate": 0.0, "model": "RANDOM_INIT"},
+    "ungated": {"season_gate": 0.0, "novelty_gate": 0.0},  # the default before issue 15
+    "ungated_random_init": {"season_gate": 0.0, "novelty_gate": 0.0, "model": "RANDOM_INIT"},
+    "novelty_ungated": {"novelty_gate": 0.0},  # the default before the novelty gate (first-day season gate only)
+    "novelty_ungated_random_init": {"novelty_gate": 0.0, "model": "RANDOM_INIT"},
     "gated_always": {"season_gate_days": 0.0},  # the gate for a stream's whole life
     "gated_always_random_init": {"season_gate_days": 0.0, "model": "RANDOM_INIT"},
 }

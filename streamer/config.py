@@ -151,6 +151,8 @@ class DetectorSettings(Section):
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
     season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
                                     "covered this much of its own time; 0: always")
+    novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
+                                "forecast surprise reaches this many decades too; 0: ungated")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

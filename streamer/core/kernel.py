@@ -72,6 +72,7 @@ class Params(NamedTuple):
     season_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
+    novelty_gate: float  # 0: off
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -273,6 +274,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
     evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
+    # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
+    # history", not "usual"; it passes the novelty gate
+    unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
@@ -307,7 +311,12 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     young = p.season_gate_days <= 0 or ts - st[START_TS] < p.season_gate_days * _DAY
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
-    strongest = max(forecast_part, season_part * p.season_evidence, DECADES if novel else 0.0)
+    # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
+    # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
+    # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
+    gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
+    novel_part = DECADES if novel and not gated else 0.0
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's

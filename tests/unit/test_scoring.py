@@ -225,3 +225,23 @@ def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(mo
     np.testing.assert_array_equal(scores_of(model, values, settings=off), scores_of(other, values, settings=off))
     on = DetectorSettings(forecast_evidence=True)
     assert not np.array_equal(scores_of(model, values, settings=on), scores_of(other, values, settings=on))
+
+
+def test_gated_novelty_a_trends_new_extremes_are_no_anomaly_a_jump_still_is(model):
+    trend = 0.01 * np.arange(3000) + np.random.default_rng(10).standard_normal(3000)
+    trend[2500] += 30.0  # far beyond anything the trend leads up to
+    ungated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0))
+    strict = scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0))  # no surprise is enough
+    gated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=1.0))
+    assert (ungated[:2500] >= 0.99).sum() >= 3 and (strict[:2500] >= 0.99).sum() == 0
+    assert gated[2500] >= 0.9 and ungated[2500] >= 0.9
+    # without the LSTM's evidence the gate is off with it: novelty scores as before
+    off = dict(forecast_evidence=False)
+    np.testing.assert_array_equal(scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0, **off)),
+                                  scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0, **off)))
+
+
+def test_a_flat_streams_step_passes_the_novelty_gate(model):
+    values = np.full(600, 7.0)
+    values[500:] = 7.5  # its forecast surprise never reached 1 before: no history says this is usual
+    assert scores_of(model, values, settings=DetectorSettings(novelty_gate=100.0))[500] >= 0.9
