@@ -141,7 +141,19 @@ class StreamStates:
 
 
 class Detector:
-    """Holds the state of every stream in flat arrays indexed by slot, and advances them in batches."""
+    """Holds the state of every stream in flat arrays indexed by slot, and advances them in batches.
+
+    The contract, by caller (River's AnomalyDetector has score / learn / reset; here one call does all
+    three per tick, because scoring a tick and learning it are one pass over the stream's state):
+    - drivers (the daemon's loop, `streamer score` / `evaluate`): `process(ticks, rules, owners)` scores
+      each tick against its stream's state, learns it, and resets streams where the rules say so;
+    - checkpoints: `owned_by(owner)` names the streams of one partition, `export(streams)` returns their
+      state as plain arrays (`StreamStates`), `restore(states, owner)` puts it back, `forget(stream)` drops
+      one stream;
+    - metrics: `top_scores(n)`, `max_peak()` and `len(detector)` read the state, never change it;
+    - housekeeping: `expire(before_batch)` forgets streams not seen since a batch (`batches` counts them).
+    Everything else is internal: the state tables (`scalars`, `profile`, `h`, `c`) belong to `kernel`.
+    """
 
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         self.model = model
