@@ -57,7 +57,7 @@ import numpy as np
 
 from streamer.config import DetectorSettings, ResetRules
 from streamer.core import kernel
-from streamer.core.kernel import N_PROFILE, N_SCALARS, PEAK, SCORE
+from streamer.core.kernel import N_PROFILE, N_SCALARS, S
 from streamer.core.model import Forecaster
 from streamer.core.ticks import Tick, TickBatch, object_array
 
@@ -293,18 +293,18 @@ class Detector:
         if n <= 0 or not self.slots:
             return []
         slots = np.fromiter(self.slots.values(), dtype=np.int64, count=len(self.slots))
-        peaks = self.scalars[slots, PEAK]
+        peaks = self.scalars[slots, S.PEAK]
         if slots.size > n:
             slots = slots[np.argpartition(-peaks, n - 1)[:n]]
         rows = self.scalars[slots]
         return [(self.names[s], latest, peak)
-                for s, latest, peak in zip(slots.tolist(), rows[:, SCORE].tolist(), rows[:, PEAK].tolist())]
+                for s, latest, peak in zip(slots.tolist(), rows[:, S.SCORE].tolist(), rows[:, S.PEAK].tolist())]
 
     def max_peak(self) -> float:
         """The highest held peak over all streams."""
         if not self.slots:
             return 0.0
-        return float(self.scalars[list(self.slots.values()), PEAK].max())
+        return float(self.scalars[list(self.slots.values()), S.PEAK].max())
 
     # --- the batched step --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import namedtuple
 from typing import NamedTuple
 
 import numba
@@ -24,24 +25,45 @@ from streamer.config import DetectorSettings
 from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec
 
 # Per-stream scalars, float64 [slots, N_SCALARS]: values in the stream's own units and epoch timestamps need
-# the precision (float32 resolves 1.7e9 s to 128 s).
-N, MEAN, VAR, PRED, PRED_STD = range(5)  # normaliser state and the forecast of the next value
-SEASON_SHORT, DAMP_FORECAST, LAST_TS, SCORE, LOW, HIGH = range(5, 11)
-PEAK, PEAK_TS = 11, 12  # the highest score held for `peak_hold_seconds` (tick time), and its tick time
-LEVEL_MEAN, LEVEL_VAR = 13, 14  # the stream's slow EW mean and variance (memory `season_memory_days`)
-INCIDENT, INCIDENT_AGE = 15, 16  # the score that opened or last raised the current incident, and ticks since
-START_TS = 17  # the time of the stream's first tick since its (re)start
-N_SCALARS = 18
+# the precision (float32 resolves 1.7e9 s to 128 s). Declared once, here: a column's index is its place in
+# this list, and the kernel reads it as `st[S.NAME]` (a constant to the compiler).
+SCALAR_COLUMNS = (
+    ("N", "ticks since the stream's (re)start"),
+    ("MEAN", "the normaliser's EW mean"),
+    ("VAR", "the normaliser's EW variance"),
+    ("PRED", "the forecast of the next value"),
+    ("PRED_STD", "its predicted standard deviation"),
+    ("SEASON_SHORT", "short EW mean of log1p(time-of-day surprise)"),
+    ("DAMP_FORECAST", "the forecast evidence's decaying recent maximum (refractory damping)"),
+    ("LAST_TS", "the last tick's time"),
+    ("SCORE", "the last score"),
+    ("LOW", "the lowest value so far"),
+    ("HIGH", "the highest value so far"),
+    ("PEAK", "the highest score held for `peak_hold_seconds` (tick time)"),
+    ("PEAK_TS", "its tick time"),
+    ("LEVEL_MEAN", "the stream's slow EW mean (memory `season_memory_days`)"),
+    ("LEVEL_VAR", "its slow EW variance"),
+    ("INCIDENT", "the score that opened or last raised the current incident"),
+    ("INCIDENT_AGE", "ticks since then"),
+    ("START_TS", "the time of the stream's first tick since its (re)start"),
+)
+S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
+N_SCALARS = len(SCALAR_COLUMNS)
 
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
-# standardised values, where float32's 7 digits are plenty; they are most of a stream's state.
+# standardised values, where float32's 7 digits are plenty; they are most of a stream's state. Declared
+# once, as blocks of columns: a block's offset is the sum of the widths before it (`PROF.NAME`).
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-TAILS = 0  # exceedance rates of the forecast surprise, the time-of-day surprise and its short mean
-BIN_MEAN = TAILS + 3 * TAIL_LEVELS  # daily profile of the standardised value: EW mean per bin,
-BIN_VAR = BIN_MEAN + SEASON_BINS  # EW variance per bin,
-BIN_COUNT = BIN_VAR + SEASON_BINS  # visits per bin
-N_PROFILE = BIN_COUNT + SEASON_BINS  # 108 columns: with the scalars, 576 bytes a stream besides h and c
+PROFILE_BLOCKS = (
+    ("TAILS", 3 * TAIL_LEVELS, "exceedance rates of the forecast surprise, the time-of-day surprise, its short mean"),
+    ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
+    ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
+    ("BIN_COUNT", SEASON_BINS, "visits per bin"),
+)
+PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
+    *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
+N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 108: with the scalars, 576 bytes a stream besides h, c
 
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
@@ -229,9 +251,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
     scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
     (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
-    n = st[N]  # ticks before this one
+    n = st[S.N]  # ticks before this one
     if n < 1:
-        st[START_TS] = ts
+        st[S.START_TS] = ts
     settle = min(SETTLE, p.warmup)
     learned = max(n - settle, 0.0)  # surprises learned before this one
     learn = n >= settle
@@ -241,36 +263,37 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
     # teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
     # blunting it for days. It does widen the range and enter the daily profile.
-    low, high = st[LOW], st[HIGH]
+    low, high = st[S.LOW], st[S.HIGH]
     beyond = max(value - high, low - value) / max(high - low, 1e-12)
     novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
         first = learned < 1
-        st[LOW] = value if first else min(low, value)
-        st[HIGH] = value if first else max(high, value)
+        st[S.LOW] = value if first else min(low, value)
+        st[S.HIGH] = value if first else max(high, value)
 
     # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
     # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
     # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
-    hours = min(max(ts - st[LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
+    hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
-    delta = value - st[LEVEL_MEAN]
-    level_mean = st[LEVEL_MEAN] + level_rate * delta
-    level_var = (1.0 - level_rate) * (st[LEVEL_VAR] + level_rate * delta * delta)
-    st[LEVEL_MEAN], st[LEVEL_VAR] = level_mean, level_var
+    delta = value - st[S.LEVEL_MEAN]
+    level_mean = st[S.LEVEL_MEAN] + level_rate * delta
+    level_var = (1.0 - level_rate) * (st[S.LEVEL_VAR] + level_rate * delta * delta)
+    st[S.LEVEL_MEAN], st[S.LEVEL_VAR] = level_mean, level_var
     level = (value - level_mean) / _scale(level_mean, level_var, p)
 
     # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-    bin_mean, bin_var, visits = float(prof[BIN_MEAN + b]), float(prof[BIN_VAR + b]), float(prof[BIN_COUNT + b])
+    bin_mean, bin_var = float(prof[PROF.BIN_MEAN + b]), float(prof[PROF.BIN_VAR + b])
+    visits = float(prof[PROF.BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
 
     # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
-    std = st[PRED_STD]
+    std = st[S.PRED_STD]
     forecast_surprise = error / std if std > 0 else 0.0
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
-    short = (st[SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[SEASON_SHORT])
+    short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
     evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
@@ -285,30 +308,30 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
         learn_tail(rates[1], season, weight)
         learn_tail(rates[2], season_short, weight)
         if learn:
-            st[SEASON_SHORT] = short
+            st[S.SEASON_SHORT] = short
     season_part = max(season_decades, short_decades) if seasoned else 0.0
 
     # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset stream's
     # LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
     rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
     delta = level - bin_mean
-    prof[BIN_MEAN + b] = bin_mean + rate * delta
-    prof[BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
-    prof[BIN_COUNT + b] = visits + 1.0
-    st[LAST_TS] = ts
+    prof[PROF.BIN_MEAN + b] = bin_mean + rate * delta
+    prof[PROF.BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
+    prof[PROF.BIN_COUNT + b] = visits + 1.0
+    st[S.LAST_TS] = ts
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
-    damp = st[DAMP_FORECAST]
+    damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:
-        st[DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
     # time-of-day anomaly. Off with the LSTM's evidence: `forecast_evidence = false` removes the LSTM entirely.
     # With `season_gate_days`, only while the stream has covered fewer days than that: after them its daily
     # profile is a yardstick of its own, before them the time-of-day surprise is a young level test.
-    young = p.season_gate_days <= 0 or ts - st[START_TS] < p.season_gate_days * _DAY
+    young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
@@ -321,13 +344,13 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
 
     # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
     # incident, a tick scores only if it beats that tick's score (and then raises the incident).
-    age = st[INCIDENT_AGE] + 1.0
-    if live and (score > st[INCIDENT] or age > p.incident_ticks):
-        st[INCIDENT], st[INCIDENT_AGE] = score, 0.0
+    age = st[S.INCIDENT_AGE] + 1.0
+    if live and (score > st[S.INCIDENT] or age > p.incident_ticks):
+        st[S.INCIDENT], st[S.INCIDENT_AGE] = score, 0.0
     else:
         score = 0.0
-        st[INCIDENT_AGE] = age
-    st[SCORE] = score
+        st[S.INCIDENT_AGE] = age
+    st[S.SCORE] = score
     return score
 
 
@@ -387,25 +410,25 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             h[r, :] = 0.0
             c[r, :] = 0.0
         for k in range(3 * TAIL_LEVELS):
-            rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[TAILS + k]
+            rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[PROF.TAILS + k]
 
-        n = st[N]
-        forecast[i] = st[PRED] if n >= 1 else np.nan
-        error[i] = abs(v - st[PRED]) if n >= 1 else np.nan
-        mean, var, scale = normalise(n, st[MEAN], st[VAR], v, p)
+        n = st[S.N]
+        forecast[i] = st[S.PRED] if n >= 1 else np.nan
+        error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
+        mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p)
         s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
-        if t - st[PEAK_TS] > p.peak_hold_seconds or s >= st[PEAK]:
-            st[PEAK], st[PEAK_TS] = s, t
+        if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
+            st[S.PEAK], st[S.PEAK_TS] = s, t
 
         # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
         mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates)
-        st[N], st[MEAN], st[VAR] = n + 1.0, mean, var
-        st[PRED] = mean + scale * mu
-        st[PRED_STD] = scale * math.exp(log_std)
+        st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
+        st[S.PRED] = mean + scale * mu
+        st[S.PRED_STD] = scale * math.exp(log_std)
         for k in range(3 * TAIL_LEVELS):
-            prof[TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
+            prof[PROF.TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
     return touched  # returned so that the compiler keeps the loads
 
 

@@ -150,12 +150,12 @@ def test_least_recently_seen_streams_are_evicted(model):
 
 
 def test_top_scores_are_the_most_recently_anomalous(model, settings):
-    from streamer.core.kernel import PEAK
+    from streamer.core.kernel import S
 
     det = Detector(model, settings)
     det.process(interleave(*(series(f"s{i}", 50, seed=i) for i in range(10))))
     for i in range(10):
-        det.scalars[det.slots[f"s{i}"], PEAK] = i / 10
+        det.scalars[det.slots[f"s{i}"], S.PEAK] = i / 10
     top = det.top_scores(3)
     assert sorted(name for name, _, _ in top) == ["s7", "s8", "s9"]
     assert det.max_peak() == pytest.approx(0.9)

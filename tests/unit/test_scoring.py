@@ -9,17 +9,7 @@ import torch
 
 from streamer.config import DetectorSettings
 from streamer.core.detector import Detector
-from streamer.core.kernel import (
-    BIN_COUNT,
-    BIN_MEAN,
-    LEVEL_MEAN,
-    LEVEL_VAR,
-    SEASON_BINS,
-    TAIL_LEVELS,
-    TAILS,
-    learn_tail,
-    tail_decades,
-)
+from streamer.core.kernel import PROF, SEASON_BINS, TAIL_LEVELS, S, learn_tail, tail_decades
 from streamer.core.model import Forecaster, ModelSpec
 from streamer.core.ticks import Tick
 
@@ -137,10 +127,10 @@ def test_the_daily_profile_keeps_the_shape_of_a_daily_pattern_whatever_the_tick_
     det = Detector(model, DetectorSettings())
     values = square_wave_days(6, step)
     det.process([Tick("a", T0 + step * i, float(v)) for i, v in enumerate(values)])
-    bins = det.profile[det.slots["a"], BIN_MEAN:BIN_MEAN + SEASON_BINS]
+    bins = det.profile[det.slots["a"], PROF.BIN_MEAN:PROF.BIN_MEAN + SEASON_BINS]
     np.testing.assert_allclose(bins[8:18], 1.0, atol=0.3)
     np.testing.assert_allclose(np.r_[bins[:6], bins[20:]], -1.0, atol=0.3)
-    level = det.scalars[det.slots["a"], [LEVEL_MEAN, LEVEL_VAR]]
+    level = det.scalars[det.slots["a"], [S.LEVEL_MEAN, S.LEVEL_VAR]]
     assert level[0] == pytest.approx(50.0, abs=2.0) and math.sqrt(level[1]) == pytest.approx(30.0, abs=2.0)
 
 
@@ -195,7 +185,7 @@ def test_a_reset_stream_scores_like_a_fresh_one_including_the_daily_profile(mode
     again = det.process(second).score
     fresh = Detector(model, DetectorSettings()).process([Tick("b", t.ts, t.value, t.segment) for t in second]).score
     np.testing.assert_allclose(again, fresh, atol=1e-9)
-    assert det.profile[det.slots["a"], BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 300
+    assert det.profile[det.slots["a"], PROF.BIN_COUNT:PROF.BIN_COUNT + SEASON_BINS].sum() == 300
 
 
 def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_slow_level(model):
@@ -205,12 +195,12 @@ def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_sl
     ticks = [Tick("a", T0 + 60.0 * i, float(v)) for i, v in enumerate(values)]
     det.process(ticks[:500])
     slot = det.slots["a"]
-    learned = lambda: np.r_[det.profile[slot, TAILS:BIN_MEAN], det.scalars[slot, [LEVEL_MEAN, LEVEL_VAR]]]  # noqa: E731
+    learned = lambda: np.r_[det.profile[slot, PROF.TAILS:PROF.BIN_MEAN], det.scalars[slot, [S.LEVEL_MEAN, S.LEVEL_VAR]]]  # noqa: E731
     before = learned()
     assert det.process(ticks[500:501]).score[0] >= 0.9
     # the anomaly neither taught the stream that spikes are usual nor inflated its slow deviation
     np.testing.assert_array_equal(learned(), before)
-    assert det.profile[slot, BIN_COUNT:BIN_COUNT + SEASON_BINS].sum() == 501  # it is in the daily profile
+    assert det.profile[slot, PROF.BIN_COUNT:PROF.BIN_COUNT + SEASON_BINS].sum() == 501  # it is in the daily profile
     det.process(ticks[501:502])  # an ordinary tick is learned
     after = learned()
     assert not np.array_equal(after[:-2], before[:-2]) and not np.array_equal(after[-2:], before[-2:])
