@@ -246,6 +246,61 @@ def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | Normalise
 
 
 @numba.njit(**_JIT)
+def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: Params) -> bool:
+    """Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
+    certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
+    teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
+    blunting it for days. It does widen the range (and enter the daily profile)."""
+    low, high = st[S.LOW], st[S.HIGH]
+    beyond = max(value - high, low - value) / max(high - low, 1e-12)
+    novel = learn and learned >= 1 and beyond > p.range_margin
+    if learn:
+        first = learned < 1
+        st[S.LOW] = value if first else min(low, value)
+        st[S.HIGH] = value if first else max(high, value)
+    return novel
+
+
+@numba.njit(**_JIT)
+def slow_level(st: np.ndarray, value: float, n: float, hours: float, novel: bool, p: Params) -> float:
+    """The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
+    weighing the share of an hour it covers): the daily profile is kept in these units, which keep a daily
+    pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it."""
+    level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
+    delta = value - st[S.LEVEL_MEAN]
+    level_mean = st[S.LEVEL_MEAN] + level_rate * delta
+    level_var = (1.0 - level_rate) * (st[S.LEVEL_VAR] + level_rate * delta * delta)
+    st[S.LEVEL_MEAN], st[S.LEVEL_VAR] = level_mean, level_var
+    return (value - level_mean) / _scale(level_mean, level_var, p)
+
+
+@numba.njit(**_JIT)
+def learn_profile(prof: np.ndarray, b: int, level: float, hours: float, p: Params) -> None:
+    """The daily profile learns every tick, each weighing the share of its bin's hour it covers (a reset
+    stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate."""
+    bin_mean, bin_var = float(prof[PROF.BIN_MEAN + b]), float(prof[PROF.BIN_VAR + b])
+    visits = float(prof[PROF.BIN_COUNT + b])
+    rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
+    delta = level - bin_mean
+    prof[PROF.BIN_MEAN + b] = bin_mean + rate * delta
+    prof[PROF.BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
+    prof[PROF.BIN_COUNT + b] = visits + 1.0
+
+
+@numba.njit(**_JIT)
+def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) -> float:
+    """One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
+    incident, a tick scores only if it beats that tick's score (and then raises the incident)."""
+    age = st[S.INCIDENT_AGE] + 1.0
+    if live and (score > st[S.INCIDENT] or age > p.incident_ticks):
+        st[S.INCIDENT], st[S.INCIDENT_AGE] = score, 0.0
+    else:
+        score = 0.0
+        st[S.INCIDENT_AGE] = age
+    return score
+
+
+@numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float, ts: float, error: float,
                p: Params) -> float:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
@@ -259,28 +314,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     learn = n >= settle
     live = n >= p.warmup
 
-    # Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
-    # certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
-    # teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
-    # blunting it for days. It does widen the range and enter the daily profile.
-    low, high = st[S.LOW], st[S.HIGH]
-    beyond = max(value - high, low - value) / max(high - low, 1e-12)
-    novel = learn and learned >= 1 and beyond > p.range_margin
-    if learn:
-        first = learned < 1
-        st[S.LOW] = value if first else min(low, value)
-        st[S.HIGH] = value if first else max(high, value)
+    novel = range_novelty(st, value, learn, learned, p)
 
-    # The value in units of the stream's slow statistics (memory in days, like the profile's, each tick
-    # weighing the share of an hour it covers): the daily profile is kept in these units, which keep a
-    # daily pattern's shape where the LSTM's fast normaliser (a memory of ~100 ticks) flattens it.
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
-    level_rate = 0.0 if novel else max(1.0 / (n + 1.0), hours * (1.0 / (SEASON_BINS * p.season_memory_days)))
-    delta = value - st[S.LEVEL_MEAN]
-    level_mean = st[S.LEVEL_MEAN] + level_rate * delta
-    level_var = (1.0 - level_rate) * (st[S.LEVEL_VAR] + level_rate * delta * delta)
-    st[S.LEVEL_MEAN], st[S.LEVEL_VAR] = level_mean, level_var
-    level = (value - level_mean) / _scale(level_mean, level_var, p)
+    level = slow_level(st, value, n, hours, novel, p)
 
     # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
@@ -311,13 +348,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
             st[S.SEASON_SHORT] = short
     season_part = max(season_decades, short_decades) if seasoned else 0.0
 
-    # The profile learns every tick, each weighing the share of its bin's hour it covers (a reset stream's
-    # LAST_TS is 0: a full share), so its memory is in days whatever the tick rate.
-    rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
-    delta = level - bin_mean
-    prof[PROF.BIN_MEAN + b] = bin_mean + rate * delta
-    prof[PROF.BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
-    prof[PROF.BIN_COUNT + b] = visits + 1.0
+    learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
@@ -342,14 +373,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
-    # One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
-    # incident, a tick scores only if it beats that tick's score (and then raises the incident).
-    age = st[S.INCIDENT_AGE] + 1.0
-    if live and (score > st[S.INCIDENT] or age > p.incident_ticks):
-        st[S.INCIDENT], st[S.INCIDENT_AGE] = score, 0.0
-    else:
-        score = 0.0
-        st[S.INCIDENT_AGE] = age
+    score = one_alarm_per_incident(st, score, live, p)
     st[S.SCORE] = score
     return score
 
