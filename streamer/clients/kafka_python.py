@@ -147,7 +147,8 @@ class PythonConsumer:
         self._consumer.subscribe(topics, listener=_Listener(listener))
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
-        return self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return {TopicPartition(*tp): messages for tp, messages in polled.items()}  # a key per partition, not message
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._consumer.seek(_theirs(tp), offset)
@@ -190,7 +191,7 @@ class PythonConsumer:
                 position = self._consumer.position(tp, timeout_ms=100)
             except KafkaError:
                 continue
-            out[tp] = max(0, end - position)
+            out[TopicPartition(*tp)] = max(0, end - position)
         return out
 
     def connected(self) -> tuple[bool, dict]:

@@ -400,7 +400,7 @@ class Daemon:
             self._deliver()  # score records and dead letters reach the broker before the commit
         for tp, messages in polled.items():
             self.partitions.processed(tp, offset_of(messages[-1]) + 1)
-            self._schedule.messages += len(messages)
+            self._schedule.count(len(messages))
         now = time.time()
         if last_ts is not None:
             m.event_lag.set(now - last_ts)

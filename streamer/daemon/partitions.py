@@ -37,6 +37,9 @@ class CheckpointSchedule:
     def __post_init__(self) -> None:
         self.restart()
 
+    def count(self, messages: int) -> None:
+        self.messages += messages
+
     def restart(self) -> None:
         self.messages = 0
         self.at = self.clock() + self.interval_seconds

@@ -94,9 +94,9 @@ def test_schedule_is_due_by_time_or_messages():
     now = [0.0]
     schedule = CheckpointSchedule(10.0, 1000, lambda: now[0])
     assert not schedule.due()
-    schedule.messages += 999
+    schedule.count(999)
     assert not schedule.due()
-    schedule.messages += 1
+    schedule.count(1)
     assert schedule.due()
     schedule.restart()
     now[0] = 9.9
