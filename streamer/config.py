@@ -153,6 +153,10 @@ class DetectorSettings(Section):
                                     "covered this much of its own time; 0: always")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
+    protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
+                                   "learned into the stream's forecast tail nor raises its damping (0: off)")
+    gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
+                             "surprise is divided by sqrt(gap / pace) (false: an ablation)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

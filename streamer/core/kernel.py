@@ -46,6 +46,7 @@ SCALAR_COLUMNS = (
     ("INCIDENT", "the score that opened or last raised the current incident"),
     ("INCIDENT_AGE", "ticks since then"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
+    ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -65,6 +66,7 @@ PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
 N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 108: with the scalars, 576 bytes a stream besides h, c
 
+PACE_RATE = 0.01  # EW weight of a stream's log tick interval (its pace) once 100 intervals were seen
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
 SEASON_MIN_VISITS = 3  # a time-of-day bin scores once it has seen this many ticks
 SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in slow standard deviations (flat or quantised streams)
@@ -95,6 +97,8 @@ class Params(NamedTuple):
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
+    protect_decades: float  # 0: off
+    gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
@@ -104,12 +108,14 @@ class Params(NamedTuple):
     alpha: float  # the normaliser's
     min_scale: float
     rel_scale: float
+    clip: float
 
 
 def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
     """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
     detector = {name: float(getattr(settings, name)) for name in Params._fields if hasattr(settings, name)}
-    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
+    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale,
+                  clip=normaliser.clip)
 
 
 class Weights(NamedTuple):
@@ -221,9 +227,17 @@ def _scale(mean: float, var: float, p: Params | NormaliserSpec) -> float:
 def normalise(n: float, mean: float, var: float, value: float, p: Params | NormaliserSpec):
     """Fold the stream's (n + 1)-th value into its EW mean and variance (`NormaliserSpec`; the first value
     sets the mean); returns the new (mean, var, scale). The detector's input normalisation, and the
-    trainer's (`normalise_lanes`): a model is trained on exactly the inputs the daemon gives it."""
+    trainer's (`normalise_lanes`): a model is trained on exactly the inputs the daemon gives it.
+
+    Robust once settled (`NormaliserSpec.clip`): a value further than `clip` scales from the mean pulls the
+    mean and variance as one `clip` scales away would (Huber's estimator). One wild tick, a x100 price,
+    would otherwise inflate the scale for ~1/alpha ticks, and every surprise after it would look small; a
+    real level shift still moves the statistics, at a bounded pace that grows with the scale it inflates."""
     alpha = max(1.0 / (n + 1.0), p.alpha)
     delta = value - mean
+    if p.clip > 0 and n >= SETTLE:
+        bound = p.clip * _scale(mean, var, p)
+        delta = min(max(delta, -bound), bound)
     mean = mean + alpha * delta
     var = (1.0 - alpha) * (var + alpha * delta * delta)
     return mean, var, _scale(mean, var, p)
@@ -316,6 +330,25 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
 
     novel = range_novelty(st, value, learn, learned, p)
 
+    # The forecast surprise and its calibrated tail (-log10 p), before anything is learned from this tick.
+    # A one-step forecast made before a gap (a night, a weekend, an outage) vouches for one step of the
+    # stream's usual pace: over k steps a random walk's error grows like sqrt(k), so the surprise is divided
+    # by that (`gap_scaled`); the stream's pace is learned in log seconds, so its gaps barely move it.
+    std = st[S.PRED_STD]
+    forecast_surprise = error / std if std > 0 else 0.0
+    if n >= 1:
+        log_gap = math.log(max(ts - st[S.LAST_TS], 1e-3))
+        if n >= 2 and p.gap_scaled:
+            forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
+        st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
+    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
+    # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
+    # history", not "usual"; it passes the novelty gate
+    unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
+    # Protected learning (`protect_decades`): a tick the detector flags teaches the stream nothing, or its
+    # anomalies would become usual (a second x100 price would look like the first one, learned).
+    flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
+
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level = slow_level(st, value, n, hours, novel, p)
 
@@ -325,22 +358,16 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     visits = float(prof[PROF.BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
 
-    # The three surprise statistics, their calibrated tails (-log10 p), and learning them.
-    std = st[S.PRED_STD]
-    forecast_surprise = error / std if std > 0 else 0.0
+    # The time-of-day surprise statistics, their calibrated tails, and learning all three.
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
-    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
-    # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
-    # history", not "usual"; it passes the novelty gate
-    unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
-    learn_tail(rates[0], forecast_surprise, weight)
+    learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
         learn_tail(rates[1], season, weight)
         learn_tail(rates[2], season_short, weight)
@@ -354,8 +381,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
-    if live:
-        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), evidence)
+    if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
