@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -51,10 +50,16 @@ def score(config: Path, data: Path, output: Path, plot: Path | None = None, thre
     command = [sys.executable, "-m", "streamer", "--config", str(config), "score", str(data), "--output", str(output)]
     if plot is not None:
         command += ["--plot", str(plot), "--threshold", str(threshold)]
-    echo("$ " + " ".join(["streamer", *(os.path.relpath(c) if Path(c).is_absolute() else c for c in command[3:])]))
+    echo("$ " + " ".join(["streamer", *map(_shown, command[3:])]))
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     echo(done.stdout.strip())
     return read_scores(output, load_settings(config).ticks.zone)
+
+
+def _shown(arg: str) -> str:
+    """A path under the working directory relative to it, as a user would type it."""
+    path = Path(arg)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else arg
 
 
 def read_scores(path: Path, zone) -> dict[str, Scored]:
