@@ -33,13 +33,17 @@ def _speed(text: str) -> float | None:
     return value
 
 
-def _timestamp(text: str) -> float:
+def _timestamp(text: str) -> float | str:
+    """Epoch seconds, or an ISO-8601 text checked here and read once the settings are known (a time without
+    an offset is in ``ticks.timezone``, as the ticks are)."""
     from streamer.core.ticks import InvalidTick, parse_ts
 
+    raw = float(text) if text.replace(".", "", 1).isdigit() else text
     try:
-        return parse_ts(float(text) if text.replace(".", "", 1).isdigit() else text)
+        parse_ts(raw)
     except InvalidTick as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return raw
 
 
 EXAMPLES = {
@@ -183,7 +187,10 @@ def cmd_replay(args, settings: Settings) -> int:
     if args.bootstrap_servers:
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"bootstrap_servers": args.bootstrap_servers.split(",")})})
-    report = replay(args.input, args.topic, settings, speed=args.speed, start=args.start, end=args.end,
+    from streamer.core.ticks import parse_ts
+
+    start, end = (None if raw is None else parse_ts(raw, settings.ticks.zone) for raw in (args.start, args.end))
+    report = replay(args.input, args.topic, settings, speed=args.speed, start=start, end=end,
                     skip_invalid=args.skip_invalid)
     print(f"produced {report.produced} messages to {args.topic} in {report.seconds:.1f}s"
           f" (skipped invalid: {report.skipped_invalid}, outside --start/--end: {report.outside_range})")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 from contextvars import ContextVar
+from datetime import timezone as dt_timezone
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +26,18 @@ class ConfigError(Exception):
 def _empty_to_none(value: Any) -> Any:
     """An empty string in TOML or the environment means "not set" for optional paths."""
     return None if value in ("", None) else value
+
+
+def _known_timezone(value: str) -> str:
+    """An IANA time zone name, or "" (none); an unknown name is an error (pydantic names the field)."""
+    if value:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+    return value
 
 
 class Section(BaseModel):
@@ -103,6 +117,21 @@ class TickSettings(Section):
     # Ticks stamped before this (epoch seconds) or further ahead of the wall clock are rejected as absurd.
     min_timestamp: float = 0.0
     max_future_seconds: float = Field(86400.0, ge=0)
+    # Recorded market data often carries exchange-local wall-clock times without an offset.
+    timezone: str = Field("", description="IANA zone of timestamps without an offset (e.g. America/New_York); "
+                          "empty: UTC")
+
+    _timezone_known = field_validator("timezone")(lambda value: _known_timezone(value))
+
+    @property
+    def zone(self) -> tzinfo:
+        """The zone a timestamp without an offset is read in (the daemon, the offline commands and replay's
+        --start/--end all read naive times through this one property, so they agree)."""
+        if not self.timezone:
+            return dt_timezone.utc
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone)
 
 
 class ResetRules(Section):
@@ -112,17 +141,7 @@ class ResetRules(Section):
     session_timezone: str = Field("", description="e.g. America/New_York: the first tick of each day resets")
     session_start: str = Field("00:00", pattern=r"^\d{2}:\d{2}$", description="local time a session day starts")
 
-    @field_validator("session_timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        if value:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+    _timezone_known = field_validator("session_timezone")(lambda value: _known_timezone(value))
 
 
 class ResetSettings(ResetRules):

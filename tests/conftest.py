@@ -9,6 +9,7 @@ the reason in the summary (-ra).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -76,6 +77,14 @@ def require_shared(path: Path) -> Path:
     pytest.skip(message)
 
 
+def example_module(path: Path) -> ModuleType:
+    """A script of examples/ (not a package) imported by path, for a test to use its functions."""
+    spec = importlib.util.spec_from_file_location(f"example_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # Client backends (kafka.client) the daemon's broker tests run with. confluent-kafka is an optional extra of the
 # package, but the dev extra installs it: a test of that backend fails without it instead of skipping.
 CLIENTS = ["kafka-python", "confluent-kafka"]
@@ -109,8 +118,10 @@ def topic(broker) -> str:
     return name
 
 
-def daemon_settings(bootstrap: str, topics: list[str], **kafka) -> Settings:
-    settings = load_settings(None)
+def daemon_settings(bootstrap: str, topics: list[str], config: Path | None = None, **kafka) -> Settings:
+    """The daemon's settings for a test: ``config`` (default: the defaults), this broker and these topics, a
+    fresh group, metrics on a free port."""
+    settings = load_settings(config)
     k = settings.kafka.model_copy(update={
         "bootstrap_servers": [bootstrap], "topics": topics, "group_id": f"g-{uuid.uuid4().hex[:8]}",
         "consumer": FAST_GROUP, **kafka})

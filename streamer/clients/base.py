@@ -12,7 +12,7 @@ equals it, and the confluent backend builds it from librdkafka's objects. Polled
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
@@ -120,11 +120,12 @@ def open_producer(k: KafkaSettings) -> Producer:
     return PythonProducer(k)
 
 
-def start_timestamp_ms(start_from: str) -> int | None:
-    """Milliseconds of an ISO-8601 ``kafka.start_from``, or None for earliest/latest."""
+def start_timestamp_ms(start_from: str, zone: tzinfo = timezone.utc) -> int | None:
+    """Milliseconds of an ISO-8601 ``kafka.start_from`` (without an offset: in ``zone``, the zone of the
+    ticks, ``ticks.timezone``), or None for earliest/latest."""
     if start_from in ("earliest", "latest"):
         return None
     parsed = datetime.fromisoformat(start_from)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=zone)
     return int(parsed.timestamp() * 1000)

@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,11 @@ class Decoded:
     rejected: list[tuple[int, InvalidTick]]  # (message index, why) of each invalid message
 
 
-def parse_ts(raw: Any) -> float:
-    """Epoch seconds from a number or an ISO-8601 string (naive times are UTC)."""
+def parse_ts(raw: Any, zone: tzinfo = timezone.utc) -> float:
+    """Epoch seconds from a number or an ISO-8601 string; a time without an offset is read in ``zone``
+    (`TickSettings.zone`: UTC unless ``ticks.timezone`` says otherwise). A local time repeated when the
+    clocks go back is read as its first occurrence, one skipped when they go forward as if they had not
+    (Python's ``fold=0``)."""
     if isinstance(raw, bool):
         raise InvalidTick("bad_type", "ts is a bool")
     if isinstance(raw, (int, float)):
@@ -127,7 +130,7 @@ def parse_ts(raw: Any) -> float:
         except ValueError:
             raise InvalidTick("bad_timestamp", f"unparseable ts {raw[:40]!r}") from None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=zone)
         ts = parsed.timestamp()
     else:
         raise InvalidTick("bad_type", f"ts is a {type(raw).__name__}")
@@ -178,6 +181,7 @@ class TickDecoder:
         self._values, self._segment, self._reset = fields.values_field, fields.segment_field, fields.reset_field
         self._max_bytes, self._min_ts, self._future = (fields.max_message_bytes, fields.min_timestamp,
                                                        fields.max_future_seconds)
+        self._zone = fields.zone
 
     def decode_batch(self, messages: Sequence, value_of: Callable, key_of: Callable) -> Decoded:
         """Decode a poll's messages, read through the Kafka client's accessors, into one batch of columns.
@@ -275,7 +279,7 @@ class TickDecoder:
             stream = _name(stream, self._stream)
         if self._ts not in obj:
             raise InvalidTick("missing_field", self._ts)
-        ts = parse_ts(obj[self._ts])
+        ts = parse_ts(obj[self._ts], self._zone)
         if not self._min_ts <= ts <= self._clock() + self._future:
             raise InvalidTick("bad_timestamp", f"ts {ts} out of range")
         segment = obj.get(self._segment)

@@ -111,7 +111,7 @@ class Daemon:
         self._watchdog = systemd.Watchdog()
         self._connected = True
         self._batch_marks: deque[tuple[float, int]] = deque()
-        self._start_ms = start_timestamp_ms(settings.kafka.start_from)
+        self._start_ms = start_timestamp_ms(settings.kafka.start_from, settings.ticks.zone)
         self._rules = {topic: settings.resets.for_topic(topic) for topic in settings.kafka.topics}
         self._warn = RateLimited(log)
         self._consumer: Consumer | None = None  # the client seam (streamer.clients.base)

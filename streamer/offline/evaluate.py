@@ -21,7 +21,7 @@ import argparse
 import math
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not rows:
             left_out.append(f"{key} (no rows; {len(windows[key])} windows)")
             continue
-        corpus.append(file_series(key, rows, windows[key], dropped=None if args.strict else dropped))
+        corpus.append(file_series(key, rows, windows[key], dropped=None if args.strict else dropped,
+                                  zone=settings.ticks.zone))
         summaries.append(summary)
     if not corpus:
         raise ValueError(f"no labelled file under {args.data} could be scored: {'; '.join(left_out)}")
@@ -117,25 +118,28 @@ def _existing(path: Path, what: str) -> Path:
     return path
 
 
-def _time(raw: object) -> datetime | None:
-    """A row's timestamp as naive UTC, None where it has none that parses (the row then stands at the time
-    reached before it, see `nab.locate_windows`)."""
+def _time(raw: object, zone: tzinfo) -> datetime | None:
+    """A row's timestamp as naive UTC (a time without an offset read in ``zone``, as the daemon reads it),
+    None where it has none that parses (the row then stands at the time reached before it, see
+    `nab.locate_windows`)."""
     try:
-        return datetime.fromtimestamp(parse_ts(raw), timezone.utc).replace(tzinfo=None)
+        return datetime.fromtimestamp(parse_ts(raw, zone), timezone.utc).replace(tzinfo=None)
     except (InvalidTick, OverflowError, OSError, ValueError):
         return None
 
 
-def file_series(key: str, rows: list[ScoredRow], file_windows, dropped: list[str] | None = None) -> nab.Series:
+def file_series(key: str, rows: list[ScoredRow], file_windows, dropped: list[str] | None = None,
+                zone: tzinfo = timezone.utc) -> nab.Series:
     """One row per input row; a skipped row (out of order, invalid) scores 0: it raised no alarm.
 
     Windows are located in file order with each row at the latest time of a tick scored up to it (a skipped
     row's own timestamp is not one the daemon went by: it stands at the time reached; `nab.locate_windows`).
     A window that holds no row is an error naming the file, or, given a ``dropped`` list, reported there
-    and left out.
+    and left out. A row's time without an offset is read in ``zone`` (``ticks.timezone``); a label's, as
+    `nab.load_windows` reads it, is UTC.
     """
     skipped = ("out_of_order", "invalid:")
-    timestamps = np.array([None if r.note.startswith(skipped) else _time(r.timestamp) for r in rows],
+    timestamps = np.array([None if r.note.startswith(skipped) else _time(r.timestamp, zone) for r in rows],
                           dtype="datetime64[us]")
     scores = np.array([0.0 if math.isnan(r.score) else r.score for r in rows])
     located: list[tuple[int, int]] = []

@@ -16,7 +16,7 @@ import orjson
 from tqdm import tqdm
 
 from streamer.clients.kafka_python import make_producer
-from streamer.config import Settings
+from streamer.config import Settings, TickSettings
 from streamer.core.ticks import InvalidTick, Record, RecordError, parse_ts, read_records
 
 log = logging.getLogger("streamer.replay")
@@ -30,8 +30,8 @@ class ReplayReport:
     seconds: float = 0.0
 
 
-def _record_ts(record: Record, ts_field: str) -> float:
-    return parse_ts(record.obj.get(ts_field))
+def _record_ts(record: Record, fields: TickSettings) -> float:
+    return parse_ts(record.obj.get(fields.ts_field), fields.zone)
 
 
 def replay(path: Path, topic: str, settings: Settings, speed: float | None = None, start: float | None = None,
@@ -49,7 +49,7 @@ def replay(path: Path, topic: str, settings: Settings, speed: float | None = Non
     try:
         for record in bar:
             try:
-                ts = _record_ts(record, fields.ts_field)
+                ts = _record_ts(record, fields)
             except InvalidTick as bad:
                 if not skip_invalid:
                     raise RecordError(f"{path}:{record.line}: {bad}") from None

@@ -43,6 +43,23 @@ def test_unknown_timezone_is_an_error(tmp_path):
         load_settings(path)
 
 
+def test_unknown_ticks_timezone_is_an_error_naming_the_field(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text("[ticks]\ntimezone = 'America/Gotham'\n")
+    with pytest.raises(ConfigError, match=r"ticks\.timezone: .*America/Gotham"):
+        load_settings(path)
+    monkeypatch.setenv("STREAMER_TICKS__TIMEZONE", "Europe/London")
+    assert load_settings(path).ticks.timezone == "Europe/London"  # the environment wins over the file
+
+
+def test_ticks_timezone_defaults_to_utc():
+    from datetime import datetime, timezone
+
+    assert load_settings(None).ticks.zone == timezone.utc
+    zone = load_settings(None, ticks={"timezone": "America/New_York"}).ticks.zone
+    assert datetime(2013, 10, 8, 9, 30, tzinfo=zone).utcoffset().total_seconds() == -4 * 3600
+
+
 def test_per_topic_reset_rules_override_only_what_they_set(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[resets]\nmax_gap_seconds = 60\nsession_timezone = 'UTC'\n"
@@ -70,3 +87,13 @@ def test_config_command_prints_masked_config_and_fails_on_bad_value():
     bad = subprocess.run([sys.executable, "-m", "streamer", "config"], capture_output=True, text=True,
                          env={**env, "STREAMER_KAFKA__MAX_POLL_RECORDS": "lots"})
     assert bad.returncode == 2 and "kafka.max_poll_records" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_start_from_without_offset_is_in_the_ticks_timezone():
+    from zoneinfo import ZoneInfo
+
+    from streamer.clients.base import start_timestamp_ms
+
+    assert start_timestamp_ms("2013-10-08T09:30") == 1381224600_000
+    assert start_timestamp_ms("2013-10-08T09:30", ZoneInfo("America/New_York")) == 1381224600_000 + 4 * 3600_000
+    assert start_timestamp_ms("2013-10-08T09:30Z", ZoneInfo("America/New_York")) == 1381224600_000

@@ -73,3 +73,18 @@ def test_score_names_a_file_it_cannot_read(tmp_path, capsys):
     assert err.startswith(f"streamer score: {src}:") and "cannot read the file" in err
     assert main(["score", str(tmp_path), "--output", str(tmp_path / "s.csv")]) == 2  # a folder
     assert f"{tmp_path}: unknown file type" in capsys.readouterr().err
+
+
+def test_naive_local_times_meet_the_session_rule_in_their_own_zone(tmp_path, capsys):
+    """Exchange-local times without an offset: with ``ticks.timezone`` the trading day starts at local
+    midnight (one session reset); read as UTC, 22:00-01:00 would cross no local midnight at all."""
+    src = tmp_path / "spy.csv"
+    hours = [f"2013-10-0{8 + (h >= 24)} {h % 24:02d}:{m:02d}:00" for h in range(22, 25) for m in range(0, 60, 5)]
+    src.write_text("stream,ts,value\n" + "".join(f"SPY,{t},{169 + i % 3}\n" for i, t in enumerate(hours)))
+    config = tmp_path / "c.toml"
+    for zone, resets in (("America/New_York", ["reset"]), ("", [])):
+        config.write_text(f"[ticks]\ntimezone = '{zone}'\n[resets]\nsession_timezone = 'America/New_York'\n")
+        assert main(["--config", str(config), "score", str(src), "--output", str(tmp_path / "s.csv")]) == 0
+        rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+        assert [r["timestamp"] for r in rows if r["note"]] == (["2013-10-09 00:00:00"] if resets else [])
+    capsys.readouterr()

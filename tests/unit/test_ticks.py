@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from streamer.config import TickSettings
-from streamer.core.ticks import InvalidTick, RecordError, Tick, TickDecoder, read_records
+from streamer.core.ticks import InvalidTick, RecordError, Tick, TickDecoder, parse_ts, read_records
 
 NOW = 1_800_000_000.0
 
@@ -24,6 +24,37 @@ def test_decodes_scalar_tick_with_iso_timestamp(decoder):
 def test_naive_iso_timestamp_is_utc(decoder):
     [tick] = decoder.decode(b'{"stream": "a", "ts": "2014-04-01 00:00:00", "value": 1}')
     assert tick.ts == 1396310400.0
+
+
+def eastern(**fields) -> TickDecoder:
+    return TickDecoder(TickSettings(timezone="America/New_York", **fields), clock=lambda: NOW)
+
+
+@pytest.mark.parametrize("text, utc", [
+    ("2013-10-08 09:30:00", "2013-10-08T13:30:00Z"),  # EDT, UTC-4
+    ("2013-12-02 09:30:00.250", "2013-12-02T14:30:00.250Z"),  # EST, UTC-5, milliseconds kept
+    ("2013-11-03 01:30:00", "2013-11-03T05:30:00Z"),  # the clocks go back: the first 01:30 (EDT)
+])
+def test_naive_iso_timestamp_is_read_in_ticks_timezone(text, utc):
+    [tick] = eastern().decode(orjson.dumps({"stream": "a", "ts": text, "value": 1}))
+    assert tick.ts == parse_ts(utc)
+
+
+@pytest.mark.parametrize("raw", ["2013-10-08T09:30:00+02:00", "2013-10-08T13:30:00Z", 1381239000, 1381239000.5])
+def test_timezone_leaves_offsets_and_epoch_seconds_alone(raw):
+    [tick] = eastern().decode(orjson.dumps({"stream": "a", "ts": raw, "value": 1}))
+    assert tick.ts == parse_ts(raw)
+
+
+def test_recorded_csv_and_kafka_messages_agree_on_naive_local_times(tmp_path):
+    """The offline commands read files through the same decoder as the daemon's messages."""
+    path = tmp_path / "spy.csv"
+    path.write_text("stream,ts,value\nSPY,2013-10-08 04:00:00,169.1\nSPY,2013-10-08 09:30:00,168.9\n")
+    decoder = eastern()
+    from_file = [t.ts for r in read_records(path, decoder.f) for t in decoder.decode_obj(r.obj)]
+    messages = [orjson.dumps(r.obj) for r in read_records(path, decoder.f)]
+    polled = decoder.decode_batch(messages, lambda m: m, lambda m: None).ticks.ts.tolist()
+    assert from_file == polled == [parse_ts("2013-10-08T08:00:00Z"), parse_ts("2013-10-08T13:30:00Z")]
 
 
 def test_multivariate_tick_splits_into_channel_streams(decoder):

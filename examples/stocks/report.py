@@ -1,0 +1,133 @@
+"""The stocks example's result table: bad ticks caught, and the alarms a trader's pager would have shown.
+
+    python examples/stocks/report.py OUT_DIR [--plot examples/stocks/spy-2013-10-07.png]
+
+OUT_DIR is the folder `prepare.py` wrote. Scores ``faulted.jsonl`` and ``clean.jsonl`` with ``streamer score``
+and this folder's config.toml (the daemon's detector core, offline), then prints, in Markdown:
+
+1. per injected fault kind: how many the detector caught at the README's alert threshold (0.30), and how
+   late, next to the rolling median/MAD rule's (`streamer.devtools.incidents`); an alarm counts within
+   SLACK after the fault's span; precision is the share of alarm episodes that fall on a fault;
+2. on the untouched recording, alarm episodes per session and ticker (nothing is labelled there: each one
+   would have paged someone), detector then rule.
+
+With ``--plot``, also draws one session of SPY with its faults (``streamer score --plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import orjson
+
+from streamer.config import load_settings
+from streamer.devtools.faults import MARKET_KINDS, read_faults
+from streamer.devtools.incidents import median_mad_rule, report
+from streamer.devtools.usecase import THRESHOLD, arrival, compare, fault_table, score
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "config.toml"
+EASTERN = ZoneInfo("America/New_York")
+SLACK_S = 300.0  # an alarm up to 5 minutes after a fault's span still counts: one-minute bars, a pager's patience
+PLOT_DAY, PLOT_TICKER = "2013-10-07", "SPY"  # a session with a fat finger, a late and a duplicate tick
+
+
+def session(ts: float) -> str:
+    return datetime.fromtimestamp(ts, EASTERN).strftime("%Y-%m-%d")
+
+
+def notes(scored, faults, warmup: int) -> dict[str, str]:
+    """Per kind: what else the daemon says about it (out_of_order counts) and how many fell in warm-up."""
+    in_warmup, out_of_order = Counter(), Counter()
+    for stream, s in scored.items():
+        at, warm = arrival(s.ts), s.warm
+        for f in faults.get(stream, []):
+            rows = np.flatnonzero(at >= f.start_ts)
+            if f.kind not in ("late", "duplicate"):
+                in_warmup[f.kind] += bool(len(rows)) and warm[rows[0]] <= warmup
+            else:
+                out_of_order[f.kind] += any(s.note[i] == "out_of_order" for i in np.flatnonzero(at == f.start_ts))
+    text = {}
+    for kind in MARKET_KINDS:
+        parts = []
+        if kind in ("late", "duplicate"):
+            parts.append(f"{out_of_order[kind]} counted as out_of_order, not scored")
+        if kind == "halt":
+            parts.append("a gap; resets.max_gap_seconds is off (config.toml)")
+        if in_warmup[kind]:
+            parts.append(f"{in_warmup[kind]} in warm-up (score 0)")
+        text[kind] = "; ".join(parts)
+    return text
+
+
+def pager(clean) -> str:
+    """Alarm episodes on the untouched data per session and ticker: detector / rule."""
+    per: dict[tuple[str, str], list[int]] = {}
+    days: set[str] = set()
+    for stream, s in clean.items():
+        days |= {session(t) for t in s.ts}
+        det = report(arrival(s.ts), s.score, THRESHOLD, [], SLACK_S)
+        rule = report(s.ts, median_mad_rule(s.ts, s.value), 0.5, [], SLACK_S)
+        for k, times in enumerate((det.false_alarm_times, rule.false_alarm_times)):
+            for t in times:
+                per.setdefault((session(t), stream), [0, 0])[k] += 1
+    streams = list(clean)
+    lines = ["| session | " + " | ".join(streams) + " | all |", "|---" * (len(streams) + 2) + "|"]
+    total = [0, 0]
+    for day in sorted(days):
+        cells = []
+        day_total = [0, 0]
+        for stream in streams:
+            d, r = per.get((day, stream), [0, 0])
+            present = any(session(t) == day for t in clean[stream].ts)
+            cells.append(f"{d} / {r}" if present else "–")
+            day_total[0] += d
+            day_total[1] += r
+        total = [total[0] + day_total[0], total[1] + day_total[1]]
+        lines.append(f"| {day} | " + " | ".join(cells) + f" | {day_total[0]} / {day_total[1]} |")
+    sessions = sum(len({session(t) for t in s.ts}) for s in clean.values())
+    lines.append(f"| **per ticker-session** | | | | | **{total[0] / sessions:.2f} / {total[1] / sessions:.2f}** |")
+    return "\n".join(lines)
+
+
+def plot(out: Path, png: Path) -> None:
+    """One session of one ticker from the faulted feed: each session starts fresh, so its scores are the
+    full run's."""
+    day = out / f"plot-{PLOT_TICKER}-{PLOT_DAY}.jsonl"
+    with open(out / "faulted.jsonl", "rb") as src, open(day, "wb") as dst:
+        for line in src:
+            obj = orjson.loads(line)
+            if obj["stream"] == PLOT_TICKER and obj["ts"].startswith(PLOT_DAY):
+                dst.write(line)
+    score(CONFIG, day, out / "plot_scores.csv", plot=png)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="the folder prepare.py wrote")
+    parser.add_argument("--plot", type=Path, help=f"PNG of {PLOT_TICKER} on {PLOT_DAY} with its faults")
+    args = parser.parse_args(argv)
+    settings = load_settings(CONFIG)
+    faults = read_faults(args.out / "faults.json")
+    faulted = score(CONFIG, args.out / "faulted.jsonl", args.out / "faulted_scores.csv")
+    clean = score(CONFIG, args.out / "clean.jsonl", args.out / "clean_scores.csv")
+    detector, rule = compare(faulted, faults, SLACK_S)
+    print(f"\nInjected faults, alarms at score >= {THRESHOLD} (rule: |x - median| > 8 x 1.4826 MAD of the previous "
+          f"60 bars), caught within {SLACK_S / 60:.0f} min after the fault:\n")
+    print(fault_table(detector, rule, MARKET_KINDS, notes=notes(faulted, faults, settings.detector.warmup)))
+    print("\nAlarm episodes on the untouched recording (streamer / median-MAD rule):\n")
+    print(pager(clean))
+    if args.plot:
+        print()
+        plot(args.out, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The examples' report plumbing: scores CSVs read back per stream, warm-up counts, the fault table."""
+
+import math
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from streamer.devtools.faults import Fault
+from streamer.devtools.incidents import report
+from streamer.devtools.usecase import arrival, fault_table, read_scores
+
+
+def test_scores_csv_read_per_stream_in_the_ticks_zone(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,stream,value,anomaly_score,error,forecast,note\n"
+                    "2013-10-08 09:30:00,SPY,1,0.0,,,\n"
+                    "2013-10-08 09:31:00,SPY,2,0.5,,,\n"
+                    "2013-10-08 09:30:00,SPY,1,,,,out_of_order\n"
+                    "2013-10-09 04:00:00,SPY,3,0.0,,,reset\n"
+                    "1381239000,IBM,4,0.1,,,\n")
+    scored = read_scores(path, ZoneInfo("America/New_York"))
+    spy = scored["SPY"]
+    assert spy.ts[0] == 1381239000.0 and scored["IBM"].ts.tolist() == [1381239000.0]  # 09:30 EDT = 13:30 UTC
+    assert math.isnan(spy.score[2]) and spy.note[3] == "reset"
+    assert spy.warm.tolist() == [1, 2, 2, 1]  # a skipped row does not count, a reset starts over
+    assert arrival(spy.ts).tolist() == [spy.ts[0], spy.ts[1], spy.ts[1], spy.ts[3]]
+
+
+def test_fault_table_lists_each_kind_for_both_detectors():
+    ts = np.arange(0.0, 100.0)
+    faults = [Fault("spike", 10, 10), Fault("stale", 50, 60)]
+    detector = report(ts, np.where(ts == 10, 1.0, 0.0), 0.3, faults, 5)
+    rule = report(ts, np.where(ts == 62, 1.0, 0.0), 0.5, faults, 5)
+    table = fault_table(detector, rule, ["spike", "stale"], delay_unit=(1, "s"), notes={"stale": "flat"})
+    lines = table.splitlines()
+    assert lines[2] == "| spike | 1 | 1 (100%) | 0 s (0 s) | 0 (0%) | – (–) |  |"
+    assert lines[3] == "| stale | 1 | 0 (0%) | – (–) | 1 (100%) | 12 s (12 s) | flat |"
+    assert lines[-1].startswith("| precision") and "1/1 = 100%" in lines[-1]
