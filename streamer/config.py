@@ -189,7 +189,8 @@ class DetectorSettings(Section):
 class MetricsSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
-    # Only this many streams (the highest current scores) carry a `stream` label; the rest are aggregated.
+    # Only this many streams (the highest current scores) carry a `stream` label, and as many devices a
+    # `device` label; the rest are aggregated.
     max_stream_series: int = Field(1000, ge=0)
     # Optional HTTPS and basic auth for /metrics (/healthz and /readyz stay open for probes).
     tls_certfile: Path | None = None

@@ -40,6 +40,9 @@ one per tick while the forecaster catches up. score = -log10(p) / 10 of the stro
 `incident_ticks` ticks of the tick that opened (or last raised) a stream's incident, a tick scores only if it
 beats that tick's score, else 0. The first `warmup` ticks after a (re)start score 0, and the first
 `SETTLE` ticks' surprises, while the normaliser and LSTM state settle, are not learned.
+
+Devices. The channels of one multivariate reading (a tick with ``values``) are scored as streams of their
+own; the reading's device score combines them, calibrated like them (`streamer.core.devices`).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from typing import ClassVar
 import numpy as np
 
 from streamer.config import DetectorSettings, ResetRules
-from streamer.core import kernel
+from streamer.core import devices, kernel
 from streamer.core.kernel import N_PROFILE, N_SCALARS, S
 from streamer.core.model import Forecaster
 from streamer.core.ticks import Tick, TickBatch, object_array
@@ -75,6 +78,7 @@ class BatchResult:
     forecast: np.ndarray
     outcome: np.ndarray
     reset: np.ndarray  # True where the stream's state was reset before this tick
+    device_score: np.ndarray  # the score of the device reading a tick belongs to (`devices.tick_scores`)
     resets: Counter
     evicted: int
 
@@ -150,7 +154,8 @@ class Detector:
     - checkpoints: `owned_by(owner)` names the streams of one partition, `export(streams)` returns their
       state as plain arrays (`StreamStates`), `restore(states, owner)` puts it back, `forget(stream)` drops
       one stream;
-    - metrics: `top_scores(n)`, `max_peak()` and `len(detector)` read the state, never change it;
+    - metrics: `top_scores(n)`, `top_devices(n)`, `max_peak()` and `len(detector)` read the state, never
+      change it;
     - housekeeping: `expire(before_batch)` forgets streams not seen since a batch (`batches` counts them).
     Everything else is internal: the state tables (`scalars`, `profile`, `h`, `c`) belong to `kernel`.
     """
@@ -168,6 +173,9 @@ class Detector:
         self._day = np.zeros(0, dtype=np.int64)
         self._last_seen = np.zeros(0, dtype=np.int64)  # batch number
         self._owner = np.zeros(0, dtype=np.int64)  # e.g. the Kafka partition a stream came from
+        # The device of each channel stream (ticks from a ``values`` object), for `top_devices`. Not in
+        # checkpoints: a restored channel rejoins its device at the device's next reading.
+        self._device_of: dict[str, str] = {}
         self.scalars = np.zeros((0, N_SCALARS))
         self.profile = np.zeros((0, N_PROFILE), dtype=np.float32)
         self.h = np.zeros((0, model.hidden_size), dtype=np.float32)
@@ -211,6 +219,7 @@ class Detector:
     def forget(self, stream: str) -> None:
         """Remove a stream's state; it starts fresh if it comes back."""
         slot = self.slots.pop(stream)
+        self._device_of.pop(stream, None)
         self.names[slot] = None
         self._last_ts[slot] = -math.inf
         self._segment[slot] = None
@@ -300,6 +309,18 @@ class Detector:
         return [(self.names[s], latest, peak)
                 for s, latest, peak in zip(slots.tolist(), rows[:, S.SCORE].tolist(), rows[:, S.PEAK].tolist())]
 
+    def top_devices(self, n: int) -> list[tuple[str, float, float]]:
+        """(device, latest score, held peak) of the ``n`` devices with the highest held peaks, each combined
+        from its channels' latest scores and held peaks (`devices.device_table`)."""
+        if n <= 0 or not self._device_of:
+            return []
+        slots = np.fromiter(map(self.slots.__getitem__, self._device_of), dtype=np.int64,
+                            count=len(self._device_of))
+        table = devices.device_table(self._device_of, self.scalars[slots, S.SCORE], self.scalars[slots, S.PEAK])
+        if len(table) > n:
+            table = sorted(table, key=lambda row: row[2], reverse=True)[:n]
+        return table
+
     def max_peak(self) -> float:
         """The highest held peak over all streams."""
         if not self.slots:
@@ -354,6 +375,9 @@ class Detector:
         self._last_ts[ends], self._segment[ends], self._day[ends] = ts[last], segment[last], day[last]
         if owners is not None:
             self._owner[ends] = owners[order[last]]
+        if batch.device is not None:  # only polls with a multivariate tick: a loop over their accepted ticks
+            for i in order[np.not_equal(batch.device[order], None)].tolist():
+                self._device_of[batch.stream[i]] = batch.device[i]
 
         def in_arrival_order(accepted: np.ndarray, skipped) -> np.ndarray:
             """A column of the accepted ticks (in `order`) back in the batch's order, ``skipped`` elsewhere."""
@@ -362,9 +386,11 @@ class Detector:
             return column
 
         counts = np.bincount(reasons, minlength=len(RESET_REASONS) + 1)[1:].tolist()
+        scores = in_arrival_order(score, np.nan)
         return BatchResult(
-            score=in_arrival_order(score, np.nan), error=in_arrival_order(error, np.nan),
+            score=scores, error=in_arrival_order(error, np.nan),
             forecast=in_arrival_order(forecast, np.nan),
             outcome=in_arrival_order(np.full(len(rows), SCORED, dtype=np.int8), OUT_OF_ORDER),
             reset=in_arrival_order(reasons > 0, False),
+            device_score=devices.tick_scores(batch.device, batch.ts, scores),
             resets=Counter({reason: n for reason, n in zip(RESET_REASONS, counts) if n}), evicted=evicted)

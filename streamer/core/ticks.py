@@ -4,7 +4,8 @@ One wire format everywhere: a JSON object with ``stream``, ``ts`` (epoch seconds
 ``value`` (a number) or ``values`` (an object of named numbers); optional ``segment`` (a scalar whose change
 starts a new segment) and ``reset`` (bool). A multivariate tick is split into one univariate tick per named
 value (stream ``"<stream>/<name>"``): the forecaster is applied channel-independently, so one generic model
-serves any sensor.
+serves any sensor. Those ticks carry ``device`` = ``<stream>``, the name the channels' scores are combined
+under (`streamer.core.devices`); a tick with ``value`` has none.
 
 Bad input never raises past this module's callers: `TickDecoder.decode` raises `InvalidTick` with a short
 machine-readable reason, which the daemon counts and skips (or dead-letters).
@@ -52,6 +53,7 @@ class Tick:
     value: float
     segment: Scalar = None
     reset: bool = False
+    device: str | None = None  # the stream of the ``values`` object this channel tick came from
 
 
 def object_array(items: list) -> np.ndarray:
@@ -71,6 +73,7 @@ class TickBatch:
     value: np.ndarray  # float64
     segment: np.ndarray | None = None  # object array of scalars; None: no tick in the batch has one
     reset: np.ndarray | None = None  # bool; None: no tick asks for one
+    device: np.ndarray | None = None  # object array of str or None; None: no tick came from a ``values`` object
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -79,10 +82,12 @@ class TickBatch:
     def of(cls, ticks: Sequence[Tick]) -> TickBatch:
         segment = [t.segment for t in ticks]
         reset = [t.reset for t in ticks]
+        device = [t.device for t in ticks]
         return cls([t.stream for t in ticks], np.array([t.ts for t in ticks], dtype=np.float64),
                    np.array([t.value for t in ticks], dtype=np.float64),
                    object_array(segment) if any(s is not None for s in segment) else None,
-                   np.array(reset, dtype=bool) if any(reset) else None)
+                   np.array(reset, dtype=bool) if any(reset) else None,
+                   object_array(device) if any(d is not None for d in device) else None)
 
     @classmethod
     def join(cls, batches: Sequence[TickBatch]) -> TickBatch:
@@ -100,7 +105,8 @@ class TickBatch:
         return cls([s for b in batches for s in b.stream], np.concatenate([b.ts for b in batches]),
                    np.concatenate([b.value for b in batches]),
                    optional([b.segment for b in batches], None, object),
-                   optional([b.reset for b in batches], False, bool))
+                   optional([b.reset for b in batches], False, bool),
+                   optional([b.device for b in batches], None, object))
 
 
 @dataclass(slots=True)
@@ -297,7 +303,7 @@ class TickDecoder:
         if not isinstance(values, dict) or not values:
             raise InvalidTick("bad_type", f"{self._values} is not a non-empty object")
         return [Tick(_name(f"{stream}/{name}", self._values), ts, _number(v, f"{self._values}.{name}"),
-                     segment, reset) for name, v in values.items()]
+                     segment, reset, stream) for name, v in values.items()]
 
     def encode(self, stream: str, ts: float, value: float | dict[str, float], segment: Scalar = None,
                reset: bool = False) -> bytes:

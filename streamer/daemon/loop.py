@@ -412,11 +412,15 @@ class Daemon:
         scores_topic = self.settings.kafka.scores_topic
         partition_of, offset_of = self._consumer.partition, self._consumer.offset
         ts, value, score, error = ticks.ts.tolist(), ticks.value.tolist(), result.score.tolist(), result.error.tolist()
+        device = [None] * len(ticks) if ticks.device is None else ticks.device.tolist()
+        device_score = result.device_score.tolist()
         for i in (result.outcome == SCORED).nonzero()[0].tolist():
             stream, msg = ticks.stream[i], sources[i]
             record = {"stream": stream, "ts": ts[i], "value": value[i], "anomaly_score": score[i],
                       "error": None if error[i] != error[i] else error[i],
                       "topic": topic, "partition": partition_of(msg), "offset": offset_of(msg)}
+            if device[i] is not None:  # a channel of a multivariate tick: its reading's device score too
+                record["device"], record["device_score"] = device[i], device_score[i]
             send(scores_topic, stream.encode(), orjson.dumps(record))
 
     def _reject(self, tp: TP, msg, bad: InvalidTick) -> None:
@@ -463,8 +467,8 @@ class Daemon:
             return self._last_snapshot
         try:
             det = self.detector
-            self._last_snapshot = ScoreSnapshot(det.top_scores(self.settings.metrics.max_stream_series),
-                                                det.max_peak(), len(det))
+            cap = self.settings.metrics.max_stream_series
+            self._last_snapshot = ScoreSnapshot(det.top_scores(cap), det.max_peak(), len(det), det.top_devices(cap))
             return self._last_snapshot
         finally:
             self._lock.release()

@@ -6,7 +6,9 @@ most recently anomalous streams (highest held peak): those carry a ``stream`` la
 ``streamer_anomaly_score`` (latest) and ``streamer_anomaly_score_peak`` (held ``peak_hold_seconds``, so an
 alarm of one tick is still there at the next scrape); every stream counts towards ``streamer_streams`` and
 ``streamer_anomaly_score_max``. A stream above an alert threshold therefore always has its series as long
-as fewer than ``max_stream_series`` streams are anomalous at once.
+as fewer than ``max_stream_series`` streams are anomalous at once. Devices (the streams of ticks with
+``values``, whose channels' scores combine into one, `streamer.core.devices`) get the same treatment under
+the same cap: ``streamer_device_score`` and ``streamer_device_score_peak`` with a ``device`` label.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ScoreSnapshot:
     top: list[tuple[str, float, float]]  # (stream, latest score, held peak)
     max_peak: float
     streams: int
+    devices: list[tuple[str, float, float]] = field(default_factory=list)  # (device, latest score, held peak)
 
 
 class StreamScoreCollector:
@@ -58,6 +61,17 @@ class StreamScoreCollector:
             peaks.add_metric([stream], peak)
         yield scores
         yield peaks
+        device_scores = GaugeMetricFamily(
+            "streamer_device_score", "Latest score in [0, 1] of the most recently anomalous devices (a device's "
+            "channels combined, Bonferroni)", labels=["device"])
+        device_peaks = GaugeMetricFamily(
+            "streamer_device_score_peak", "Highest device score of the last detector.peak_hold_seconds (alert on "
+            "this one)", labels=["device"])
+        for device, latest, peak in snap.devices:
+            device_scores.add_metric([device], latest)
+            device_peaks.add_metric([device], peak)
+        yield device_scores
+        yield device_peaks
         yield GaugeMetricFamily("streamer_anomaly_score_max", "Highest held peak score over all streams",
                                 value=snap.max_peak)
         yield GaugeMetricFamily("streamer_streams", "Streams whose state is in memory", value=snap.streams)

@@ -34,6 +34,8 @@ class ScoredRow:
     error: float
     forecast: float
     note: str  # "" scored normally, "reset" after a state reset, "out_of_order" or "invalid:<reason>" skipped
+    device: str = ""  # the device of a channel of a multivariate tick (its row's ``stream``), else ""
+    device_score: float = math.nan  # that reading's device score (`streamer.core.devices`); NaN: none
 
 
 @dataclass
@@ -90,7 +92,8 @@ def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: T
             summaries[n].scored += int(not skipped)
             yield n, ScoredRow(record.line, record.obj.get(ts_field), tick.stream, tick.value,
                                float(result.score[i]), float(result.error[i]), float(result.forecast[i]),
-                               "out_of_order" if skipped else "reset" if result.reset[i] else "")
+                               "out_of_order" if skipped else "reset" if result.reset[i] else "",
+                               tick.device or "", float(result.device_score[i]))
             i += 1
         pending.clear()
         ticks.clear()
@@ -173,6 +176,8 @@ def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster,
         tag = f"{n}:"
         if row.stream.startswith(tag):
             row.stream = row.stream[len(tag):]
+        if row.device.startswith(tag):
+            row.device = row.device[len(tag):]
         rows[n].append(row)
     for n, summary in enumerate(summaries):
         if summary.unreadable is not None:  # what was read before the error is not a file's worth of rows
@@ -181,36 +186,75 @@ def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster,
 
 
 def write_scores_csv(rows: list[ScoredRow], path: Path) -> None:
+    """One line per tick; a channel of a multivariate tick also names its device and the reading's device
+    score (the same on each of the reading's channels), empty for other ticks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note"])
+        out.writerow(["timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note", "device",
+                      "device_score"])
         for r in rows:
             out.writerow([r.timestamp, r.stream, "" if math.isnan(r.value) else repr(r.value), _fmt(r.score),
-                          _fmt(r.error), _fmt(r.forecast), r.note])
+                          _fmt(r.error), _fmt(r.forecast), r.note, r.device, _fmt(r.device_score)])
 
 
 def _fmt(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.9g}"
 
 
+def _readings(rows: list[ScoredRow], device: str) -> list[list[ScoredRow]]:
+    """The rows of ``device``'s readings: runs of its rows with one timestamp, as `devices.tick_scores` groups
+    them (the channels of one ``values`` tick are consecutive rows)."""
+    out: list[list[ScoredRow]] = []
+    previous = None
+    for i, r in enumerate(rows):
+        if r.device != device:
+            continue
+        if previous is None or previous != (i - 1, r.timestamp):
+            out.append([])
+        out[-1].append(r)
+        previous = (i, r.timestamp)
+    return out
+
+
 def plot_scores(rows: list[ScoredRow], path: Path, threshold: float) -> None:
-    """Per stream: values with the forecast, the score with the threshold, alarms marked."""
+    """Per device (multivariate ticks): its device score with the threshold, alarms marked; then per stream:
+    values with the forecast, the score with the threshold, alarms marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if not r.note.startswith("invalid:")]  # nothing to draw: no value, no score
-    streams = sorted({r.stream for r in rows})
-    fig, axes = plt.subplots(len(streams) * 2, 1, figsize=(14, 3.2 * len(streams)), squeeze=False,
-                             gridspec_kw={"height_ratios": [2, 1] * len(streams)})
+    devices = sorted({r.device for r in rows} - {""})
+    streams = sorted({r.stream for r in rows}, key=lambda name: (name.split("/", 1)[0] not in devices, name))
+    panels = len(devices) + 2 * len(streams)
+    fig, axes = plt.subplots(panels, 1, figsize=(14, 1.6 * panels), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.2] * len(devices) + [2, 1] * len(streams)})
+    for k, device in enumerate(devices):
+        readings = _readings(rows, device)
+        x = np.arange(len(readings))
+        scores = np.array([next((r.device_score for r in reading if not math.isnan(r.device_score)), math.nan)
+                           for reading in readings])  # the same on each scored channel of a reading
+        ax = axes[k, 0]
+        ax.plot(x, scores, color="darkgreen", lw=0.9)
+        alarms = scores >= threshold
+        ax.scatter(x[alarms], scores[alarms], color="red", s=14, zorder=3, label=f"device score ≥ {threshold}")
+        for i, reading in enumerate(readings):
+            if any(r.note == "reset" for r in reading):
+                ax.axvline(i, color="grey", ls="--", lw=0.8)
+        ax.axhline(threshold, color="red", ls=":", lw=0.8)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("device score")
+        ax.set_title(f"device {device}: its {len({r.stream for r in rows if r.device == device})} channels "
+                     "combined (Bonferroni)")
+        ax.legend(loc="upper left", fontsize=8)
     for k, stream in enumerate(streams):
         mine = [r for r in rows if r.stream == stream]
         x = np.arange(len(mine))
         values = np.array([r.value for r in mine])
         scores = np.array([r.score for r in mine])
-        top, bottom = axes[2 * k, 0], axes[2 * k + 1, 0]
+        top, bottom = axes[len(devices) + 2 * k, 0], axes[len(devices) + 2 * k + 1, 0]
         top.plot(x, values, lw=0.8, label="value")
         top.plot(x, [r.forecast for r in mine], lw=0.8, alpha=0.7, label="forecast")
         alarms = scores >= threshold

@@ -113,6 +113,8 @@ DAEMON_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "streamer_anomaly_score": ("gauge", frozenset({"stream"})),
     "streamer_anomaly_score_peak": ("gauge", frozenset({"stream"})),
     "streamer_anomaly_score_max": ("gauge", frozenset()),
+    "streamer_device_score": ("gauge", frozenset({"device"})),
+    "streamer_device_score_peak": ("gauge", frozenset({"device"})),
     "streamer_messages": ("counter", frozenset({"topic", "outcome"})),
     "streamer_invalid_messages": ("counter", frozenset({"reason"})),
     "streamer_state_resets": ("counter", frozenset({"reason"})),

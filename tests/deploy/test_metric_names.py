@@ -22,8 +22,10 @@ from streamer.daemon import metrics as metrics_module
 def registered() -> tuple[dict[str, str], dict[str, frozenset[str]]]:
     registry = CollectorRegistry()
     metrics = metrics_module.Metrics(registry)
-    # streamer_anomaly_score{,_max} and streamer_streams come from a collector fed by the detector
-    metrics.watch_scores(lambda: metrics_module.ScoreSnapshot(top=[("s1", 0.5, 0.7)], max_peak=0.7, streams=1))
+    # streamer_anomaly_score{,_max}, streamer_device_score{,_peak} and streamer_streams come from a collector
+    # fed by the detector
+    metrics.watch_scores(lambda: metrics_module.ScoreSnapshot(top=[("s1", 0.5, 0.7)], max_peak=0.7, streams=1,
+                                                              devices=[("d1", 0.4, 0.6)]))
     metrics.init_topic("ticks")
     types, labels = {}, {}
     for family in registry.collect():

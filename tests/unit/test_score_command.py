@@ -1,7 +1,11 @@
 import csv
 import gzip
+import math
+
+import pytest
 
 from streamer.cli import main
+from streamer.core.kernel import DECADES
 
 
 def write_recording(path, bad_row=False):
@@ -22,7 +26,9 @@ def test_score_writes_every_row_and_a_plot(tmp_path, capsys):
     assert main(["score", str(src), "--output", str(out), "--plot", str(png)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 240
-    assert set(rows[0]) == {"timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note"}
+    assert set(rows[0]) == {"timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note", "device",
+                            "device_score"}
+    assert {(r["device"], r["device_score"]) for r in rows} == {("", "")}  # univariate ticks: no device
     assert [r["note"] for r in rows if r["note"]] == ["reset", "reset"]  # the segment change, once per stream
     assert len({(r["stream"], r["timestamp"]) for r in rows}) == 240
     assert all(0.0 <= float(r["anomaly_score"]) <= 1.0 for r in rows)
@@ -41,7 +47,7 @@ def test_score_skips_and_reports_the_bad_line_or_stops_there_when_strict(tmp_pat
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 241 and [i for i, r in enumerate(rows) if r["note"].startswith("invalid")] == [62]
     assert rows[62] == {"timestamp": "1700001800.5", "stream": "a", "value": "", "anomaly_score": "", "error": "",
-                        "forecast": "", "note": "invalid:bad_type"}
+                        "forecast": "", "note": "invalid:bad_type", "device": "", "device_score": ""}
     # The other rows score as if the bad one were not there, as in the daemon, which skips it.
     write_recording(clean)
     assert main(["score", str(clean), "--output", str(tmp_path / "clean_scores.csv")]) == 0
@@ -53,6 +59,25 @@ def test_score_skips_and_reports_the_bad_line_or_stops_there_when_strict(tmp_pat
     assert main(["score", str(src), "--output", str(out), "--skip-invalid"]) == 0  # the old flag: the default
 
 
+def test_score_of_a_multivariate_file_gives_each_reading_its_device_score(tmp_path):
+    src, out, png = tmp_path / "pump.csv", tmp_path / "scores.csv", tmp_path / "plot.png"
+    lines = ["stream,ts,flow,temp"]
+    for i in range(200):
+        spike = 30 if i == 170 else 0
+        lines.append(f"pump,{1_700_000_000 + i},{10 + (i % 5) + spike},{40 + (i % 3) * 0.5}")
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["score", str(src), "--output", str(out), "--plot", str(png)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 400 and {r["device"] for r in rows} == {"pump"}
+    for flow, temp in zip(rows[::2], rows[1::2]):  # the two channels of one reading
+        assert (flow["stream"], temp["stream"]) == ("pump/flow", "pump/temp")
+        best = max(float(flow["anomaly_score"]), float(temp["anomaly_score"]))
+        assert float(flow["device_score"]) == float(temp["device_score"]) == pytest.approx(
+            max(0.0, best - math.log10(2) / DECADES), abs=1e-8)
+    assert float(rows[340]["device_score"]) > 0.3  # the flow spike at reading 170
+    assert png.stat().st_size > 10_000
+
+
 def test_score_of_an_empty_file_scores_nothing(tmp_path, capsys):
     for content in (b"", b"stream,ts,value\n"):
         src, out = tmp_path / "empty.csv", tmp_path / "scores.csv"
@@ -60,7 +85,8 @@ def test_score_of_an_empty_file_scores_nothing(tmp_path, capsys):
         assert main(["score", str(src), "--output", str(out), "--plot", str(tmp_path / "p.png")]) == 0
         printed = capsys.readouterr().out
         assert "scored 0 of 0 rows" in printed and "no plot written" in printed
-        assert out.read_text().splitlines() == ["timestamp,stream,value,anomaly_score,error,forecast,note"]
+        assert out.read_text().splitlines() == [
+            "timestamp,stream,value,anomaly_score,error,forecast,note,device,device_score"]
 
 
 def test_score_names_a_file_it_cannot_read(tmp_path, capsys):

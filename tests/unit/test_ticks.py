@@ -60,6 +60,9 @@ def test_recorded_csv_and_kafka_messages_agree_on_naive_local_times(tmp_path):
 def test_multivariate_tick_splits_into_channel_streams(decoder):
     ticks = decoder.decode(b'{"stream": "pump", "ts": 100, "values": {"temp": 20, "rpm": 900.5}, "reset": true}')
     assert [(t.stream, t.value, t.reset) for t in ticks] == [("pump/temp", 20.0, True), ("pump/rpm", 900.5, True)]
+    assert [t.device for t in ticks] == ["pump", "pump"]  # the channels' scores are combined under it
+    [plain] = decoder.decode(b'{"stream": "pump/temp", "ts": 100, "value": 20}')
+    assert plain.device is None  # a stream named like a channel is still no device's
 
 
 def test_message_key_is_the_stream_when_field_absent(decoder):
@@ -219,7 +222,8 @@ def _batch(decoder, payloads):
     t = decoded.ticks
     segment = [None] * len(t) if t.segment is None else t.segment.tolist()
     reset = [False] * len(t) if t.reset is None else t.reset.tolist()
-    ticks = [Tick(*row) for row in zip(t.stream, t.ts.tolist(), t.value.tolist(), segment, reset)]
+    device = [None] * len(t) if t.device is None else t.device.tolist()
+    ticks = [Tick(*row) for row in zip(t.stream, t.ts.tolist(), t.value.tolist(), segment, reset, device)]
     return ticks, decoded.source.tolist(), [(i, bad.reason) for i, bad in decoded.rejected]
 
 
