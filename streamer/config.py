@@ -163,9 +163,14 @@ class DetectorSettings(Section):
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
+    equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
+                                   "scored (trade feeds stamp several trades in one millisecond); false: it is "
+                                   "skipped as out of order, like a re-sent message")
     forecast_evidence: bool = Field(True, description="score the LSTM's forecast surprise (false: an output only)")
-    season_evidence: bool = Field(True, description="score the time-of-day evidence (false: an ablation, for "
-                                  "benchmarks/loco.py)")
+    season_evidence: bool = Field(True, description="score the time-of-day evidence (false: for streams without a "
+                                  "daily pattern such as prices, and an ablation for benchmarks/loco.py)")
+    range_evidence: bool = Field(True, description="score range novelty, a value beyond the stream's [min, max] "
+                                 "(false: for random-walk streams such as prices, whose new extremes are routine)")
     season_gate: float = Field(1.0, ge=0, description="time-of-day evidence counts up to this many times the "
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
     season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
@@ -174,6 +179,9 @@ class DetectorSettings(Section):
                                 "forecast surprise reaches this many decades too; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
+    normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
+                                   "limited to this many scales (Huber), so one wild tick does not throw the "
+                                   "forecast off for ~100 ticks; 0: off")
     gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")

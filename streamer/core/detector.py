@@ -333,7 +333,8 @@ class Detector:
                 owners: np.ndarray | None = None) -> BatchResult:
         """Advance every stream by its ticks in this batch and score each tick.
 
-        A tick not later than its stream's last accepted one is skipped as out of order; the others are
+        A tick not later than its stream's last accepted one is skipped as out of order (one at the same time
+        is accepted with `equal_timestamps`); the others are
         checked for a reset against their stream's previous accepted tick (in this batch, or the last one
         before it) and stepped, each stream's in arrival order. ``owners`` (one int per tick) tags each
         stream with where its ticks come from, so a driver can export or drop the streams of one Kafka
@@ -346,7 +347,7 @@ class Detector:
         # Each stream's ticks side by side, in arrival order: "previous tick" is then the neighbour, and the
         # kernel walks the state table in slot order.
         order = np.argsort(slot, kind="stable")
-        order = order[kernel.in_order(slot[order], batch.ts[order], self._last_ts)]
+        order = order[kernel.in_order(slot[order], batch.ts[order], self._last_ts, self.settings.equal_timestamps)]
         rows, ts = slot[order], batch.ts[order]
         first = np.ones(len(rows), dtype=bool)  # a stream's first accepted tick in this batch
         first[1:] = rows[1:] != rows[:-1]

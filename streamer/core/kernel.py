@@ -94,10 +94,12 @@ class Params(NamedTuple):
     tail_index: float
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
+    range_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     protect_decades: float  # 0: off
+    normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
@@ -108,14 +110,12 @@ class Params(NamedTuple):
     alpha: float  # the normaliser's
     min_scale: float
     rel_scale: float
-    clip: float
 
 
 def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
     """The kernel's `Params` from `DetectorSettings` and the model's `NormaliserSpec`."""
     detector = {name: float(getattr(settings, name)) for name in Params._fields if hasattr(settings, name)}
-    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale,
-                  clip=normaliser.clip)
+    return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
 
 
 class Weights(NamedTuple):
@@ -224,19 +224,21 @@ def _scale(mean: float, var: float, p: Params | NormaliserSpec) -> float:
 
 
 @numba.njit(**_JIT)
-def normalise(n: float, mean: float, var: float, value: float, p: Params | NormaliserSpec):
+def normalise(n: float, mean: float, var: float, value: float, p: Params | NormaliserSpec, clip: float = 0.0):
     """Fold the stream's (n + 1)-th value into its EW mean and variance (`NormaliserSpec`; the first value
     sets the mean); returns the new (mean, var, scale). The detector's input normalisation, and the
-    trainer's (`normalise_lanes`): a model is trained on exactly the inputs the daemon gives it.
+    trainer's (`normalise_lanes`): a model is trained on the inputs the daemon gives it.
 
-    Robust once settled (`NormaliserSpec.clip`): a value further than `clip` scales from the mean pulls the
-    mean and variance as one `clip` scales away would (Huber's estimator). One wild tick, a x100 price,
-    would otherwise inflate the scale for ~1/alpha ticks, and every surprise after it would look small; a
-    real level shift still moves the statistics, at a bounded pace that grows with the scale it inflates."""
+    The detector's is robust once settled (`detector.normaliser_clip`; the trainer's is not, on clean
+    series they are the same): a value further than ``clip`` scales from the mean pulls the mean and
+    variance as one ``clip`` scales away would (Huber's estimator). One wild tick, a x100 price, would
+    otherwise inflate the scale for ~1/alpha ticks and shift the forecast for as long, and every surprise
+    after it would look small; a real level shift still moves the statistics, at a bounded pace that grows
+    with the scale it inflates."""
     alpha = max(1.0 / (n + 1.0), p.alpha)
     delta = value - mean
-    if p.clip > 0 and n >= SETTLE:
-        bound = p.clip * _scale(mean, var, p)
+    if clip > 0 and n >= SETTLE:
+        bound = clip * _scale(mean, var, p)
         delta = min(max(delta, -bound), bound)
     mean = mean + alpha * delta
     var = (1.0 - alpha) * (var + alpha * delta * delta)
@@ -396,7 +398,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
     gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
-    novel_part = DECADES if novel and not gated else 0.0
+    novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
@@ -406,15 +408,16 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
 
 
 @numba.njit(**_JIT)
-def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray, equal: bool) -> np.ndarray:
     """Which ticks come after their stream's last accepted one (``rows`` grouped by stream, each stream's ticks
-    in arrival order; ``last_ts`` by slot, the last accepted before these). The others are out of order."""
+    in arrival order; ``last_ts`` by slot, the last accepted before these), or at the same time if ``equal``.
+    The others are out of order."""
     accepted = np.empty(rows.shape[0], dtype=np.bool_)
     latest = -np.inf
     for i in range(rows.shape[0]):
         if i == 0 or rows[i] != rows[i - 1]:
             latest = last_ts[rows[i]]
-        accepted[i] = ts[i] > latest
+        accepted[i] = ts[i] > latest or (equal and ts[i] == latest)
         if accepted[i]:
             latest = ts[i]
     return accepted
@@ -466,7 +469,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         n = st[S.N]
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
-        mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p)
+        mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
         s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.

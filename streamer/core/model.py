@@ -44,7 +44,6 @@ class NormaliserSpec(NamedTuple):
     alpha: float = 0.01  # EW weight once more than 1/alpha ticks were seen (an effective window of 100)
     min_scale: float = 1e-3  # absolute floor on the standard deviation
     rel_scale: float = 1e-3  # relative floor: a fraction of |mean|, for flat or quantised streams
-    clip: float = 0.0  # a value's pull on the mean and variance is limited to clip scales (0: unlimited)
 
 
 @dataclass(frozen=True)

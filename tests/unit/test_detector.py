@@ -139,6 +139,32 @@ def test_out_of_order_and_duplicate_ticks_are_skipped_without_stepping(model, se
     assert (first.outcome == SCORED).all()
 
 
+def test_equal_timestamps_are_scored_in_arrival_order_when_accepted(model, settings):
+    """A trade feed stamps several trades in one millisecond: with `equal_timestamps` they are stepped in
+    arrival order; an older tick is still out of order."""
+    det = Detector(model, settings.model_copy(update={"equal_timestamps": True}))
+    ticks = series("a", 50)
+    det.process(ticks)
+    same = det.process([Tick("a", ticks[-1].ts, 1.0), Tick("a", ticks[-1].ts, 2.0), ticks[10]])
+    assert same.outcome.tolist() == [SCORED, SCORED, OUT_OF_ORDER]
+    assert det.scalars[det.slots["a"], 0] == 52  # N: two more steps
+
+
+def test_a_gap_divides_the_forecast_surprise_by_its_square_root_in_steps(model, settings):
+    """The same jump scores lower after a long silence than one step after the last tick: a one-step
+    forecast vouches for one step of the stream's pace (`gap_scaled`)."""
+    def jump_score(gap_steps: int, scaled: bool) -> float:
+        only_forecast = {"gap_scaled": scaled, "range_evidence": False, "season_evidence": False}
+        det = Detector(model, settings.model_copy(update=only_forecast))
+        ticks = series("a", 300)
+        det.process(ticks)
+        last = ticks[-1]
+        return float(det.process([Tick("a", last.ts + 60 * gap_steps, last.value + 8.0)]).score[0])
+
+    assert jump_score(1, True) == jump_score(1, False) > 0.3
+    assert jump_score(400, True) < jump_score(400, False)
+
+
 def test_least_recently_seen_streams_are_evicted(model):
     det = Detector(model, DetectorSettings(max_streams=100))
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(100)])
