@@ -41,6 +41,10 @@ one per tick while the forecaster catches up. score = -log10(p) / 10 of the stro
 beats that tick's score, else 0. The first `warmup` ticks after a (re)start score 0, and the first
 `SETTLE` ticks' surprises, while the normaliser and LSTM state settle, are not learned.
 
+Resets. An explicit reset or a new segment restarts a stream from nothing; a new session or a long gap
+restarts only its LSTM's hidden and cell state, and the stream is scored on at once with everything else it
+had learned (`kernel.NEW_STREAM`).
+
 Devices. The channels of one multivariate reading (a tick with ``values``) are scored as streams of their
 own; the reading's device score combines them, calibrated like them (`streamer.core.devices`).
 """
@@ -370,7 +374,7 @@ class Detector:
         reasons[prev_ts == -math.inf] = 0  # a stream's first tick has nothing to reset
 
         score, error, forecast = np.empty(len(rows)), np.empty(len(rows)), np.empty(len(rows))
-        kernel.advance(rows, batch.value[order], ts, reasons > 0, self.scalars, self.profile, self.h, self.c,
+        kernel.advance(rows, batch.value[order], ts, reasons, self.scalars, self.profile, self.h, self.c,
                        self._weights, self._params, score, error, forecast)
         ends = rows[last]
         self._last_ts[ends], self._segment[ends], self._day[ends] = ts[last], segment[last], day[last]

@@ -423,6 +423,13 @@ def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray, equal: bool)
     return accepted
 
 
+# Reset codes (`detector.RESET_REASONS`, + 1): an explicit reset and a new segment (1, 2) start a new stream;
+# a new session and a long gap (3, 4) restart the LSTM's memory of the stream's recent dynamics and keep what
+# the detector knows of it (its calibration, range, daily profile, normaliser): the same instrument or meter
+# continues after a night or an outage, and restarting its statistics would blind it for `warmup` ticks.
+NEW_STREAM = 2  # the highest reset code that starts a new stream
+
+
 LOOKAHEAD = 8  # ticks: how far ahead `advance` touches a slot's state (~1 us a tick: hides a DRAM miss)
 
 
@@ -445,9 +452,9 @@ def _touch(scalars: np.ndarray, profile: np.ndarray, h: np.ndarray, c: np.ndarra
 def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray, scalars: np.ndarray,
             profile: np.ndarray, h: np.ndarray, c: np.ndarray, w: Weights, p: Params,
             score: np.ndarray, error: np.ndarray, forecast: np.ndarray) -> float:
-    """For each tick i in order: reset its stream's state (slot ``rows[i]``) if ``reset[i]``, score the
-    value against the stream's forecast, then advance the stream's normaliser and LSTM one step and keep the
-    forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
+    """For each tick i in order: reset its stream's state (slot ``rows[i]``) as ``reset[i]`` says (a reset
+    code, 0: none; `NEW_STREAM`), score the value against the stream's forecast, then advance the stream's
+    normaliser and LSTM one step and keep the forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
     rates = np.empty((3, TAIL_LEVELS))
     gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
     touched = 0.0
@@ -458,9 +465,10 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             touched += _touch(scalars, profile, h, c, rows[i + LOOKAHEAD])
         r, v, t = rows[i], value[i], ts[i]
         st, prof = scalars[r], profile[r]
-        if reset[i]:
+        if 0 < reset[i] <= NEW_STREAM:  # the stream's statistics too: as a fresh stream
             st[:] = 0.0
             prof[:] = 0.0
+        if reset[i] > 0:  # the LSTM's memory of recent dynamics, whatever the reason (`NEW_STREAM`)
             h[r, :] = 0.0
             c[r, :] = 0.0
         for k in range(3 * TAIL_LEVELS):

@@ -11,7 +11,9 @@ What each kind does (spans in ticks of the series, drawn uniformly from `SPANS`,
 Market data
   ``unit_x100``, ``unit_div100``  1-5 consecutive prices ×100 / ÷100 (a feed quoting cents, or dollars where
                                   cents were meant)
+  ``unit_x10``                    1-5 consecutive prices ×10 (a decimal point one place off)
   ``fat_finger``                  one price off by 1.5-4 %, up or down (a mistyped order that traded)
+  ``glitch``                      5 consecutive prices off by the same 1.5-4 % (a feed's level glitch)
   ``stale``                       the last good price repeated for 10-30 ticks (a frozen feed), timestamps real
   ``late``                        a copy of a tick 2-30 ticks back re-sent after the current one (its old
                                   timestamp and price): labelled at its arrival, the time of the tick it follows
@@ -44,14 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-MARKET_KINDS = ("unit_x100", "unit_div100", "fat_finger", "stale", "late", "duplicate", "halt")
+MARKET_KINDS = ("unit_x100", "unit_div100", "unit_x10", "fat_finger", "glitch", "stale", "late", "duplicate", "halt")
 ENERGY_KINDS = ("dropout", "stuck", "level_shift", "missing_weekly")
 KINDS = MARKET_KINDS + ENERGY_KINDS
 
 # Inclusive ranges of each fault's span in ticks of the base series (for `late`: how far back the re-sent
 # tick is; `missing_weekly` always spans one day).
 SPANS: dict[str, tuple[int, int]] = {
-    "unit_x100": (1, 5), "unit_div100": (1, 5), "fat_finger": (1, 1), "stale": (10, 30), "late": (2, 30),
+    "unit_x100": (1, 5), "unit_div100": (1, 5), "unit_x10": (1, 5), "fat_finger": (1, 1), "glitch": (5, 5), "stale": (10, 30), "late": (2, 30),
     "duplicate": (1, 1), "halt": (5, 30), "dropout": (2, 12), "stuck": (12, 48), "level_shift": (48, 144),
     "missing_weekly": (1, 1),
 }
@@ -173,8 +175,10 @@ def _apply(ts: np.ndarray, values: np.ndarray, placed: list[_Placed],
             values[a:b] *= 100
         elif p.kind == "unit_div100":
             values[a:b] /= 100
-        elif p.kind == "fat_finger":
-            values[a] *= 1 + rng.choice([-1, 1]) * rng.uniform(*FAT_FINGER)
+        elif p.kind == "unit_x10":
+            values[a:b] *= 10
+        elif p.kind in ("fat_finger", "glitch"):
+            values[a:b] *= 1 + rng.choice([-1, 1]) * rng.uniform(*FAT_FINGER)
         elif p.kind == "stale":
             values[a:b] = base[a - 1]
         elif p.kind == "late":

@@ -125,6 +125,32 @@ def test_session_boundary_resets_at_local_session_start(model, settings):
     assert result.resets["session"] == 2
 
 
+def test_a_session_or_gap_reset_restarts_the_lstm_and_keeps_the_calibration(model, settings):
+    """After a night or an outage the same stream continues: its LSTM state starts again (h, c zero before the
+    step), its statistics stay (no new warm-up: the next ticks score), unlike an explicit reset."""
+    rules = ResetRules(max_gap_seconds=3600)
+    ticks = series("a", 100)
+    later = [Tick("a", t.ts + 86400, t.value) for t in series("a", 5, start=100)]
+    kept, fresh = Detector(model, settings), Detector(model, settings)
+    kept.process(ticks, rules)
+    fresh.process(ticks, rules)
+    gap = kept.process(later, rules)
+    explicit = fresh.process([Tick("a", later[0].ts, later[0].value, reset=True)] + later[1:], rules)
+    assert gap.resets == Counter({"gap": 1}) and explicit.resets == Counter({"explicit": 1})
+    slot = kept.slots["a"]
+    assert kept.scalars[slot, 0] == 105  # N: the stream's ticks keep counting
+    assert not np.isnan(gap.forecast[0])  # the forecast made before the gap is scored
+    assert np.isnan(explicit.forecast[0]) and fresh.scalars[fresh.slots["a"], 0] == 5
+    # The same as zeroing h and c by hand and going on without a reset.
+    by_hand = Detector(model, settings)
+    by_hand.process(ticks, rules)
+    by_hand.h[by_hand.slots["a"]] = 0.0
+    by_hand.c[by_hand.slots["a"]] = 0.0
+    same = by_hand.process(later, ResetRules())
+    np.testing.assert_array_equal(same.forecast, gap.forecast)
+    np.testing.assert_array_equal(same.score, gap.score)
+
+
 def test_out_of_order_and_duplicate_ticks_are_skipped_without_stepping(model, settings):
     det = Detector(model, settings)
     ticks = series("a", 60)

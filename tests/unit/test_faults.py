@@ -55,7 +55,7 @@ def test_faults_never_overlap_and_keep_the_guard_apart():
 
 def test_value_faults_change_only_their_span():
     ts, values = market()
-    kinds = ("unit_x100", "unit_div100", "fat_finger", "stale")
+    kinds = ("unit_x100", "unit_div100", "unit_x10", "fat_finger", "glitch", "stale")
     new_ts, new_values, faults = inject(ts, values, kinds, 3, seed=2)
     assert np.array_equal(new_ts, ts)
     changed = new_values != values
@@ -66,8 +66,12 @@ def test_value_faults_change_only_their_span():
             assert np.allclose(ratio, 100) and SPANS["unit_x100"][0] <= span.sum() <= SPANS["unit_x100"][1]
         elif fault.kind == "unit_div100":
             assert np.allclose(ratio, 0.01)
+        elif fault.kind == "unit_x10":
+            assert np.allclose(ratio, 10) and 1 <= span.sum() <= 5
         elif fault.kind == "fat_finger":
             assert span.sum() == 1 and 0.015 <= abs(ratio[0] - 1) <= 0.04
+        elif fault.kind == "glitch":  # five prices off by one factor
+            assert span.sum() == 5 and np.allclose(ratio, ratio[0]) and 0.015 <= abs(ratio[0] - 1) <= 0.04
         else:  # stale: the price before the span, repeated
             before = np.flatnonzero(span)[0] - 1
             assert 10 <= span.sum() <= 30 and np.all(new_values[span] == values[before])
