@@ -83,7 +83,7 @@ def evaluate(scorer, bars: dict[str, tuple[np.ndarray, np.ndarray]], warmup: int
     caught = {}
     for kind in KINDS:
         reports = []
-        for ticker, (ts, values) in bars.items():
+        for ts, values in bars.values():
             eligible = np.arange(len(ts)) >= warmup + GUARD
             new_ts, new_values, injected = faults.inject(ts, values, (kind,), PER_KIND, SEED, guard=GUARD,
                                                          eligible=eligible)
