@@ -454,7 +454,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             score: np.ndarray, error: np.ndarray, forecast: np.ndarray) -> float:
     """For each tick i in order: reset its stream's state (slot ``rows[i]``) as ``reset[i]`` says (a reset
     code, 0: none; `NEW_STREAM`), score the value against the stream's forecast, then advance the stream's
-    normaliser and LSTM one step and keep the forecast of its next value. Writes ``score``, ``error`` and ``forecast`` [i] (NaN without a forecast)."""
+    normaliser and LSTM one step and keep the forecast of its next value. Writes ``score``, ``error`` and
+    ``forecast`` [i] (NaN without a forecast)."""
     rates = np.empty((3, TAIL_LEVELS))
     gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
     touched = 0.0

@@ -53,7 +53,8 @@ KINDS = MARKET_KINDS + ENERGY_KINDS
 # Inclusive ranges of each fault's span in ticks of the base series (for `late`: how far back the re-sent
 # tick is; `missing_weekly` always spans one day).
 SPANS: dict[str, tuple[int, int]] = {
-    "unit_x100": (1, 5), "unit_div100": (1, 5), "unit_x10": (1, 5), "fat_finger": (1, 1), "glitch": (5, 5), "stale": (10, 30), "late": (2, 30),
+    "unit_x100": (1, 5), "unit_div100": (1, 5), "unit_x10": (1, 5), "fat_finger": (1, 1), "glitch": (5, 5),
+    "stale": (10, 30), "late": (2, 30),
     "duplicate": (1, 1), "halt": (5, 30), "dropout": (2, 12), "stuck": (12, 48), "level_shift": (48, 144),
     "missing_weekly": (1, 1),
 }
