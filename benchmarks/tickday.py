@@ -14,8 +14,11 @@ are measured exactly as ``make bench`` measures them):
    latency protocol), a feed the daemon keeps up with.
 
 Variants: ``as recorded`` (timestamps in milliseconds: a trade in the same millisecond as the one before it
-is not later than its stream's last tick, so the daemon counts it ``out_of_order`` and does not score it),
-and ``distinct`` (each such trade moved 1 microsecond after the one before, so every trade is scored).
+is not later than its stream's last tick, so with the default ``detector.equal_timestamps = false`` the daemon
+counts it ``out_of_order`` and does not score it); ``as recorded, equal_timestamps = true`` (the same
+messages, every trade scored: the setting for trade feeds); and ``distinct`` (each such trade moved 1
+microsecond after the one before, so every trade is scored with the default setting). ``--variants`` picks
+some of them.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 TICKS = REPO.parent / "shared" / "real" / "stocks" / "spy_ticks_20131008_ET.csv.gz"
 CONFIG = REPO / "examples" / "stocks" / "config.toml"
 EASTERN = ZoneInfo("America/New_York")
+VARIANTS = {"recorded": "as recorded", "equal": "as recorded, equal_timestamps = true", "distinct": "distinct"}
 
 
 def read_day(path: Path = TICKS) -> tuple[np.ndarray, np.ndarray]:
@@ -143,19 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tickday", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG, help="daemon settings (default: the stocks example's)")
     parser.add_argument("--ticks", type=Path, default=TICKS)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which variants to measure (default: all)")
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     ts, price = read_day(args.ticks)
     backend = "confluent" if _confluent_version() else "kafka-python"
-    variants = {"as recorded": micros(ts), "distinct": distinct(micros(ts))}
+    equal = settings.model_copy(update={"detector": settings.detector.model_copy(update={"equal_timestamps": True})})
+    every = {"recorded": (micros(ts), settings), "equal": (micros(ts), equal),
+             "distinct": (distinct(micros(ts)), settings)}
+    variants = {VARIANTS[key]: every[key] for key in args.variants}
     rows = []
     with tempfile.TemporaryDirectory(prefix="streamer-tickday-") as tmp:
         workers = Workers(Path(tmp))
         broker = _Broker(None, Path(tmp) / "tansu.log")
         with broker as bootstrap:
-            for name, stamps in variants.items():
+            for name, (stamps, chosen) in variants.items():
                 print(f"[tickday] {name}: {len(stamps):,} ticks", file=sys.stderr, flush=True)
-                got = measure(settings, workers, broker, bootstrap, payloads(stamps, price), backend)
+                got = measure(chosen, workers, broker, bootstrap, payloads(stamps, price), backend)
                 run = got["run"]
                 rows.append(f"| {name} | {len(stamps):,} | {run['scored']:,} | {len(stamps) - run['scored']:,} | "
                             f"{run['rate']:,.0f} | {run['scored_rate']:,.0f} | "

@@ -33,6 +33,20 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
+def _palette(text: str) -> int:
+    value = int(text)
+    if not 2 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"a PNG palette holds 2 to 256 colours: {text}")
+    return value
+
+
 def _timestamp(text: str) -> float | str:
     """Epoch seconds, or an ISO-8601 text checked here and read once the settings are known (a time without
     an offset is in ``ticks.timezone``, as the ticks are)."""
@@ -80,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, required=True, help="CSV of scores")
     score.add_argument("--plot", type=Path, help="PNG: values, forecast, score and alarms per stream")
     score.add_argument("--threshold", type=float, default=0.5, help="alarm threshold drawn in the plot")
+    score.add_argument("--dpi", type=_positive, default=90.0,
+                       help="resolution of the --plot PNG in dots per inch (default 90; the figure is 14 inches "
+                            "wide, so 60 gives 840 pixels and a smaller file)")
+    score.add_argument("--colors", type=_palette, default=0,
+                       help="store the --plot PNG with a palette of at most this many colours (2-256; a plot has "
+                            "few, so the file is about a third as large; default: full colour)")
     score.add_argument("--topic", default="", help="use this topic's reset rules")
     score.add_argument("--strict", action="store_true",
                        help="stop at the first row the daemon would reject (default: count, skip, report)")
@@ -168,7 +188,7 @@ def cmd_score(args, settings: Settings) -> int:
                                topic=args.topic)
     write_scores_csv(rows, args.output)
     if args.plot and summary.scored:
-        plot_scores(rows, args.plot, args.threshold)
+        plot_scores(rows, args.plot, args.threshold, dpi=args.dpi, colors=args.colors)
     elif args.plot:
         print(f"no tick scored: no plot written to {args.plot}")
     print(f"scored {summary.scored} of {summary.rows} rows -> {args.output}"

@@ -8,6 +8,7 @@ which is what makes `streamer score` and `streamer replay` + `streamer run` agre
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -217,9 +218,11 @@ def _readings(rows: list[ScoredRow], device: str) -> list[list[ScoredRow]]:
     return out
 
 
-def plot_scores(rows: list[ScoredRow], path: Path, threshold: float) -> None:
+def plot_scores(rows: list[ScoredRow], path: Path, threshold: float, dpi: float = 90, colors: int = 0) -> None:
     """Per device (multivariate ticks): its device score with the threshold, alarms marked; then per stream:
-    values with the forecast, the score with the threshold, alarms marked."""
+    values with the forecast, the score with the threshold, alarms marked. ``dpi``: the PNG's resolution (the
+    figure is 14 inches wide, 1.6-2 inches per panel); ``colors``: if set, the PNG is stored with a palette of
+    at most that many colours (2-256; a plot has few, so the file is much smaller), else in full colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,5 +273,14 @@ def plot_scores(rows: list[ScoredRow], path: Path, threshold: float) -> None:
         bottom.set_ylabel("score")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    if colors:
+        from PIL import Image  # matplotlib's own dependency
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=dpi, format="png")
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            image.convert("RGB").quantize(colors, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    else:
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)

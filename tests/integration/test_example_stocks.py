@@ -3,7 +3,8 @@ ticks injected, read with the example's config.toml (naive New York times, a ses
 
 The daemon must count one session reset per ticker and session boundary, count the late and repeated ticks
 as out_of_order, publish the same scores as ``streamer score`` gives offline, and alarm on the price-unit
-errors and fat fingers (the kinds examples/stocks/README.md reports as caught outside the warm-up)."""
+errors and fat fingers (the kinds examples/stocks/README.md reports as caught outside the warm-up), two of
+them in every session: a second bad print the same session is caught as the first was."""
 
 from __future__ import annotations
 
@@ -27,11 +28,15 @@ THRESHOLD, SLACK_S = 0.30, 300.0
 
 
 def feed(tmp_path: Path, prepare) -> tuple[Path, dict]:
-    """SPY and BAC on DAYS, in each session one caught kind and one skipped kind, after 11:00 (past the
-    warm-up). One caught kind a session: a price-unit error leaves the stream's forecast off for hours, and a
-    second one the same session can go unseen (examples/stocks/README.md)."""
+    """SPY and BAC on DAYS, in each session two caught kinds and one skipped kind, after 11:00 (past the
+    warm-up). Two caught kinds a session, a unit error among them in each: the normaliser's clip
+    (detector.normaliser_clip) keeps the forecast on the price after one, and protect_decades keeps the
+    stream's surprise tail from learning it, so the next bad print the same session scores as high
+    (examples/stocks/README.md)."""
     series, labels = {}, {}
-    kinds = iter(zip(CAUGHT * 2, SKIPPED * 2))
+    pairs = [("unit_x100", "unit_div100"), ("fat_finger", "unit_x100"), ("unit_div100", "fat_finger"),
+             ("unit_x100", "unit_div100")]
+    kinds = iter((*pair, skipped) for pair, skipped in zip(pairs, SKIPPED * 2))
     for ticker in ("SPY", "BAC"):
         ts, values = prepare.read_bars(ticker, require_shared(prepare.SHARED))
         days = np.array([prepare.eastern(t)[:10] for t in ts])

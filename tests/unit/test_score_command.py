@@ -36,6 +36,31 @@ def test_score_writes_every_row_and_a_plot(tmp_path, capsys):
     assert "scored 240 of 240 rows" in capsys.readouterr().out
 
 
+def test_score_plot_resolution_and_palette(tmp_path, capsys):
+    from PIL import Image
+
+    src, out = tmp_path / "rec.csv", tmp_path / "scores.csv"
+    write_recording(src)
+    sizes = {}
+    for name, extra in {"default": [], "dpi60": ["--dpi", "60"], "palette": ["--dpi", "60", "--colors", "64"]}.items():
+        png = tmp_path / f"{name}.png"
+        assert main(["score", str(src), "--output", str(out), "--plot", str(png), *extra]) == 0
+        with Image.open(png) as image:
+            sizes[name] = (image.size, image.mode, png.stat().st_size)
+    (width, height), mode, default_bytes = sizes["default"]
+    assert width == 14 * 90 and mode == "RGBA"  # the default is unchanged: 14 inches at 90 dpi, full colour
+    assert sizes["dpi60"][:2] == ((14 * 60, round(height * 60 / 90)), "RGBA")
+    assert sizes["dpi60"][2] < default_bytes
+    with Image.open(tmp_path / "palette.png") as image:
+        assert image.size == (14 * 60, round(height * 60 / 90)) and image.mode == "P"
+        assert len(image.getcolors(256)) <= 64
+    assert sizes["palette"][2] < sizes["dpi60"][2] / 2
+    for bad in (["--dpi", "0"], ["--colors", "1"], ["--colors", "257"]):
+        with pytest.raises(SystemExit):
+            main(["score", str(src), "--output", str(out), "--plot", str(tmp_path / "bad.png"), *bad])
+        assert "error: argument" in capsys.readouterr().err
+
+
 def test_score_skips_and_reports_the_bad_line_or_stops_there_when_strict(tmp_path, capsys):
     src, out, clean = tmp_path / "rec.csv", tmp_path / "scores.csv", tmp_path / "clean.csv"
     write_recording(src, bad_row=True)

@@ -36,3 +36,27 @@ def test_fault_table_lists_each_kind_for_both_detectors():
     assert lines[2] == "| spike | 1 | 1 (100%) | 0 s (0 s) | 0 (0%) | – (–) |  |"
     assert lines[3] == "| stale | 1 | 0 (0%) | – (–) | 1 (100%) | 12 s (12 s) | flat |"
     assert lines[-1].startswith("| precision") and "1/1 = 100%" in lines[-1]
+
+
+def test_stocks_report_summary_rows_and_notes():
+    from collections import Counter
+    from pathlib import Path
+
+    from streamer.devtools.faults import MARKET_KINDS
+    from streamer.devtools.incidents import KindReport, Report
+    from tests.conftest import example_module
+
+    stocks = example_module(Path(__file__).resolve().parents[2] / "examples" / "stocks" / "report.py")
+    detector = Report({k: KindReport(n=8, caught=7 if k == "unit_x100" else 0) for k in MARKET_KINDS}, episodes=10,
+                      false_alarm_episodes=3)
+    rule = Report({k: KindReport(n=8, caught=1) for k in MARKET_KINDS}, episodes=20, false_alarm_episodes=13)
+    lines = stocks.summary("(a)", detector, rule, (0.48, 1.71), Counter(fat_finger=3, halt=1)).splitlines()
+    assert lines[0] == ("| run | detector | " + " | ".join(MARKET_KINDS) + " | all | precision | "
+                        "pages per ticker-session (untouched) | faults in warm-up |")
+    n = len(MARKET_KINDS)
+    assert MARKET_KINDS[0] == "unit_x100"
+    assert lines[2] == f"| (a) | streamer | 7/8 | {'0/8 | ' * (n - 1)}7/{8 * n} | 7/10 = 70% | 0.48 | 4 |"
+    assert lines[3] == f"| (a) | median/MAD rule | {'1/8 | ' * n}{n}/{8 * n} | 7/20 = 35% | 1.71 |  |"
+    notes = stocks.notes(Counter(fat_finger=3), Counter(late=8), gap_reset=False)
+    assert notes["fat_finger"] == "3 in warm-up (score 0)" and notes["late"] == "8 counted as out_of_order, not scored"
+    assert notes["halt"].startswith("a gap") and not stocks.notes(Counter(), Counter(), gap_reset=True)["halt"]
