@@ -30,10 +30,10 @@ THRESHOLD, SLACK_S = 0.30, 300.0
 
 def feed(tmp_path: Path, prepare) -> tuple[Path, dict]:
     """SPY and BAC on DAYS, in each session two caught kinds and one skipped kind, after 11:00 (past the
-    first day's warm-up; a session reset starts none). Two caught kinds a session, a unit error among them in each: the normaliser's clip
-    (detector.normaliser_clip) keeps the forecast on the price after one, and protect_decades keeps the
-    stream's surprise tail from learning it, so the next bad print the same session scores as high
-    (examples/stocks/README.md)."""
+    first day's warm-up; a session reset starts none). Two caught kinds a session, a unit error among them in
+    each: the normaliser's clip (detector.normaliser_clip) keeps the forecast on the price after one, and
+    protect_decades keeps the stream's surprise tail from learning it, so the next bad print the same session
+    scores as high (examples/stocks/README.md)."""
     series, labels = {}, {}
     pairs = [("unit_x100", "unit_div100"), ("fat_finger", "unit_x100"), ("unit_div100", "fat_finger"),
              ("unit_x100", "unit_div100")]
