@@ -1,6 +1,6 @@
 """The stocks example's result table: bad ticks caught, and the alarms a trader's pager would have shown.
 
-    python examples/stocks/report.py OUT_DIR [--plot examples/stocks/spy-2013-10-07.png] [--summary LABEL]
+    python examples/stocks/report.py OUT_DIR [--plot examples/stocks/spy-2013-10-09.png] [--summary LABEL]
 
 OUT_DIR is the folder `prepare.py` wrote. Scores ``faulted.jsonl`` and ``clean.jsonl`` with ``streamer score``
 and this folder's config.toml (the daemon's detector core, offline), then prints, in Markdown:
@@ -15,12 +15,15 @@ and this folder's config.toml (the daemon's detector core, offline), then prints
    override (``STREAMER_RESETS__SESSION_TIMEZONE=`` turns the session resets off) applies on top of
    config.toml; the overrides in effect are printed with the rows.
 
-With ``--plot``, also draws one session of SPY with its faults (``streamer score --plot``).
+With ``--plot``, also draws one session of SPY with its faults from the faulted feed's scores (as ``streamer
+score --plot`` draws them).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import sys
 from collections import Counter
@@ -29,18 +32,18 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import orjson
 
 from streamer.config import load_settings
 from streamer.devtools.faults import MARKET_KINDS, read_faults
 from streamer.devtools.incidents import median_mad_rule, report
 from streamer.devtools.usecase import THRESHOLD, arrival, compare, fault_table, score
+from streamer.offline.score import ScoredRow, plot_scores
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.toml"
 EASTERN = ZoneInfo("America/New_York")
 SLACK_S = 300.0  # an alarm up to 5 minutes after a fault's span still counts: one-minute bars, a pager's patience
-PLOT_DAY, PLOT_TICKER = "2013-10-07", "SPY"  # a session with a fat finger, a late and a duplicate tick
+PLOT_DAY, PLOT_TICKER = "2013-10-09", "SPY"  # a session with two fat fingers (seed 16)
 
 
 def session(ts: float) -> str:
@@ -125,16 +128,19 @@ def summary(label: str, detector, rule, pages: tuple[float, float], in_warmup: C
     return "\n".join(lines)
 
 
-def plot(out: Path, png: Path) -> None:
-    """One session of one ticker from the faulted feed: each session starts fresh, so its scores are the
-    full run's."""
-    day = out / f"plot-{PLOT_TICKER}-{PLOT_DAY}.jsonl"
-    with open(out / "faulted.jsonl", "rb") as src, open(day, "wb") as dst:
-        for line in src:
-            obj = orjson.loads(line)
-            if obj["stream"] == PLOT_TICKER and obj["ts"].startswith(PLOT_DAY):
-                dst.write(line)
-    score(CONFIG, day, out / "plot_scores.csv", plot=png)
+def plot(scores: Path, png: Path) -> None:
+    """One session of one ticker, from the full run's scores CSV (``streamer score``'s output for the faulted
+    feed), drawn as ``streamer score --plot`` draws a file (`plot_scores`). Not by scoring that day alone: a
+    session continues its stream (a session reset restarts only the LSTM's state), so a file of one day would
+    be scored as a new stream, with a warm-up and none of the days before."""
+    rows = []
+    with open(scores, newline="") as handle:
+        for line, r in enumerate(csv.DictReader(handle), start=2):
+            if r["stream"] == PLOT_TICKER and r["timestamp"].startswith(PLOT_DAY):
+                numbers = (float(r[k]) if r[k] else math.nan for k in ("value", "anomaly_score", "error", "forecast"))
+                rows.append(ScoredRow(line, r["timestamp"], r["stream"], *numbers, r["note"]))
+    plot_scores(rows, png, THRESHOLD)
+    print(f"plot: {PLOT_TICKER} on {PLOT_DAY}, {len(rows)} rows of {scores.name} -> {png}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(args.summary, detector, rule, tuple(pages), in_warmup))
     if args.plot:
         print()
-        plot(args.out, args.plot)
+        plot(args.out / "faulted_scores.csv", args.plot)
     return 0
 
 

@@ -81,10 +81,20 @@ class BatchResult:
     error: np.ndarray
     forecast: np.ndarray
     outcome: np.ndarray
-    reset: np.ndarray  # True where the stream's state was reset before this tick
+    reset_code: np.ndarray  # int8: 0, or k + 1 where the stream was reset for RESET_REASONS[k] before this tick
     device_score: np.ndarray  # the score of the device reading a tick belongs to (`devices.tick_scores`)
     resets: Counter
     evicted: int
+
+    @property
+    def reset(self) -> np.ndarray:
+        """True where the stream was reset before this tick, whatever the reason (`reset_code`)."""
+        return self.reset_code > 0
+
+    def reset_reason(self, i: int) -> str:
+        """Why tick i's stream was reset before it (one of `RESET_REASONS`), "" if it was not."""
+        code = int(self.reset_code[i])
+        return RESET_REASONS[code - 1] if code else ""
 
 
 class ResetPolicy:
@@ -396,6 +406,6 @@ class Detector:
             score=scores, error=in_arrival_order(error, np.nan),
             forecast=in_arrival_order(forecast, np.nan),
             outcome=in_arrival_order(np.full(len(rows), SCORED, dtype=np.int8), OUT_OF_ORDER),
-            reset=in_arrival_order(reasons > 0, False),
+            reset_code=in_arrival_order(reasons, 0),
             device_score=devices.tick_scores(batch.device, batch.ts, scores),
             resets=Counter({reason: n for reason, n in zip(RESET_REASONS, counts) if n}), evicted=evicted)

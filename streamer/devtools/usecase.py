@@ -21,6 +21,7 @@ from streamer.config import load_settings
 from streamer.core.ticks import InvalidTick, parse_ts
 from streamer.devtools.faults import Fault
 from streamer.devtools.incidents import KindReport, Report, median_mad_rule, merge, report
+from streamer.offline.score import NEW_STREAM_NOTES
 
 THRESHOLD = 0.30  # the README's recommended alert threshold (`streamer evaluate` on NAB)
 
@@ -32,14 +33,16 @@ class Scored:
     ts: np.ndarray  # epoch seconds (the row's own timestamp; NaN where it had none that parses)
     value: np.ndarray
     score: np.ndarray  # NaN: skipped (out of order, invalid)
-    note: list[str]
+    note: list[str]  # `streamer score`'s: "", "reset:<reason>", "out_of_order", "invalid:<reason>"
 
     @property
     def warm(self) -> np.ndarray:
-        """Per row, how many ticks the stream had scored since its last (re)start, this one included."""
+        """Per row, how many ticks the stream had scored since it started, this one included: since its first
+        tick or its last explicit or segment reset (`NEW_STREAM_NOTES`: a new stream, a warm-up again); a
+        session or gap reset restarts the LSTM's state only, and the count goes on."""
         count, out = 0, np.zeros(len(self.note), dtype=np.int64)
         for i, note in enumerate(self.note):
-            count = 1 if note == "reset" else count + (0 if math.isnan(self.score[i]) else 1)
+            count = 1 if note in NEW_STREAM_NOTES else count + (0 if math.isnan(self.score[i]) else 1)
             out[i] = count
         return out
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from streamer.config import ResetRules, Settings
-from streamer.core.detector import OUT_OF_ORDER, Detector
+from streamer.core import kernel
+from streamer.core.detector import OUT_OF_ORDER, RESET_REASONS, Detector
 from streamer.core.model import Forecaster
 from streamer.core.ticks import InvalidTick, Record, RecordError, Tick, TickDecoder, read_records
 
@@ -34,7 +35,8 @@ class ScoredRow:
     score: float  # NaN when the tick was skipped (out of order, invalid)
     error: float
     forecast: float
-    note: str  # "" scored normally, "reset" after a state reset, "out_of_order" or "invalid:<reason>" skipped
+    note: str  # "" scored normally, "reset:<reason>" after a reset (`RESET_NOTES`), "out_of_order" or
+    # "invalid:<reason>" skipped
     device: str = ""  # the device of a channel of a multivariate tick (its row's ``stream``), else ""
     device_score: float = math.nan  # that reading's device score (`streamer.core.devices`); NaN: none
 
@@ -51,6 +53,11 @@ class ScoreSummary:
 
 
 EXAMPLES = 5
+# The note of a tick scored after a reset, by reset code (`BatchResult.reset_code`): "reset:explicit" and
+# "reset:segment" start a new stream (a warm-up again), "reset:session" and "reset:gap" restart its LSTM's
+# state only (it keeps its calibration and is scored at once; README "Resets").
+RESET_NOTES = ("",) + tuple(f"reset:{reason}" for reason in RESET_REASONS)
+NEW_STREAM_NOTES = frozenset(RESET_NOTES[1:kernel.NEW_STREAM + 1])
 
 
 def score_records(records: Iterable[Record], detector: Detector, decoder: TickDecoder, rules: ResetRules,
@@ -93,7 +100,7 @@ def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: T
             summaries[n].scored += int(not skipped)
             yield n, ScoredRow(record.line, record.obj.get(ts_field), tick.stream, tick.value,
                                float(result.score[i]), float(result.error[i]), float(result.forecast[i]),
-                               "out_of_order" if skipped else "reset" if result.reset[i] else "",
+                               "out_of_order" if skipped else RESET_NOTES[result.reset_code[i]],
                                tick.device or "", float(result.device_score[i]))
             i += 1
         pending.clear()
@@ -218,11 +225,20 @@ def _readings(rows: list[ScoredRow], device: str) -> list[list[ScoredRow]]:
     return out
 
 
+def _reset_line(notes: set[str]) -> dict:
+    """A reset's line in a plot: dashed where a new stream starts, dotted and lighter where only the LSTM's
+    state restarts (a session or a gap)."""
+    if notes & NEW_STREAM_NOTES:
+        return {"color": "grey", "ls": "--", "lw": 0.8}
+    return {"color": "silver", "ls": ":", "lw": 0.8}
+
+
 def plot_scores(rows: list[ScoredRow], path: Path, threshold: float, dpi: float = 90, colors: int = 0) -> None:
     """Per device (multivariate ticks): its device score with the threshold, alarms marked; then per stream:
-    values with the forecast, the score with the threshold, alarms marked. ``dpi``: the PNG's resolution (the
-    figure is 14 inches wide, 1.6-2 inches per panel); ``colors``: if set, the PNG is stored with a palette of
-    at most that many colours (2-256; a plot has few, so the file is much smaller), else in full colour."""
+    values with the forecast, the score with the threshold, alarms marked; resets as vertical lines
+    (`_reset_line`). ``dpi``: the PNG's resolution (the figure is 14 inches wide, 1.6-2 inches per panel);
+    ``colors``: if set, the PNG is stored with a palette of at most that many colours (2-256; a plot has few,
+    so the file is much smaller), else in full colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,8 +260,9 @@ def plot_scores(rows: list[ScoredRow], path: Path, threshold: float, dpi: float 
         alarms = scores >= threshold
         ax.scatter(x[alarms], scores[alarms], color="red", s=14, zorder=3, label=f"device score ≥ {threshold}")
         for i, reading in enumerate(readings):
-            if any(r.note == "reset" for r in reading):
-                ax.axvline(i, color="grey", ls="--", lw=0.8)
+            notes = {r.note for r in reading if r.note.startswith("reset:")}
+            if notes:
+                ax.axvline(i, **_reset_line(notes))
         ax.axhline(threshold, color="red", ls=":", lw=0.8)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("device score")
@@ -263,8 +280,8 @@ def plot_scores(rows: list[ScoredRow], path: Path, threshold: float, dpi: float 
         alarms = scores >= threshold
         top.scatter(x[alarms], values[alarms], color="red", s=12, zorder=3, label=f"score ≥ {threshold}")
         for i, r in enumerate(mine):
-            if r.note == "reset":
-                top.axvline(i, color="grey", ls="--", lw=0.8)
+            if r.note.startswith("reset:"):
+                top.axvline(i, **_reset_line({r.note}))
         top.set_title(stream)
         top.legend(loc="upper left", fontsize=8)
         bottom.plot(x, scores, color="purple", lw=0.8)

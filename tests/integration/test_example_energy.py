@@ -1,11 +1,11 @@
 """examples/energy through a real broker and the daemon: four weeks of half-hourly demand and six of hourly
 transformer oil temperature, with dropouts to zero injected and an 8-hour outage of the demand feed, read with
-the example's config.toml (a gap over 6 hours resets the stream).
+the example's config.toml (a gap over 6 hours restarts the stream's LSTM state).
 
-The daemon must count the outage as one gap reset, publish the same scores as ``streamer score`` gives
-offline, and alarm on a stream's first dropout (the kind examples/energy/README.md reports as caught most;
-one dropout a stream: the zeros of a first one are learnt, and a second one can score below the threshold,
-as the README says)."""
+The daemon must count the outage as one gap reset (after which the stream goes on with its state, no new
+warm-up), publish the same scores as ``streamer score`` gives offline, and alarm on a stream's first dropout
+(the kind examples/energy/README.md reports as caught most; one dropout a stream: the zeros of a first one are
+learnt, and a second one can score below the threshold, as the README says)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ def test_meter_dropouts_and_an_outage_through_the_daemon(broker, topic, run_daem
         metrics = running.scrape()
     assert metrics[("streamer_state_resets_total", (("reason", "gap"),))] == 1 and summary.resets == {"gap": 1}
     assert metrics[("streamer_messages_total", (("outcome", "scored"), ("topic", topic)))] == len(lines)
+    back = next(i for i, r in enumerate(offline) if r.note == "reset:gap")
+    assert offline[back].stream == OUTAGE[0] and np.isfinite(offline[back].forecast)  # its forecast kept
 
     records = read_all(broker.bootstrap, scores_topic, 3, expected=len(lines))
     published = {(r["stream"], r["ts"]): r["anomaly_score"] for r in records}

@@ -1,5 +1,6 @@
 """examples/stocks through a real broker and the daemon: two sessions of SPY and BAC minute bars with bad
-ticks injected, read with the example's config.toml (naive New York times, a session reset each morning).
+ticks injected, read with the example's config.toml (naive New York times, a session reset each morning:
+the LSTM's state restarts, the stream goes on).
 
 The daemon must count one session reset per ticker and session boundary, count the late and repeated ticks
 as out_of_order, publish the same scores as ``streamer score`` gives offline, and alarm on the price-unit
@@ -29,10 +30,10 @@ THRESHOLD, SLACK_S = 0.30, 300.0
 
 def feed(tmp_path: Path, prepare) -> tuple[Path, dict]:
     """SPY and BAC on DAYS, in each session two caught kinds and one skipped kind, after 11:00 (past the
-    warm-up). Two caught kinds a session, a unit error among them in each: the normaliser's clip
-    (detector.normaliser_clip) keeps the forecast on the price after one, and protect_decades keeps the
-    stream's surprise tail from learning it, so the next bad print the same session scores as high
-    (examples/stocks/README.md)."""
+    first day's warm-up; a session reset starts none). Two caught kinds a session, a unit error among them in
+    each: the normaliser's clip (detector.normaliser_clip) keeps the forecast on the price after one, and
+    protect_decades keeps the stream's surprise tail from learning it, so the next bad print the same session
+    scores as high (examples/stocks/README.md)."""
     series, labels = {}, {}
     pairs = [("unit_x100", "unit_div100"), ("fat_finger", "unit_x100"), ("unit_div100", "fat_finger"),
              ("unit_x100", "unit_div100")]

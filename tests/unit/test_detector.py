@@ -71,7 +71,7 @@ def test_a_tick_batch_joined_from_parts_scores_as_the_list_of_ticks(model, setti
     marked[90] = Tick("c", marked[90].ts, marked[90].value, "s2", reset=True)
     want = Detector(model, settings).process(plain + marked)
     got = Detector(model, settings).process(TickBatch.join([TickBatch.of(plain), TickBatch.of(marked)]))
-    for name in ("score", "error", "forecast", "outcome", "reset"):
+    for name in ("score", "error", "forecast", "outcome", "reset_code"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     assert got.resets == want.resets == {"segment": 1, "explicit": 1}
 
@@ -113,6 +113,8 @@ def test_reset_reasons(model, settings):
     ], rules)
     assert dict(result.resets) == {"explicit": 1, "segment": 1, "gap": 1}
     assert result.reset.tolist() == [False, False, True, True, True, False]
+    assert result.reset_code.tolist() == [0, 0, 1, 2, 4, 0]  # per tick: RESET_REASONS[code - 1]
+    assert [result.reset_reason(i) for i in range(6)] == ["", "", "explicit", "segment", "gap", ""]
 
 
 def test_session_boundary_resets_at_local_session_start(model, settings):
@@ -122,6 +124,7 @@ def test_session_boundary_resets_at_local_session_start(model, settings):
     det = Detector(model, settings)
     result = det.process([Tick("spy", t, 100.0) for t in ts], rules)
     assert result.reset.tolist() == [False, True, False, True]
+    assert result.reset_code.tolist() == [0, 3, 0, 3]
     assert result.resets["session"] == 2
 
 

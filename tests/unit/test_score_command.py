@@ -1,5 +1,6 @@
 import csv
 import gzip
+import json
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def test_score_writes_every_row_and_a_plot(tmp_path, capsys):
     assert set(rows[0]) == {"timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note", "device",
                             "device_score"}
     assert {(r["device"], r["device_score"]) for r in rows} == {("", "")}  # univariate ticks: no device
-    assert [r["note"] for r in rows if r["note"]] == ["reset", "reset"]  # the segment change, once per stream
+    assert [r["note"] for r in rows if r["note"]] == ["reset:segment"] * 2  # the segment change, once per stream
     assert len({(r["stream"], r["timestamp"]) for r in rows}) == 240
     assert all(0.0 <= float(r["anomaly_score"]) <= 1.0 for r in rows)
     assert png.stat().st_size > 10_000
@@ -133,9 +134,36 @@ def test_naive_local_times_meet_the_session_rule_in_their_own_zone(tmp_path, cap
     hours = [f"2013-10-0{8 + (h >= 24)} {h % 24:02d}:{m:02d}:00" for h in range(22, 25) for m in range(0, 60, 5)]
     src.write_text("stream,ts,value\n" + "".join(f"SPY,{t},{169 + i % 3}\n" for i, t in enumerate(hours)))
     config = tmp_path / "c.toml"
-    for zone, resets in (("America/New_York", ["reset"]), ("", [])):
+    for zone, resets in (("America/New_York", [("2013-10-09 00:00:00", "reset:session")]), ("", [])):
         config.write_text(f"[ticks]\ntimezone = '{zone}'\n[resets]\nsession_timezone = 'America/New_York'\n")
         assert main(["--config", str(config), "score", str(src), "--output", str(tmp_path / "s.csv")]) == 0
         rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-        assert [r["timestamp"] for r in rows if r["note"]] == (["2013-10-09 00:00:00"] if resets else [])
+        assert [(r["timestamp"], r["note"]) for r in rows if r["note"]] == resets
+    capsys.readouterr()
+
+
+def test_a_reset_row_names_its_reason(tmp_path, capsys):
+    """The note says why a stream was reset: an explicit ``reset`` or a new ``segment`` starts a new stream
+    (its next ``detector.warmup`` ticks score 0 again), a session or a gap restarts the LSTM's state only
+    (the stream is scored on at once)."""
+    src, config, out = tmp_path / "rec.jsonl", tmp_path / "c.toml", tmp_path / "s.csv"
+    t0 = 1_381_240_800  # 2013-10-08 10:00 New York
+    ticks = [{"stream": "a", "ts": t0 + 60 * i, "value": 10.0 + i % 5} for i in range(40)]
+    ticks[10]["ts"] = ticks[9]["ts"] + 7200  # a gap of 2 h: later ticks move with it
+    for i in range(11, 40):
+        ticks[i]["ts"] = ticks[i - 1]["ts"] + 60 if i != 20 else ticks[19]["ts"] + 86400  # the next day
+    ticks[25]["reset"] = True
+    for i in range(30, 40):
+        ticks[i]["segment"] = "two"
+    src.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    config.write_text("[detector]\nwarmup = 5\n[resets]\nsession_timezone = 'America/New_York'\n"
+                      "max_gap_seconds = 3600\n")
+    assert main(["--config", str(config), "score", str(src), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {i: r["note"] for i, r in enumerate(rows) if r["note"]} == {
+        10: "reset:gap", 20: "reset:session", 25: "reset:explicit", 30: "reset:segment"}
+    scores = [float(r["anomaly_score"]) for r in rows]
+    assert all(math.isfinite(float(rows[i]["forecast"])) for i in (10, 20))  # scored on: the forecast survived
+    assert all(not rows[i]["forecast"] for i in (25, 30))  # a new stream: no forecast yet
+    assert scores[25:30] == [0.0] * 5 and scores[30:35] == [0.0] * 5  # ... and a warm-up
     capsys.readouterr()

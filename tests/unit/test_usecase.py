@@ -16,14 +16,21 @@ def test_scores_csv_read_per_stream_in_the_ticks_zone(tmp_path):
                     "2013-10-08 09:30:00,SPY,1,0.0,,,\n"
                     "2013-10-08 09:31:00,SPY,2,0.5,,,\n"
                     "2013-10-08 09:30:00,SPY,1,,,,out_of_order\n"
-                    "2013-10-09 04:00:00,SPY,3,0.0,,,reset\n"
+                    "2013-10-09 04:00:00,SPY,3,0.0,,,reset:session\n"
+                    "2013-10-09 04:01:00,SPY,3,0.0,,,\n"
+                    "2013-10-09 09:00:00,SPY,3,0.0,,,reset:gap\n"
+                    "2013-10-09 09:01:00,SPY,3,0.0,,,reset:explicit\n"
+                    "2013-10-09 09:02:00,SPY,3,0.0,,,\n"
+                    "2013-10-09 09:03:00,SPY,3,0.0,,,reset:segment\n"
                     "1381239000,IBM,4,0.1,,,\n")
     scored = read_scores(path, ZoneInfo("America/New_York"))
     spy = scored["SPY"]
     assert spy.ts[0] == 1381239000.0 and scored["IBM"].ts.tolist() == [1381239000.0]  # 09:30 EDT = 13:30 UTC
-    assert math.isnan(spy.score[2]) and spy.note[3] == "reset"
-    assert spy.warm.tolist() == [1, 2, 2, 1]  # a skipped row does not count, a reset starts over
-    assert arrival(spy.ts).tolist() == [spy.ts[0], spy.ts[1], spy.ts[1], spy.ts[3]]
+    assert math.isnan(spy.score[2]) and spy.note[3] == "reset:session"
+    # A skipped row does not count; a session or gap reset keeps the stream (and its count), an explicit or
+    # segment reset starts a new one.
+    assert spy.warm.tolist() == [1, 2, 2, 3, 4, 5, 1, 2, 1]
+    assert arrival(spy.ts).tolist() == [spy.ts[0], spy.ts[1], spy.ts[1], *spy.ts[3:]]
 
 
 def test_fault_table_lists_each_kind_for_both_detectors():
