@@ -185,9 +185,9 @@ class Daemon:
                     with self._lock:
                         self._checkpoint()
                     self._commit()
-            elif not polled or time.monotonic() >= next_commit:
-                # While busy on the interval (a commit per poll would cost a broker round trip each); as soon as a
-                # poll comes back empty (caught up) at once, so processed offsets do not wait for the interval.
+            elif not polled:  # caught up: commit at once, nothing waits for the interval
+                self._commit()
+            elif time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
                 self._commit()
                 next_commit = time.monotonic() + cfg.commit_interval_ms / 1000
             if time.monotonic() >= next_lag:
