@@ -14,7 +14,9 @@
    after a partition's first batch; without one, the first ``kafka.commit_interval_ms`` tick after a batch.
    ``NUMBA_CACHE_DIR`` points at a directory of its own: the first run compiles the kernel into it (reported as
    cold), the ``--repeat`` runs per store after it load it (warm), as a restart under systemd or in the image
-   does.
+   does. Likewise the package's bytecode: ``PYTHONDONTWRITEBYTECODE`` is left out of the daemon's environment,
+   so the first run writes it and the others read it, as an installed package does (pip compiles it at install);
+   compiling the sources at every start costs ~2 MiB of peak RSS that an installed daemon does not spend.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def first_commit(bootstrap: str, topic: str, counts: dict[str, int], cache: Path
     from kafka import KafkaConsumer, TopicPartition
 
     group = f"startup-{uuid.uuid4().hex[:10]}"
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "STREAMER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # see the module docstring
+    env = {**inherited, "NUMBA_CACHE_DIR": str(cache), "STREAMER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
            "STREAMER_KAFKA__TOPICS": json.dumps([topic]), "STREAMER_KAFKA__GROUP_ID": group,
            "STREAMER_KAFKA__CONSUMER": json.dumps(FAST_GROUP), "STREAMER_METRICS__PORT": "0",
            "STREAMER_LOG__LEVEL": "INFO", "STREAMER_LOG__FORMAT": "json"}
