@@ -11,7 +11,8 @@
    (VmHWM) is read then, before it is stopped. Its log gives the steps in between: ``metrics listening``
    (imports, model and kernel loaded, `Daemon` built) and the first ``partitions assigned`` (group joined).
    With a checkpoint store (local, a temporary directory) the first commit follows the first checkpoint, right
-   after a partition's first batch; without one, the first ``kafka.commit_interval_ms`` tick after a batch.
+   after a partition's first batch; without one, right after the first batch (then every
+   ``kafka.commit_interval_ms``, and at every empty poll).
    ``NUMBA_CACHE_DIR`` points at a directory of its own: the first run compiles the kernel into it (reported as
    cold), the ``--repeat`` runs per store after it load it (warm), as a restart under systemd or in the image
    does. Likewise the package's bytecode: ``PYTHONDONTWRITEBYTECODE`` is left out of the daemon's environment,
