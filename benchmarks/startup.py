@@ -1,6 +1,6 @@
 """What starting `streamer run` costs: importing the daemon, the time to its first commit, its peak RSS.
 
-    python -m benchmarks.startup [--streams 10000] [--messages 100000] [--repeat 3]
+    python -m benchmarks.startup [--streams 10000] [--messages 100000] [--repeat 3] [--env MALLOC_ARENA_MAX=2]
 
 1. *import*: ``import streamer.daemon.loop`` in a fresh interpreter, ``--repeat`` times: wall time of the
    import statement, the process's RSS after it (VmRSS) and whether torch was imported with it.
@@ -74,7 +74,7 @@ def _status(pid: int, field: str) -> int:
 
 
 def first_commit(bootstrap: str, topic: str, counts: dict[str, int], cache: Path, store: Path | None,
-                 log_path: Path) -> dict:
+                 log_path: Path, extra_env: dict[str, str] | None = None) -> dict:
     """One ``streamer run`` from its start to every offset of ``topic`` committed (``counts`` per partition)."""
     from kafka import KafkaConsumer, TopicPartition
 
@@ -83,7 +83,7 @@ def first_commit(bootstrap: str, topic: str, counts: dict[str, int], cache: Path
     env = {**inherited, "NUMBA_CACHE_DIR": str(cache), "STREAMER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
            "STREAMER_KAFKA__TOPICS": json.dumps([topic]), "STREAMER_KAFKA__GROUP_ID": group,
            "STREAMER_KAFKA__CONSUMER": json.dumps(FAST_GROUP), "STREAMER_METRICS__PORT": "0",
-           "STREAMER_LOG__LEVEL": "INFO", "STREAMER_LOG__FORMAT": "json"}
+           "STREAMER_LOG__LEVEL": "INFO", "STREAMER_LOG__FORMAT": "json", **(extra_env or {})}
     if store is not None:
         env["STREAMER_CHECKPOINT__PATH"] = str(store)
     checker = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="measured runs per figure (median and range)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write every result as JSON here")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="also in the daemon's environment, e.g. the unit's MALLOC_ARENA_MAX=2 (repeatable)")
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
 
     from streamer.devtools.broker import LocalBroker, create_topic
 
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                     store.mkdir()
                 cold = not cache.exists()
                 log_path = Path(tmp) / f"run-{len(runs)}-{'store' if with_store else 'none'}.log"
-                run = {**first_commit(broker.bootstrap, topic, counts, cache, store, log_path), "cold_cache": cold}
+                run = {**first_commit(broker.bootstrap, topic, counts, cache, store, log_path, extra_env),
+                       "cold_cache": cold}
                 runs.append(run)
                 print(f"  {name}, {'cold' if cold else 'warm'} kernel cache: built {run.get('built_s', nan):.2f} s, "
                       f"assigned {run.get('assigned_s', nan):.2f} s, first commit {run['first_commit_s']:.2f} s, "
