@@ -1273,8 +1273,8 @@ def _monitor(daemon, spec: dict, settings: Settings, topic: str, marks: dict, re
         _stop_profiler(marks.pop("profiler", None), profile, result)
     checker.close()
     result.update(_rate(total, marks["first"], end))
-    # The row ends at the last commit, which comes up to kafka.commit_interval_ms (or a checkpoint interval)
-    # after the last message was scored: on a short run that wait is a large part of the row.
+    # The row ends at the last commit, which comes after the last message was scored: at the first empty poll
+    # without a checkpoint store, up to a checkpoint interval with one; on a short run that wait is a large part.
     result["scored_rate"] = total / (marks["handled_at"] - marks["first"][0])
     idle = [_scrape(url) for _ in range(5)]
     body = idle[-1][1]

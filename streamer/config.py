@@ -58,7 +58,8 @@ class KafkaSettings(Section):
     max_poll_records: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
     commit_interval_ms: int = Field(1000, ge=0, description="without a checkpoint store: commit processed offsets "
-                                    "this often; 0: every poll (with a store, commits follow checkpoints)")
+                                    "this often, and whenever a poll comes back empty; 0: every poll (with a store, "
+                                    "commits follow checkpoints)")
     # Optional outputs: one JSON record per scored tick, and the original bytes of rejected messages.
     scores_topic: str | None = None
     dead_letter_topic: str | None = None

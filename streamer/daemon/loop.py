@@ -8,7 +8,8 @@ then commits exactly the checkpoints' offsets: after a partition's first batch, 
 ``checkpoint.interval_seconds``/``interval_messages``, on revocation and at shutdown. A committed offset
 never passes the last saved checkpoint, so a ``kill -9`` at any moment restarts from a checkpoint and the
 offset that belongs to it, and replays at most one interval's messages. Without a store, stream state dies
-with the process by design, and processed offsets are committed every ``kafka.commit_interval_ms``.
+with the process by design, and processed offsets are committed every ``kafka.commit_interval_ms`` and
+whenever a poll comes back empty (caught up: nothing is left waiting for the interval).
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
 in `streamer.clients.kafka_python` (kafka-python, the default) and implemented again in `streamer.clients.confluent`
@@ -184,6 +185,8 @@ class Daemon:
                     with self._lock:
                         self._checkpoint()
                     self._commit()
+            elif not polled:  # caught up: commit at once, nothing waits for the interval
+                self._commit()
             elif time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
                 self._commit()
                 next_commit = time.monotonic() + cfg.commit_interval_ms / 1000
