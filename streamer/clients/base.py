@@ -32,6 +32,11 @@ class CommitFailed(RuntimeError):
     """An offset commit failed (e.g. a rebalance in progress); the next owner re-reads from the last commit."""
 
 
+class PollFailed(RuntimeError):
+    """A poll returned an error instead of messages (e.g. the group coordinator lost in a broker outage);
+    nothing was consumed, and the next poll retries."""
+
+
 class RebalanceListener(Protocol):
     """What a consumer calls on rebalances (kafka-python: on its network thread; confluent-kafka: inside
     ``poll``/``close`` on the calling thread)."""
@@ -57,7 +62,9 @@ class Consumer(Protocol):
 
     def subscribe(self, topics: list[str], listener: RebalanceListener) -> None: ...
 
-    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]: ...
+    def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
+        """Messages by partition; raises `PollFailed`."""
+        ...
 
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
 

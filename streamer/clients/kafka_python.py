@@ -17,7 +17,7 @@ from kafka import TopicPartition as KafkaTopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from streamer.clients.base import CommitFailed, KafkaSetupError, TopicPartition
+from streamer.clients.base import CommitFailed, KafkaSetupError, PollFailed, TopicPartition
 
 if TYPE_CHECKING:
     from streamer.config import KafkaSettings
@@ -151,7 +151,10 @@ class PythonConsumer:
         self._consumer.subscribe(topics, listener=_Listener(listener))
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list]:
-        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:  # kafka-python re-raises its heartbeat loop's failure once; the next poll rejoins
+            raise PollFailed(f"{exc.__class__.__name__}: {exc}") from None
         return {TopicPartition(*tp): messages for tp, messages in polled.items()}  # a key per partition, not message
 
     def seek(self, tp: TopicPartition, offset: int) -> None:

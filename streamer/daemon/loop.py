@@ -46,7 +46,15 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streamer.clients.base import CommitFailed, Consumer, Producer, open_consumer, open_producer, start_timestamp_ms
+from streamer.clients.base import (
+    CommitFailed,
+    Consumer,
+    PollFailed,
+    Producer,
+    open_consumer,
+    open_producer,
+    start_timestamp_ms,
+)
 from streamer.config import Settings
 from streamer.core.detector import SCORED, Detector
 from streamer.core.model import Forecaster
@@ -153,6 +161,7 @@ class Daemon:
             # A failure mid-batch (undelivered records, a bug) leaves the detector past offsets that will not
             # be committed: a checkpoint now would pair that state with the older offset and apply those
             # messages twice after a restart. Stop without one; the last good checkpoint stands.
+            log.exception("stopping on an unexpected error")  # in the structured log, not only on stderr
             self._store = None
             raise
         finally:
@@ -174,7 +183,11 @@ class Daemon:
         while not self._stop.is_set():
             self.health.beat()
             self._watchdog.maybe_ping(time.monotonic(), healthy=True)
-            polled = self._consumer.poll(cfg.poll_timeout_ms, cfg.max_poll_records)
+            try:
+                polled = self._consumer.poll(cfg.poll_timeout_ms, cfg.max_poll_records)
+            except PollFailed as exc:  # a broker outage: readiness reports it (`_check_connected`); poll again
+                self._warn.warning("poll", "poll failed", error=str(exc))
+                polled = {}
             skip = self._position_new_partitions()
             if polled:
                 with self._lock:

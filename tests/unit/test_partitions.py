@@ -15,6 +15,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamer.clients.base import PollFailed
 from streamer.config import load_settings
 from streamer.daemon.partitions import CheckpointSchedule, Partitions
 
@@ -132,7 +133,10 @@ class FakeConsumer:
         if not self.polls:
             self.stop.set()
             return {}
-        return self.polls.pop(0) or {}  # None: an empty poll
+        polled = self.polls.pop(0)
+        if isinstance(polled, Exception):
+            raise polled
+        return polled or {}  # None: an empty poll
 
     def seek(self, tp, offset):
         self.seeks[tp] = offset
@@ -229,6 +233,17 @@ def test_loop_after_a_crash_restores_and_seeks_to_the_checkpoint(daemon_with):
     assert daemon.registry.get_sample_value("streamer_checkpoint_missing_total") == 0
     _assert_commits_never_pass_checkpoints(consumer)
     assert consumer.group_committed == {A: 70}
+
+
+def test_a_failed_poll_is_reported_and_the_loop_goes_on(daemon_with):
+    """A broker outage surfaces as a failed poll (kafka-python re-raises its heartbeat loop's error once): the
+    daemon keeps running, and the next poll's messages are scored and committed."""
+    polls = [{A: _messages(A, 0, 20)}, PollFailed("KafkaConnectionError: 111 ECONNREFUSED"), {A: _messages(A, 20, 10)}]
+    daemon, consumer, store = daemon_with(polls, interval_seconds=3600)
+    scored = daemon.registry.get_sample_value("streamer_messages_total", {"outcome": "scored", "topic": A.topic})
+    assert scored == 30
+    assert consumer.group_committed == {A: 30} == {A: store.offsets[A]}
+    _assert_commits_never_pass_checkpoints(consumer)
 
 
 def test_committed_offset_without_checkpoint_is_counted_once(daemon_with):
