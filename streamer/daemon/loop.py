@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry
 from streamer.clients.base import (
     CommitFailed,
     Consumer,
+    KafkaSetupError,
     PollFailed,
     Producer,
     open_consumer,
@@ -157,11 +158,12 @@ class Daemon:
                                          "client": cfg.kafka.client})
             systemd.ready(f"consuming {','.join(cfg.kafka.topics)} as {cfg.kafka.group_id}")
             self._loop()
-        except Exception:
+        except Exception as exc:
             # A failure mid-batch (undelivered records, a bug) leaves the detector past offsets that will not
             # be committed: a checkpoint now would pair that state with the older offset and apply those
             # messages twice after a restart. Stop without one; the last good checkpoint stands.
-            log.exception("stopping on an unexpected error")  # in the structured log, not only on stderr
+            if not isinstance(exc, KafkaSetupError):  # that one the CLI reports in one clear line
+                log.exception("stopping on an unexpected error")  # in the structured log, not only on stderr
             self._store = None
             raise
         finally:
