@@ -70,6 +70,8 @@ from streamer.core.ticks import Tick, TickBatch, object_array
 
 SCORED, OUT_OF_ORDER = 0, 1
 RESET_REASONS = ("explicit", "segment", "session", "gap")  # reset code k + 1 is RESET_REASONS[k]; 0: none
+# The kernel starts a new stream for codes up to `kernel.NEW_STREAM`, and restarts only the LSTM for the others
+# (tests/unit/test_detector.py holds the two together).
 NO_DAY = np.iinfo(np.int64).min  # the session day of a stream without sessions
 
 

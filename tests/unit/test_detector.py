@@ -128,6 +128,13 @@ def test_session_boundary_resets_at_local_session_start(model, settings):
     assert result.resets["session"] == 2
 
 
+def test_reset_codes_that_start_a_new_stream_are_the_explicit_and_segment_ones():
+    from streamer.core import kernel
+    from streamer.core.detector import RESET_REASONS
+
+    assert RESET_REASONS[:kernel.NEW_STREAM] == ("explicit", "segment")
+
+
 def test_a_session_or_gap_reset_restarts_the_lstm_and_keeps_the_calibration(model, settings):
     """After a night or an outage the same stream continues: its LSTM state starts again (h, c zero before the
     step), its statistics stay (no new warm-up: the next ticks score), unlike an explicit reset."""
