@@ -72,8 +72,7 @@ def score(ts: np.ndarray, values: np.ndarray, overrides: dict) -> np.ndarray:
     settings = {k: v for k, v in overrides.items() if k not in ("model", "sessions")}
     detector = Detector(Forecaster.load(model_path(overrides)), DetectorSettings(**settings))
     rules = ResetRules(session_timezone=EASTERN, session_start="04:00") if overrides.get("sessions") else None
-    batch = TickBatch(["s"] * len(ts), ts, values)
-    parts = [detector.process(TickBatch(batch.stream[k:k + 2000], ts[k:k + 2000], values[k:k + 2000]), rules)
+    parts = [detector.process(TickBatch(["s"] * len(ts[k:k + 2000]), ts[k:k + 2000], values[k:k + 2000]), rules)
              for k in range(0, len(ts), 2000)]
     return np.concatenate([p.score for p in parts])
 

@@ -26,9 +26,9 @@ import numpy as np
 import orjson
 
 from streamer.config import load_settings
-from streamer.devtools.faults import ENERGY_KINDS, read_faults
+from streamer.devtools.faults import ENERGY_KINDS
 from streamer.devtools.incidents import median_mad_rule, report
-from streamer.devtools.usecase import THRESHOLD, Scored, compare, fault_table, score
+from streamer.devtools.usecase import THRESHOLD, Scored, compare, fault_table, score, score_both
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config.toml"
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help=f"PNG of the faulted {PLOT_STREAM} stream")
     args = parser.parse_args(argv)
     settings = load_settings(CONFIG)
-    faults = read_faults(args.out / "faults.json")
-    faulted = score(CONFIG, args.out / "faulted.jsonl", args.out / "faulted_scores.csv")
-    clean = score(CONFIG, args.out / "clean.jsonl", args.out / "clean_scores.csv")
+    faults, faulted, clean = score_both(CONFIG, args.out)
     detector, rule = compare(faulted, faults, SLACK_S)
     print(f"\nInjected faults, alarms at score >= {THRESHOLD} (rule: |x - median| > 8 x 1.4826 MAD of the previous "
           f"60 readings), caught within {SLACK_S / 3600:.0f} h after the fault:\n")

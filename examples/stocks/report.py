@@ -34,9 +34,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from streamer.config import load_settings
-from streamer.devtools.faults import MARKET_KINDS, read_faults
+from streamer.devtools.faults import MARKET_KINDS
 from streamer.devtools.incidents import median_mad_rule, report
-from streamer.devtools.usecase import THRESHOLD, arrival, compare, fault_table, score
+from streamer.devtools.usecase import THRESHOLD, arrival, compare, fault_table, score_both
 from streamer.offline.score import ScoredRow, plot_scores
 
 HERE = Path(__file__).resolve().parent
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         "to set configurations (STREAMER_* environment overrides) side by side")
     args = parser.parse_args(argv)
     settings = load_settings(CONFIG)
-    faults = read_faults(args.out / "faults.json")
-    faulted = score(CONFIG, args.out / "faulted.jsonl", args.out / "faulted_scores.csv")
-    clean = score(CONFIG, args.out / "clean.jsonl", args.out / "clean_scores.csv")
+    faults, faulted, clean = score_both(CONFIG, args.out)
     detector, rule = compare(faulted, faults, SLACK_S)
     print(f"\nInjected faults, alarms at score >= {THRESHOLD} (rule: |x - median| > 8 x 1.4826 MAD of the previous "
           f"60 bars), caught within {SLACK_S / 60:.0f} min after the fault:\n")

@@ -392,8 +392,8 @@ class Detector:
         self._last_ts[ends], self._segment[ends], self._day[ends] = ts[last], segment[last], day[last]
         if owners is not None:
             self._owner[ends] = owners[order[last]]
-        if batch.device is not None:  # only polls with a multivariate tick: a loop over their accepted ticks
-            for i in order[np.not_equal(batch.device[order], None)].tolist():
+        if batch.device is not None:  # polls with a multivariate tick: once per stream, its last tick's device
+            for i in order[last][np.not_equal(batch.device[order[last]], None)].tolist():
                 self._device_of[batch.stream[i]] = batch.device[i]
 
         def in_arrival_order(accepted: np.ndarray, skipped) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamer.config import load_settings
 from streamer.core.ticks import InvalidTick, parse_ts
-from streamer.devtools.faults import Fault
+from streamer.devtools.faults import Fault, read_faults
 from streamer.devtools.incidents import KindReport, Report, median_mad_rule, merge, report
 from streamer.offline.score import NEW_STREAM_NOTES
 
@@ -57,6 +57,14 @@ def score(config: Path, data: Path, output: Path, plot: Path | None = None, thre
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     echo(done.stdout.strip())
     return read_scores(output, load_settings(config).ticks.zone)
+
+
+def score_both(config: Path, out: Path) -> tuple[dict[str, list[Fault]], dict[str, Scored], dict[str, Scored]]:
+    """The faults `prepare.py` wrote into ``out``, and the faulted and untouched feeds scored with ``config``."""
+    faults = read_faults(out / "faults.json")
+    faulted = score(config, out / "faulted.jsonl", out / "faulted_scores.csv")
+    clean = score(config, out / "clean.jsonl", out / "clean_scores.csv")
+    return faults, faulted, clean
 
 
 def _shown(arg: str) -> str:
