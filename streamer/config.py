@@ -187,11 +187,7 @@ class DetectorSettings(Section):
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
-    range_margin_sigma: float = Field(0.0, ge=0, description="and by this many of the forecast's standard deviations")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
-    forecast_weight: float = Field(1.0, gt=0, description="the forecast evidence's decades are multiplied by this")
-    season_halflife: float = Field(0.0, ge=0, description="hours: the time-of-day evidence scores only a decade "
-                                   "above its recent maximum, which decays with this half-life; 0 off")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     incident_ticks: float = Field(12, ge=0, description="ticks: after an alarm only a higher score counts; 0 off")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")

@@ -47,7 +47,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("DAMP_SEASON", "the time-of-day evidence's decaying recent maximum (refractory damping)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -104,10 +103,7 @@ class Params(NamedTuple):
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
-    range_margin_sigma: float
     season_memory_days: float
-    forecast_weight: float
-    season_halflife: float  # 0: off
     season_window: float
     incident_ticks: float
     peak_hold_seconds: float
@@ -272,9 +268,8 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
     teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
     blunting it for days. It does widen the range (and enter the daily profile)."""
     low, high = st[S.LOW], st[S.HIGH]
-    excess = max(value - high, low - value)
-    beyond = excess / max(high - low, 1e-12)
-    novel = learn and learned >= 1 and beyond > p.range_margin and excess > p.range_margin_sigma * st[S.PRED_STD]
+    beyond = max(value - high, low - value) / max(high - low, 1e-12)
+    novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
         first = learned < 1
         st[S.LOW] = value if first else min(low, value)
@@ -387,7 +382,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
-    forecast_part = p.forecast_weight * max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
@@ -404,11 +399,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
     gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    if p.season_halflife > 0:  # refractory: it scores only a decade above its own decaying recent maximum
-        damp_season = st[S.DAMP_SEASON] * 0.5 ** (hours / p.season_halflife)
-        if live:
-            st[S.DAMP_SEASON] = max(damp_season, season_part)
-        season_part = season_part if season_part >= damp_season + 1.0 else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
