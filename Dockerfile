@@ -41,4 +41,5 @@ EXPOSE 9108
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
 ENTRYPOINT ["streamer"]
-CMD ["run", "--config", "/etc/streamer/config.toml"]
+# --config is an option of `streamer` itself: it goes before the command.
+CMD ["--config", "/etc/streamer/config.toml", "run"]

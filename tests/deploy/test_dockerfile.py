@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from deploytools import DEPLOY, REPO, load_yaml, require, run, tool
 
+from streamer.cli import build_parser
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -70,7 +72,9 @@ def test_runtime_stage_runs_the_daemon_as_uid_10001(stages: list[list]) -> None:
     assert instr(final, "EXPOSE")[-1].value == ("9108",)
     assert instr(final, "ENTRYPOINT")[-1].value == ("streamer",)
     assert instr(final, "ENTRYPOINT")[-1].json and instr(final, "CMD")[-1].json  # exec form: PID 1 gets SIGTERM
-    assert instr(final, "CMD")[-1].value == ("run", "--config", "/etc/streamer/config.toml")
+    assert instr(final, "CMD")[-1].value == ("--config", "/etc/streamer/config.toml", "run")
+    args = build_parser().parse_args(list(instr(final, "CMD")[-1].value))  # the CLI accepts it
+    assert args.command == "run" and str(args.config) == "/etc/streamer/config.toml"
     env = dict(zip(*[iter(sum((c.value for c in instr(final, "ENV")), ()))] * 2, strict=True))
     assert env["STREAMER_METRICS__HOST"] == "0.0.0.0"
     # the entry point is the project's console script

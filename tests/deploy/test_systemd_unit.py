@@ -16,6 +16,7 @@ import pytest
 from deploytools import DEPLOY, IN_CI, REPO, read_text, require, run, tool, used
 
 from streamer import config
+from streamer.cli import build_parser
 
 UNIT = DEPLOY / "systemd" / "streamer.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "streamer.env.example"
@@ -119,7 +120,9 @@ def test_unit_has_the_required_settings() -> None:
     assert last("Type") == "notify"
     assert last("NotifyAccess") == "main"
     assert last("WatchdogSec") == "30"
-    assert last("ExecStart") == "/opt/streamer/bin/streamer run --config /etc/streamer/config.toml"
+    assert last("ExecStart") == "/opt/streamer/bin/streamer --config /etc/streamer/config.toml run"
+    args = build_parser().parse_args(last("ExecStart").split()[1:])  # the CLI accepts it
+    assert args.command == "run" and str(args.config) == "/etc/streamer/config.toml"
     assert last("DynamicUser") == "yes"
     assert last("StateDirectory") == "streamer"
     assert last("ProtectSystem") == "strict"
