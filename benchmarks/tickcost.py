@@ -1,6 +1,6 @@
 """Per-tick cost of `Detector.process` for detector variants: 5,000-tick polls over 10,000 streams.
 
-    PYTHONPATH=. python benchmarks/tickcost.py default "readout:readout_rate=0.01"
+    PYTHONPATH=. python benchmarks/tickcost.py default no_forecast "sd:season_evidence=false"
 
 Each variant gets its own detector, warmed past `warmup` on every stream (so every kind of evidence is
 live); then rounds of polls are timed, the variants interleaved round by round (the machine is shared:

@@ -63,7 +63,7 @@ class KafkaSettings(Section):
     # Optional outputs: one JSON record per scored tick, and the original bytes of rejected messages.
     scores_topic: str | None = None
     dead_letter_topic: str | None = None
-    # Security, passed to kafka-python as is.
+    # Security, passed to kafka-python as is (under librdkafka's names with confluent-kafka).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
@@ -189,7 +189,8 @@ class DetectorSettings(Section):
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
-    incident_ticks: float = Field(12, ge=0, description="ticks: after an alarm only a higher score counts; 0 off")
+    incident_ticks: float = Field(12, ge=0, description="ticks: within this of the tick that opened or last "
+                                  "raised the stream's incident, only a higher score counts; 0 off")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
