@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between /metrics scrapes while the daemon runs (0: only after)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run the daemon once more under py-spy (cProfile without it) and write profiles here")
-    parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of torch/numpy)")
+    parser.add_argument("--profile-native", action="store_true",
+                        help="py-spy --native (C frames: numpy, the compiled kernel, the Kafka client)")
     parser.add_argument("--profile-client", choices=CLIENTS,
                         help="kafka.client of the profiled run (default: the configured kafka.client)")
     parser.add_argument("--gc-threshold", type=int, metavar="N",
@@ -990,7 +991,7 @@ def _worker_ceiling(spec: dict) -> dict:
 
 
 def _confluent_consumer(k):
-    """A raw confluent-kafka group consumer with the daemon's options (`kafka_confluent.consumer_options`)."""
+    """A raw confluent-kafka group consumer with the daemon's options (`clients.confluent.consumer_options`)."""
     import confluent_kafka
 
     from streamer.clients.confluent import consumer_options
@@ -1349,7 +1350,7 @@ def _worker_state(spec: dict) -> dict:
                 det.process([Tick(f"s{i}", BASE_TS + 60.0 * round_, 100.0 + i % 7)
                              for i in range(start, min(streams, start + 2000))])
 
-    # Pass 1, RSS growth without tracing (cross-check; includes allocator and torch slack).
+    # Pass 1, RSS growth without tracing (cross-check; includes allocator slack).
     gc.collect()
     rss0 = _rss()
     det = Detector(model, settings.detector)

@@ -17,7 +17,8 @@
    cold), the ``--repeat`` runs per store after it load it (warm), as a restart under systemd or in the image
    does. Likewise the package's bytecode: ``PYTHONDONTWRITEBYTECODE`` is left out of the daemon's environment,
    so the first run writes it and the others read it, as an installed package does (pip compiles it at install);
-   compiling the sources at every start costs ~2 MiB of peak RSS that an installed daemon does not spend.
+   compiling the sources at every start costs peak RSS that an installed daemon does not spend
+   (docs/perf-history.md, "Peak RSS and the 0.7 x ratio").
 """
 
 from __future__ import annotations
