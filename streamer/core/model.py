@@ -159,9 +159,12 @@ class Forecaster:
         if header.get("version") != VERSION:
             raise ValueError(f"{path}: model format version {header.get('version')}, this build reads {VERSION}")
         spec = header["spec"]
-        return cls(ModelSpec(int(spec["hidden_size"]), NormaliserSpec(**spec["normaliser"]),
-                             str(spec.get("cell", "lstm")), int(spec.get("layers", 1))), weights,
-                   dict(header["training"]))
+        try:
+            model_spec = ModelSpec(int(spec["hidden_size"]), NormaliserSpec(**spec["normaliser"]),
+                                   str(spec.get("cell", "lstm")), int(spec.get("layers", 1)))
+        except ValueError as exc:  # a cell or depth this build does not know
+            raise ValueError(f"{path}: {exc}") from None
+        return cls(model_spec, weights, dict(header["training"]))
 
     def fingerprint(self) -> str:
         """A short digest of the weights: checkpoints record it so state is never applied to another model."""

@@ -100,3 +100,9 @@ def test_cell_and_layers_round_trip_and_old_files_are_one_layer_lstms(tmp_path):
     (tmp_path / "old.npz").write_bytes(buffer.getvalue())
     back = Forecaster.load(tmp_path / "old.npz")
     assert back.spec == ModelSpec(hidden_size=8) and back.fingerprint() == old.fingerprint()
+    header["spec"]["cell"] = "rnn"
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **weights)
+    (tmp_path / "rnn.npz").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="rnn.npz: model cell 'rnn'"):
+        Forecaster.load(tmp_path / "rnn.npz")
