@@ -597,8 +597,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
 
 
 def _aligned(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy that starts on a cache line (64 bytes), as do its rows (1 KB, or 768 B for a GRU):
-    the step's vector loads of a weight row never straddle two lines. Where malloc put the weights used to
+    """A C-contiguous copy that starts on a cache line (64 bytes), as do its rows at 64 units (1 KB, 768 B for
+    a GRU): the step's vector loads of a weight row never straddle two lines. Where malloc put the weights used to
     decide between two speeds of the same kernel, ~1.5 and ~1.8 us a tick, from one process to the next."""
     buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
     start = -buffer.ctypes.data % 64
