@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "half the recurrent state, ~15%% less kernel time a tick)")
     parser.add_argument("--layers", type=int, choices=range(1, MAX_LAYERS + 1), default=d.layers,
                         help=f"stacked cells, the second reading the first's h (default {d.layers}; 2: twice "
-                             "the recurrent state, ~2.6x the kernel time a tick and ~2.3x the training time)")
+                             "the recurrent state, ~2.6x the kernel time a tick and 2-2.4x the training time)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
     parser.add_argument("--chunk", type=int, default=d.chunk,
                         help=f"truncated-BPTT length in steps (default {d.chunk})")
