@@ -52,7 +52,8 @@ RANDOM_SEEDS = 5
 FOLD_LOG: list | None = None  # --folds: (fold, threshold, held-out standard score) of each fold
 RANDOM_INIT = CACHE / "random_init.npz"  # same shape as the bundled model, untrained (made on first use)
 
-# name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model).
+# name -> overrides: detector settings by name, and "model" (a path; "RANDOM_INIT" for the untrained model, or
+# "RANDOM_INIT:<seed>:<cell>[:<layers>]" for an untrained one of another cell or depth, e.g. RANDOM_INIT:0:gru).
 VARIANTS: dict[str, dict] = {
     "default": {},  # the code's defaults (time-of-day evidence gated by the LSTM during a stream's first day,
     # range novelty gated by the LSTM's surprise, novelty_gate = 1)
@@ -118,16 +119,23 @@ def corpus_files(corpus: str) -> tuple[Path, list[Path], dict]:
 
 def model_path(overrides: dict) -> Path | None:
     path = overrides.get("model")
-    if path and path.startswith("RANDOM_INIT"):  # RANDOM_INIT or RANDOM_INIT:<seed>
-        seed = int(path.split(":")[1]) if ":" in path else 0
-        target = RANDOM_INIT if seed == 0 else RANDOM_INIT.with_name(f"random_init_{seed}.npz")
+    if path and path.startswith("RANDOM_INIT"):  # RANDOM_INIT[:<seed>[:<cell>[:<layers>]]]
+        parts = path.split(":")[1:]
+        seed = int(parts[0]) if parts else 0
+        cell = parts[1] if len(parts) > 1 else "lstm"
+        layers = int(parts[2]) if len(parts) > 2 else 1
+        shape = "" if (cell, layers) == ("lstm", 1) else f"_{cell}{layers}"  # the bundled model's: the old names
+        target = RANDOM_INIT if (seed, shape) == (0, "") else RANDOM_INIT.with_name(f"random_init_{seed}{shape}.npz")
         if not target.exists():  # torch's own initialisation, seeded: the trainer's starting point
+            import dataclasses
+
             import torch
 
             from streamer.offline.train import TorchForecaster
 
             torch.manual_seed(seed)
-            untrained = TorchForecaster(Forecaster.load().spec).to_forecaster({"random_init": True, "seed": seed})
+            spec = dataclasses.replace(Forecaster.load().spec, cell=cell, layers=layers)
+            untrained = TorchForecaster(spec).to_forecaster({"random_init": True, "seed": seed})
             target.parent.mkdir(parents=True, exist_ok=True)
             untrained.save(target)
         return target

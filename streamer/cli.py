@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     from streamer.offline import evaluate, train_command
 
     evaluate.add_arguments(command("evaluate", "NAB score and best alert threshold on labelled data"))
-    train_command.add_arguments(command("train", "train the LSTM forecaster on recorded files"))
+    train_command.add_arguments(command("train", "train the forecaster (an LSTM or a GRU) on recorded files"))
     synth.add_arguments(command("synth", "write a synthetic recorded stream (training data, demos)"))
     return parser
 

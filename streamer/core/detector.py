@@ -10,7 +10,8 @@ accepted tick), and the per-tick arithmetic, scoring and the LSTM step, is one c
 whole batch (`kernel.advance`), each stream's ticks in order. A batch of 50 ticks from each of 100 streams
 costs about what 5,000 ticks of 5,000 streams do per tick. State lives in four tables indexed by slot: float64
 scalars (values in the stream's units, timestamps), a float32 profile (tail rates, the daily profile),
-576 bytes a stream, and the LSTM's float32 h and c.
+576 bytes a stream, and the forecaster's float32 h and c (every layer's; a GRU's c has no columns:
+`ModelSpec.state_sizes`).
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
@@ -139,8 +140,8 @@ class StreamStates:
     """Exported state of some streams, row i belonging to ``names[i]``."""
 
     names: list[str]
-    h: np.ndarray  # float32 [n, hidden]
-    c: np.ndarray
+    h: np.ndarray  # float32 [n, layers * hidden]
+    c: np.ndarray  # float32 [n, layers * hidden], [n, 0] for a GRU
     scalars: np.ndarray  # float64 [n, N_SCALARS]
     profile: np.ndarray  # float32 [n, N_PROFILE]
     last_ts: np.ndarray  # float64 [n]
@@ -179,7 +180,7 @@ class Detector:
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         self.model = model
         self.settings = settings
-        self._weights = kernel.lstm_weights(model)
+        self._weights = kernel.step_weights(model)
         self._params = kernel.params(settings, model.spec.normaliser)
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = []
@@ -194,8 +195,9 @@ class Detector:
         self._device_of: dict[str, str] = {}
         self.scalars = np.zeros((0, N_SCALARS))
         self.profile = np.zeros((0, N_PROFILE), dtype=np.float32)
-        self.h = np.zeros((0, model.hidden_size), dtype=np.float32)
-        self.c = np.zeros((0, model.hidden_size), dtype=np.float32)
+        h_width, c_width = model.spec.state_sizes
+        self.h = np.zeros((0, h_width), dtype=np.float32)
+        self.c = np.zeros((0, c_width), dtype=np.float32)
         self._batches = 0
         self.process([])  # compiles the kernel now (~3 s), not on the first batch
 
@@ -215,9 +217,8 @@ class Detector:
         self._owner = np.concatenate([self._owner, np.full(more, -1, dtype=np.int64)])
         self.scalars = np.concatenate([self.scalars, np.zeros((more, N_SCALARS))])
         self.profile = np.concatenate([self.profile, np.zeros((more, N_PROFILE), dtype=np.float32)])
-        hidden = self.model.hidden_size
-        self.h = np.concatenate([self.h, np.zeros((more, hidden), dtype=np.float32)])
-        self.c = np.concatenate([self.c, np.zeros((more, hidden), dtype=np.float32)])
+        self.h = np.concatenate([self.h, np.zeros((more, self.h.shape[1]), dtype=np.float32)])
+        self.c = np.concatenate([self.c, np.zeros((more, self.c.shape[1]), dtype=np.float32)])
         self._free.extend(range(old + more - 1, old - 1, -1))
 
     def _evict(self) -> int:

@@ -1,4 +1,4 @@
-"""The detector's per-tick arithmetic, compiled: score a tick, then advance its stream's LSTM one step.
+"""The detector's per-tick arithmetic, compiled: score a tick, then advance its stream's forecaster one step.
 
 `Detector` (detector.py) keeps the state table and does the bookkeeping of a batch in numpy (slots, out-of-
 order ticks, reset reasons); everything that happens once per tick is `advance`, one compiled call for a
@@ -8,7 +8,11 @@ streams with one do (the numpy version it replaced paid ~400 us a wave of stream
 
 Written as plain scalar loops: each line is the formula of the detector's module docstring, for one tick.
 Statistics are float64; the stored tail rates and daily profile are float32 (read, updated in float64,
-stored back), as are the LSTM's state and weights (the model is trained in float32).
+stored back), as are the forecaster's state and weights (the model is trained in float32).
+
+The forecaster is an LSTM or a GRU of one or two layers (`ModelSpec`): `advance` is compiled for the model's
+cell and depth (the types of `Weights`), and a one-layer LSTM runs the same code, arithmetic and speed as
+before GRUs and stacked layers existed.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 from streamer.config import DetectorSettings
-from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec
+from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, NormaliserSpec, layer_name
 
 # Per-stream scalars, float64 [slots, N_SCALARS]: values in the stream's own units and epoch timestamps need
 # the precision (float32 resolves 1.7e9 s to 128 s). Declared once, here: a column's index is its place in
@@ -118,14 +123,51 @@ def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
     return Params(**detector, alpha=normaliser.alpha, min_scale=normaliser.min_scale, rel_scale=normaliser.rel_scale)
 
 
-class Weights(NamedTuple):
-    """The forecaster's weights laid out for one stream's step (see `lstm_weights`)."""
+class Upper(NamedTuple):
+    """The layers above the first (`Weights.upper`), stacked: layer l + 1 at index l."""
 
-    w_hh: np.ndarray  # float32 [H, 4H]: row j is hidden unit j's weights on the 4H gate units
-    w_ih: np.ndarray  # float32 [4H]
+    w_ih: np.ndarray  # float32 [layers - 1, H, 4H]: weights on the layer below's new h (row j: its unit j)
+    w_hh: np.ndarray  # float32 [layers - 1, H, G*H]
+    bias: np.ndarray  # float32 [layers - 1, 4H]
+
+
+class Weights(NamedTuple):
+    """An LSTM's weights laid out for one stream's step (`step_weights`; a GRU's are `GruWeights`).
+
+    A layer's pre-activations are summed in one buffer of 4H units: an LSTM's four gates (input, forget, cell,
+    output); a GRU's reset and update gates, then the new gate's recurrent part (inside the reset gate's
+    product) and its input part. The recurrent weights feed the first G*H of them (G = `model.GATES`), the
+    input weights all 4H (a GRU's are 0 on the recurrent part of the new gate).
+
+    The cell is the weights' type and the first layer's weights are fields of their own, the layers above it
+    `upper` (None for one layer), so that the compiler specialises `advance` to the model: a one-layer LSTM
+    runs exactly the code, and at the speed, of the kernel before GRUs and stacked layers (a runtime branch on
+    the cell, the layers' loop, or the first layer's update as a function of its own each cost it 5-10 % of
+    a tick, measured on one detector alternating the two kernels)."""
+
+    w_hh: np.ndarray  # float32 [H, G*H]: row j is hidden unit j's weights on the recurrent gate units
+    w_ih: np.ndarray  # float32 [4H]: weights on the (normalised, clipped) input
     bias: np.ndarray  # float32 [4H]
-    head_w: np.ndarray  # float32 [2, H]: mean and log standard deviation of the next normalised value
-    head_b: np.ndarray  # float32 [2]
+    head_w: np.ndarray  # float32 [2, H]: mean and log standard deviation of the next normalised value, from
+    head_b: np.ndarray  # float32 [2]     the top layer's h
+    upper: Upper | None
+
+
+class GruWeights(Weights):
+    """A GRU's weights: the same fields, another type (see `Weights`)."""
+
+    __slots__ = ()
+
+
+def _is_gru(w: Weights) -> bool:
+    return isinstance(w, GruWeights)
+
+
+@overload(_is_gru, jit_options=_JIT)
+def _is_gru_compiled(w):
+    """In compiled code a constant, from the weights' type: each cell gets its own `advance`."""
+    gru = w.instance_class is GruWeights
+    return lambda w: gru
 
 
 @numba.njit(**_JIT)
@@ -194,26 +236,82 @@ def sigmoid(x: np.float32) -> np.float32:
 
 
 @numba.njit(**_JIT_SIMD)
-def lstm_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
-    """One LSTM step of one stream (torch's `LSTMCell`), h and c [H] updated in place; returns (mean,
-    log_std) of the next normalised value. ``gates`` [4H] is scratch."""
+def _add_product(gates: np.ndarray, v: np.ndarray, m: np.ndarray) -> None:
+    """gates[:G] += v @ m for m [len(v), G], one row of ``m`` at a time (contiguous: SIMD lanes)."""
+    for j in range(v.shape[0]):
+        vj = v[j]
+        row = m[j]
+        for k in range(row.shape[0]):
+            gates[k] += vj * row[k]
+
+
+@numba.njit(**_JIT_SIMD)
+def _update(h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> None:
+    """An upper layer's new h (and c) [H] from its summed pre-activations, in place: torch's `LSTMCell`, or its
+    `GRUCell`: n = tanh(input part + r * recurrent part), h' = n + z * (h - n) (torch's order). The first
+    layer's is the same, written out in `forecast_step`."""
     hidden = h.shape[0]
+    if _is_gru(w):
+        for j in range(hidden):
+            n = tanh(gates[3 * hidden + j] + sigmoid(gates[j]) * gates[2 * hidden + j])
+            h[j] = n + sigmoid(gates[hidden + j]) * (h[j] - n)
+    else:  # gates are (input, forget, cell, output)
+        for j in range(hidden):
+            cj = sigmoid(gates[hidden + j]) * c[j] + sigmoid(gates[j]) * tanh(gates[2 * hidden + j])
+            c[j] = cj
+            h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
+
+
+@numba.njit(**_JIT_SIMD)
+def _upper_layers(h: np.ndarray, c: np.ndarray, w: Weights, upper: Upper | None, gates: np.ndarray) -> None:
+    """The layers above the first, each reading the new h of the one below (h, c as in `forecast_step`)."""
+    if upper is None:  # one layer: decided when compiling, and this function is empty
+        return
+    hidden = upper.w_hh.shape[1]
+    cells = c.shape[0] // (upper.w_hh.shape[0] + 1)  # 0 for a GRU
+    for above in range(upper.w_hh.shape[0]):
+        for k in range(gates.shape[0]):
+            gates[k] = upper.bias[above, k]
+        _add_product(gates, h[above * hidden:(above + 1) * hidden], upper.w_ih[above])
+        layer = above + 1
+        h_layer = h[layer * hidden:(layer + 1) * hidden]
+        _add_product(gates, h_layer, upper.w_hh[above])
+        _update(h_layer, c[layer * cells:(layer + 1) * cells], w, gates)
+
+
+@numba.njit(**_JIT_SIMD)
+def forecast_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
+    """One step of one stream's forecaster (torch's `LSTMCell` or `GRUCell` per layer, as
+    `TorchForecaster.step`): h [layers*H] and c [layers*H] (LSTM) or [0] (GRU), layer l's at [l*H, (l+1)*H),
+    updated in place; layer l + 1 reads layer l's new h. Returns (mean, log_std) of the next normalised value
+    from the top layer's h. ``gates`` [4H] is scratch.
+
+    The first layer is written out, `_update` included (its rows of h and c are indexed, not sliced): a
+    one-layer LSTM's step is then the code it was before layers and GRUs, as fast (`Weights`)."""
+    hidden = w.w_hh.shape[0]
     xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
-    for k in range(4 * hidden):
+    for k in range(gates.shape[0]):
         gates[k] = w.bias[k] + xf * w.w_ih[k]
-    for j in range(hidden):  # gates += h @ w_hh.T, one hidden unit's row at a time (contiguous in `w_hh`)
+    for j in range(hidden):  # gates += h @ w_hh, one hidden unit's row at a time (contiguous in `w_hh`)
         hj = h[j]
         row = w.w_hh[j]
-        for k in range(4 * hidden):
+        for k in range(row.shape[0]):
             gates[k] += hj * row[k]
-    for j in range(hidden):  # gates are (input, forget, cell, output)
-        cj = sigmoid(gates[hidden + j]) * c[j] + sigmoid(gates[j]) * tanh(gates[2 * hidden + j])
-        c[j] = cj
-        h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
+    if _is_gru(w):
+        for j in range(hidden):
+            n = tanh(gates[3 * hidden + j] + sigmoid(gates[j]) * gates[2 * hidden + j])
+            h[j] = n + sigmoid(gates[hidden + j]) * (h[j] - n)
+    else:
+        for j in range(hidden):
+            cj = sigmoid(gates[hidden + j]) * c[j] + sigmoid(gates[j]) * tanh(gates[2 * hidden + j])
+            c[j] = cj
+            h[j] = sigmoid(gates[3 * hidden + j]) * tanh(cj)
+    _upper_layers(h, c, w, w.upper, gates)
+    top = h.shape[0] - hidden
     mean, log_std = w.head_b[0], w.head_b[1]
     for j in range(hidden):
-        mean += w.head_w[0, j] * h[j]
-        log_std += w.head_w[1, j] * h[j]
+        mean += w.head_w[0, j] * h[top + j]
+        log_std += w.head_w[1, j] * h[top + j]
     return float(mean), min(max(float(log_std), LOG_STD_MIN), LOG_STD_MAX)
 
 
@@ -444,7 +542,9 @@ def _touch(scalars: np.ndarray, profile: np.ndarray, h: np.ndarray, c: np.ndarra
     for k in range(0, profile.shape[1], 16):
         total += profile[r, k]
     for k in range(0, h.shape[1], 16):
-        total += h[r, k] + c[r, k]
+        total += h[r, k]
+    for k in range(0, c.shape[1], 16):  # none for a GRU
+        total += c[r, k]
     return total
 
 
@@ -454,10 +554,11 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             score: np.ndarray, error: np.ndarray, forecast: np.ndarray) -> float:
     """For each tick i in order: reset its stream's state (slot ``rows[i]``) as ``reset[i]`` says (a reset
     code, 0: none; `NEW_STREAM`), score the value against the stream's forecast, then advance the stream's
-    normaliser and LSTM one step and keep the forecast of its next value. Writes ``score``, ``error`` and
-    ``forecast`` [i] (NaN without a forecast)."""
+    normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
+    ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
+    a slot."""
     rates = np.empty((3, TAIL_LEVELS))
-    gates = np.empty(w.w_hh.shape[1], dtype=np.float32)
+    gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
         touched += _touch(scalars, profile, h, c, rows[i])
@@ -469,7 +570,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         if 0 < reset[i] <= NEW_STREAM:  # the stream's statistics too: as a fresh stream
             st[:] = 0.0
             prof[:] = 0.0
-        if reset[i] > 0:  # the LSTM's memory of recent dynamics, whatever the reason (`NEW_STREAM`)
+        if reset[i] > 0:  # the forecaster's memory of recent dynamics (every layer's), whatever the reason
             h[r, :] = 0.0
             c[r, :] = 0.0
         for k in range(3 * TAIL_LEVELS):
@@ -485,8 +586,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
             st[S.PEAK], st[S.PEAK_TS] = s, t
 
-        # Advance: one LSTM step on the normalised value, and keep the forecast for the next tick.
-        mu, log_std = lstm_step((v - mean) / scale, h[r], c[r], w, gates)
+        # Advance: one forecaster step on the normalised value, and keep the forecast for the next tick.
+        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates)
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
@@ -495,10 +596,41 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     return touched  # returned so that the compiler keeps the loads
 
 
-def lstm_weights(model: Forecaster) -> Weights:
-    """The forecaster's weights as `lstm_step` reads them: the recurrent matrix transposed, so one hidden
-    unit's weights on the four gates are a contiguous row."""
-    w = model.weights
-    c = np.ascontiguousarray
-    return Weights(w_hh=c(w["cell.weight_hh"].T), w_ih=c(w["cell.weight_ih"][:, 0]),
-                   bias=w["cell.bias_ih"] + w["cell.bias_hh"], head_w=w["head.weight"], head_b=w["head.bias"])
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy that starts on a cache line (64 bytes), as do its rows at 64 units (1 KB, 768 B for
+    a GRU): the step's vector loads of a weight row never straddle two lines. Where malloc put the weights used to
+    decide between two speeds of the same kernel, ~1.5 and ~1.8 us a tick, from one process to the next."""
+    buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
+    start = -buffer.ctypes.data % 64
+    out = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+def step_weights(model: Forecaster) -> Weights:
+    """The forecaster's weights as `forecast_step` reads them: the matrices transposed, so one hidden (or
+    input) unit's weights on the gates are a contiguous row, a GRU's laid out on the 4H units of `Weights`,
+    every array on a cache line (`_aligned`)."""
+    spec, w = model.spec, model.weights
+    hidden = spec.hidden_size
+    w_ih, w_hh, bias = [], [], []
+    for layer in range(spec.layers):
+        name = layer_name(layer)
+        ih, hh = w[f"{name}.weight_ih"].T, w[f"{name}.weight_hh"].T  # [inputs, G*H], [H, G*H]
+        b_ih, b_hh = w[f"{name}.bias_ih"], w[f"{name}.bias_hh"]
+        if spec.cell == "gru":  # units (r, z, recurrent part of n, input part of n)
+            rz = slice(0, 2 * hidden)
+            zero = np.zeros((ih.shape[0], hidden), dtype=np.float32)
+            ih = np.concatenate([ih[:, rz], zero, ih[:, 2 * hidden:]], axis=1)
+            b = np.concatenate([b_ih[rz] + b_hh[rz], b_hh[2 * hidden:], b_ih[2 * hidden:]])
+        else:
+            b = b_ih + b_hh
+        w_ih.append(ih)
+        w_hh.append(hh)
+        bias.append(b)
+    c = _aligned
+    upper = (Upper(w_ih=c(np.stack(w_ih[1:])), w_hh=c(np.stack(w_hh[1:])), bias=c(np.stack(bias[1:])))
+             if spec.layers > 1 else None)
+    kind = GruWeights if spec.cell == "gru" else Weights
+    return kind(w_hh=c(w_hh[0]), w_ih=c(w_ih[0][0]), bias=c(bias[0]), head_w=c(w["head.weight"]),
+                head_b=c(w["head.bias"]), upper=upper)

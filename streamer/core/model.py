@@ -1,4 +1,5 @@
-"""The forecaster's weights: an LSTM cell that reads one normalised value per step and predicts the next one.
+"""The forecaster's weights: a recurrent cell (an LSTM by default, or a GRU; one layer or two stacked) that
+reads one normalised value per step, and a linear head that predicts the next one.
 
 The model predicts a Gaussian (mean and log standard deviation) for the next value in the units of the
 stream's online normalisation, so its error is already scaled by how predictable the stream is.
@@ -11,10 +12,14 @@ This module is numpy only: the daemon and the offline scorers run the compiled k
 torch. `streamer.offline.train.TorchForecaster` is the same network as a torch module, for training; it
 converts to and from `Forecaster`.
 
-File format (``.npz``): the weights under torch's ``state_dict`` names (``cell.weight_ih`` [4H, 1],
-``cell.weight_hh`` [4H, H], ``cell.bias_ih``/``cell.bias_hh`` [4H], ``head.weight`` [2, H], ``head.bias``
-[2]) plus one JSON ``header`` (format, version, spec, training facts), read with ``allow_pickle=False``:
-loading a model never executes code.
+File format (``.npz``): the weights under torch's ``state_dict`` names, one torch ``LSTMCell`` or ``GRUCell``
+per layer, named ``cell`` (layer 0, reading the normalised value) and ``cell1`` (layer 1, reading layer 0's
+h) (`layer_name`): ``cell.weight_ih`` [G*H, 1], ``cell.weight_hh`` [G*H, H], ``cell.bias_ih``/
+``cell.bias_hh`` [G*H], ``cell1.weight_ih`` [G*H, H] and so on, with G = 4 gates for an LSTM (input,
+forget, cell, output) and 3 for a GRU (reset, update, new), then ``head.weight`` [2, H] and ``head.bias``
+[2] on the top layer's h; plus one JSON ``header`` (format, version, spec, training facts), read with
+``allow_pickle=False``: loading a model never executes code. The spec's ``cell`` and ``layers`` were added
+without a version change: a file without them (every file before them) is a one-layer LSTM.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ VERSION = 2  # 2: numpy arrays + JSON (1 was a torch.save file)
 INPUT_CLIP = 8.0  # normalised inputs are clipped so a wild tick cannot blow up the recurrent state
 LOG_STD_MIN, LOG_STD_MAX = -6.0, 4.0  # the predicted log standard deviation's range
 BUNDLED = "default_model.npz"
+GATES = {"lstm": 4, "gru": 3}  # the cells `ModelSpec.cell` names, and their gate units per hidden unit
+MAX_LAYERS = 2
 
 
 class NormaliserSpec(NamedTuple):
@@ -50,26 +57,55 @@ class NormaliserSpec(NamedTuple):
 class ModelSpec:
     hidden_size: int = 64
     normaliser: NormaliserSpec = field(default_factory=NormaliserSpec)
+    cell: str = "lstm"  # a key of GATES
+    layers: int = 1  # stacked cells, 1 to MAX_LAYERS: layer l + 1 reads layer l's new h
+
+    def __post_init__(self) -> None:
+        if self.cell not in GATES:
+            raise ValueError(f"model cell {self.cell!r}: must be one of {', '.join(GATES)}")
+        if not 1 <= self.layers <= MAX_LAYERS:
+            raise ValueError(f"model layers {self.layers}: must be between 1 and {MAX_LAYERS}")
+
+    @property
+    def state_sizes(self) -> tuple[int, int]:
+        """The widths of a stream's recurrent state: h of every layer (layer l at [l*H, (l+1)*H)), and c of
+        every layer for an LSTM (a GRU has no cell state: 0)."""
+        width = self.layers * self.hidden_size
+        return width, width if self.cell == "lstm" else 0
 
 
-def weight_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
-    return {"cell.weight_ih": (4 * hidden, 1), "cell.weight_hh": (4 * hidden, hidden), "cell.bias_ih": (4 * hidden,),
-            "cell.bias_hh": (4 * hidden,), "head.weight": (2, hidden), "head.bias": (2,)}
+def layer_name(layer: int) -> str:
+    """The state_dict prefix of layer ``layer``'s cell: ``cell`` for layer 0 (so a one-layer model keeps the
+    names it always had), ``cell1`` for layer 1."""
+    return "cell" if layer == 0 else f"cell{layer}"
+
+
+def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every weight's torch name and shape, in the order `Forecaster.random` draws them."""
+    hidden, units = spec.hidden_size, GATES[spec.cell] * spec.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(spec.layers):
+        name = layer_name(layer)
+        shapes |= {f"{name}.weight_ih": (units, 1 if layer == 0 else hidden), f"{name}.weight_hh": (units, hidden),
+                   f"{name}.bias_ih": (units,), f"{name}.bias_hh": (units,)}
+    return shapes | {"head.weight": (2, hidden), "head.bias": (2,)}
 
 
 @dataclass
 class Forecaster:
-    """One LSTM cell and a linear head giving (mean, log_std) of the next normalised value, as arrays."""
+    """The recurrent cells (`ModelSpec`) and a linear head giving (mean, log_std) of the next normalised value,
+    as arrays."""
 
     spec: ModelSpec
     weights: dict[str, np.ndarray]  # float32, torch's state_dict names and shapes (`weight_shapes`)
     training_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        want = weight_shapes(self.spec.hidden_size)
+        want = weight_shapes(self.spec)
         got = {name: tuple(array.shape) for name, array in self.weights.items()}
         if got != want:
-            raise ValueError(f"model weights {got} do not match hidden_size {self.spec.hidden_size}: {want}")
+            raise ValueError(f"model weights {got} do not match hidden_size {self.spec.hidden_size}, cell "
+                             f"{self.spec.cell}, layers {self.spec.layers}: {want}")
         self.weights = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in self.weights.items()}
 
     @property
@@ -78,23 +114,26 @@ class Forecaster:
 
     @classmethod
     def random(cls, spec: ModelSpec = ModelSpec(), seed: int = 0) -> Forecaster:
-        """An untrained model, initialised as torch initialises `LSTMCell` and `Linear` (uniform within
-        1/sqrt(H)), with the forget-gate bias at 1 (split over the two bias vectors): the baseline a trained
-        model must beat, and a small model for tests."""
+        """An untrained model, initialised as torch initialises `LSTMCell`, `GRUCell` and `Linear` (uniform
+        within 1/sqrt(H)), with an LSTM's forget-gate bias at 1 (split over the two bias vectors, every layer,
+        as `TorchForecaster` starts): the baseline a trained model must beat, and a small model for tests."""
         rng = np.random.default_rng(seed)
         bound = 1 / np.sqrt(spec.hidden_size)
         weights = {name: rng.uniform(-bound, bound, shape).astype(np.float32)
-                   for name, shape in weight_shapes(spec.hidden_size).items()}
+                   for name, shape in weight_shapes(spec).items()}
         h = spec.hidden_size
-        for name in ("cell.bias_ih", "cell.bias_hh"):
-            weights[name][h:2 * h] = 0.5
+        if spec.cell == "lstm":
+            for layer in range(spec.layers):
+                for bias in ("bias_ih", "bias_hh"):
+                    weights[f"{layer_name(layer)}.{bias}"][h:2 * h] = 0.5
         return cls(spec, weights)
 
     def save(self, path: Path, training: dict[str, Any] | None = None) -> None:
         """Write the model; ``training`` (facts about how it was trained) must be plain JSON data."""
         training = json.loads(json.dumps(training if training is not None else self.training_info))
         header = {"format": FORMAT, "version": VERSION, "training": training,
-                  "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict()}}
+                  "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict(),
+                           "cell": self.spec.cell, "layers": self.spec.layers}}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -120,8 +159,12 @@ class Forecaster:
         if header.get("version") != VERSION:
             raise ValueError(f"{path}: model format version {header.get('version')}, this build reads {VERSION}")
         spec = header["spec"]
-        return cls(ModelSpec(int(spec["hidden_size"]), NormaliserSpec(**spec["normaliser"])), weights,
-                   dict(header["training"]))
+        try:
+            model_spec = ModelSpec(int(spec["hidden_size"]), NormaliserSpec(**spec["normaliser"]),
+                                   str(spec.get("cell", "lstm")), int(spec.get("layers", 1)))
+        except ValueError as exc:  # a cell or depth this build does not know
+            raise ValueError(f"{path}: {exc}") from None
+        return cls(model_spec, weights, dict(header["training"]))
 
     def fingerprint(self) -> str:
         """A short digest of the weights: checkpoints record it so state is never applied to another model."""

@@ -11,11 +11,11 @@ The trainer sees the data exactly as the detector does:
   (where the detector zeroes a stream's statistics): ``x_t = (v_t - mean_t) / scale_t`` with ``v_t`` folded
   into ``mean_t``/``var_t``, target ``(v_{t+1} - mean_t) / scale_t`` (clipped to +-`TARGET_CLIP`), so that
   ``mean_t + scale_t * mu_t`` is the detector's forecast of ``v_{t+1}``;
-- the forward pass is `TorchForecaster.step`, the detector's LSTM step (`kernel.lstm_step` is the same
+- the forward pass is `TorchForecaster.step`, the detector's recurrent step (`kernel.forecast_step` is the same
   function compiled), one step at a time.
 
 Stateful truncated BPTT: the sequences are laid end to end in ``batch`` parallel *lanes*; batch ``k`` is the
-``chunk`` steps ``[k*chunk, (k+1)*chunk)`` of every lane, and the LSTM state is carried (detached) from one
+``chunk`` steps ``[k*chunk, (k+1)*chunk)`` of every lane, and the recurrent state is carried (detached) from one
 batch to the next, zeroed where a lane starts a new sequence, just as the detector zeroes a reset stream.
 The loss is the Gaussian negative log-likelihood of the targets. Adam with gradient-norm clipping and a
 cosine-decayed learning rate; an exponential moving average of the weights is what gets validated (a held-out
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from streamer.config import ResetRules, TickSettings
 from streamer.core import kernel
 from streamer.core.detector import RESET_REASONS, ResetPolicy
-from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, ModelSpec, NormaliserSpec
+from streamer.core.model import INPUT_CLIP, LOG_STD_MAX, LOG_STD_MIN, Forecaster, ModelSpec, NormaliserSpec, layer_name
 from streamer.core.ticks import InvalidTick, Tick, TickDecoder, object_array, read_records
 from streamer.offline.train_command import TrainConfig
 
@@ -55,28 +55,60 @@ _LOG_2 = math.log(2.0)
 
 
 class TorchForecaster(nn.Module):
-    """`streamer.core.model.Forecaster` as a torch module: one LSTM cell and a linear head giving (mean,
-    log_std) of the next normalised value. Trained here; the daemon runs its weights in the compiled kernel."""
+    """`streamer.core.model.Forecaster` as a torch module: the spec's cells (`nn.LSTMCell` or `nn.GRUCell`, one
+    per layer, named as in the model file) and a linear head giving (mean, log_std) of the next normalised
+    value. Trained here; the daemon runs its weights in the compiled kernel."""
+
+    CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}
 
     def __init__(self, spec: ModelSpec | None = None):
         super().__init__()
         self.spec = spec = spec or ModelSpec()
-        self.cell = nn.LSTMCell(1, spec.hidden_size)
-        self.head = nn.Linear(spec.hidden_size, 2)
-        # Forget-gate bias 1 (split over the two bias vectors): remember by default (Jozefowicz et al., 2015).
-        with torch.no_grad():
-            h = spec.hidden_size
-            for bias in (self.cell.bias_ih, self.cell.bias_hh):
-                bias[h:2 * h].fill_(0.5)
+        h = spec.hidden_size
+        # Layer 0, the head, then the layers above: a one-layer model draws its initial weights as it always did.
+        self.cell = self.CELLS[spec.cell](1, h)
+        self.head = nn.Linear(h, 2)
+        for layer in range(1, spec.layers):
+            setattr(self, layer_name(layer), self.CELLS[spec.cell](h, h))
+        if spec.cell == "lstm":
+            # Forget-gate bias 1 (split over the two bias vectors): remember by default (Jozefowicz et al., 2015).
+            with torch.no_grad():
+                for cell in self.cells:
+                    for bias in (cell.bias_ih, cell.bias_hh):
+                        bias[h:2 * h].fill_(0.5)
 
     @property
     def hidden_size(self) -> int:
         return self.spec.hidden_size
 
+    @property
+    def cells(self) -> list[nn.Module]:
+        return [getattr(self, layer_name(layer)) for layer in range(self.spec.layers)]
+
+    def zero_state(self, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state of ``lanes`` fresh streams: h and c as the detector's tables hold them
+        (`ModelSpec.state_sizes`)."""
+        h_width, c_width = self.spec.state_sizes
+        return torch.zeros(lanes, h_width), torch.zeros(lanes, c_width)
+
     def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        """One step for a batch of streams: x [B], h/c [B, H] -> (mean [B], log_std [B], h, c)."""
-        h, c = self.cell(x.clamp(-INPUT_CLIP, INPUT_CLIP).unsqueeze(1), (h, c))
-        out = self.head(h)
+        """One step for a batch of streams: x [B], h [B, layers*H], c [B, layers*H] (LSTM) or [B, 0] (GRU)
+        -> (mean [B], log_std [B], h, c). Layer l's state is columns [l*H, (l+1)*H); layer l + 1 reads layer
+        l's new h."""
+        size, lstm = self.spec.hidden_size, self.spec.cell == "lstm"
+        inputs = x.clamp(-INPUT_CLIP, INPUT_CLIP).unsqueeze(1)
+        hs, cs = [], []
+        for layer, cell in enumerate(self.cells):
+            part = slice(layer * size, (layer + 1) * size)
+            if lstm:
+                inputs, c_new = cell(inputs, (h[:, part], c[:, part]))
+                cs.append(c_new)
+            else:
+                inputs = cell(inputs, h[:, part])
+            hs.append(inputs)
+        out = self.head(inputs)
+        h = hs[0] if len(hs) == 1 else torch.cat(hs, 1)
+        c = c if not lstm else cs[0] if len(cs) == 1 else torch.cat(cs, 1)
         return out[:, 0], out[:, 1].clamp(LOG_STD_MIN, LOG_STD_MAX), h, c
 
     @classmethod
@@ -257,8 +289,7 @@ LOSSES = {"gaussian": gaussian_nll, "laplace": laplace_nll}
 @torch.inference_mode()
 def evaluate(model: TorchForecaster, data: _Tensors, chunk: int = 256, loss: str = "gaussian") -> float:
     """Mean NLL per target (under ``loss``) over a whole layout (state carried through, as in serving)."""
-    h = torch.zeros(data.lanes, model.hidden_size)
-    c = torch.zeros(data.lanes, model.hidden_size)
+    h, c = model.zero_state(data.lanes)
     total, count = 0.0, 0.0
     for start in range(0, data.steps, chunk):
         stop = min(start + chunk, data.steps)
@@ -278,8 +309,7 @@ def forecasts(model: Forecaster, values: np.ndarray) -> np.ndarray:
     model = TorchForecaster.of(model)
     lanes = layout([np.asarray(values, dtype=np.float64)], [0], 1)
     data = _Tensors(lanes, model.spec.normaliser)
-    h = torch.zeros(1, model.hidden_size)
-    mu, _, _, _ = _run_steps(model, data, 0, len(values), h, h)
+    mu, _, _, _ = _run_steps(model, data, 0, len(values), *model.zero_state(1))
     out = np.full(len(values), np.nan)
     out[1:] = (data.mean[0, :-1] + data.scale[0, :-1] * mu[:-1, 0].double().numpy())[: len(values) - 1]
     return out
@@ -325,7 +355,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[TorchForecaster, d
         raise ValueError("no training sequences (every stream has fewer than 2 ticks between resets)")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = TorchForecaster(ModelSpec(hidden_size=config.hidden_size))
+    model = TorchForecaster(ModelSpec(hidden_size=config.hidden_size, cell=config.cell, layers=config.layers))
     spec = model.spec.normaliser
     val_streams = split_streams(corpus.streams, config.val_fraction, config.seed)
     train_ids = [i for i, s in enumerate(corpus.streams) if s not in val_streams]
@@ -359,8 +389,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[TorchForecaster, d
     for epoch in range(1, config.epochs + 1):
         data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk), spec)
         model.train()
-        h = torch.zeros(data.lanes, model.hidden_size)
-        c = torch.zeros(data.lanes, model.hidden_size)
+        h, c = model.zero_state(data.lanes)
         total, count = 0.0, 0.0
         out_of_time = False
         for start in range(0, data.steps, config.chunk):

@@ -55,3 +55,26 @@ def test_offline_scores_equal_daemon_scores(broker, tmp_path, run_daemon, model,
     diffs = [abs(live_scores[(row.stream, float(row.timestamp))] - row.score) for row in offline]
     assert max(diffs) <= 1e-5
     assert max(row.score for row in offline) > 0.3  # the comparison covers real alarms, not only zeros
+
+
+def test_a_stacked_gru_scores_the_same_in_the_daemon(broker, tmp_path):
+    """The cell and the layers travel with the model into the daemon: two GRU layers (the furthest from the
+    default) score a replay as they score the file offline."""
+    from streamer.core.model import Forecaster, ModelSpec
+    from tests.conftest import RunningDaemon
+
+    model = Forecaster.random(ModelSpec(hidden_size=16, cell="gru", layers=2), seed=2)
+    path = tmp_path / "recording.jsonl.gz"
+    total = write_recording(path)
+    offline, _ = score_file(path, load_settings(None), model)
+    topic = "equivalence-gru2"
+    create_topic(broker.bootstrap, topic, partitions=2)
+    create_topic(broker.bootstrap, topic + "-scores", partitions=2)
+    settings = daemon_settings(broker.bootstrap, [topic], scores_topic=topic + "-scores", max_poll_records=97)
+    assert replay(path, topic, settings, speed=None, progress=False).produced == total
+    with RunningDaemon(settings, model) as running:
+        running.wait_scored(total)
+    live = {(r["stream"], r["ts"]): r["anomaly_score"]
+            for r in read_all(broker.bootstrap, topic + "-scores", 2, expected=total)}
+    assert max(abs(live[(row.stream, float(row.timestamp))] - row.score) for row in offline) <= 1e-5
+    assert max(row.score for row in offline) > 0.3

@@ -42,3 +42,23 @@ def test_local_store_replaces_atomically(tmp_path, model):
     store.save(make_checkpoint(model, offset=20))
     assert store.load("ticks", 3).offset == 20
     assert [p.name for p in (tmp_path / "group" / "ticks").iterdir()] == ["3.ckpt"]  # no temp files left
+
+
+@pytest.mark.parametrize("cell, layers", [("gru", 1), ("lstm", 2), ("gru", 2)])
+def test_every_layers_state_round_trips_and_another_cell_is_refused(model, cell, layers):
+    """A checkpoint carries every layer's h (and c for an LSTM, none for a GRU); one written for a model of
+    another cell or depth is refused by its fingerprint, as any other model's is."""
+    from streamer.core.model import Forecaster, ModelSpec
+
+    other = Forecaster.random(ModelSpec(hidden_size=8, cell=cell, layers=layers))
+    cp = make_checkpoint(other)
+    assert cp.states.h.shape == (5, 8 * layers) and cp.states.c.shape == (5, 8 * layers if cell == "lstm" else 0)
+    back = decode(encode(cp), other.fingerprint())
+    for field in StreamStates.ARRAYS:
+        np.testing.assert_array_equal(getattr(back.states, field), getattr(cp.states, field))
+    with pytest.raises(CheckpointError, match="refusing"):
+        decode(encode(cp), model.fingerprint())
+    one_layer = Forecaster.random(ModelSpec(hidden_size=8, cell=cell))
+    if layers == 2:
+        with pytest.raises(CheckpointError, match="refusing"):
+            decode(encode(cp), one_layer.fingerprint())

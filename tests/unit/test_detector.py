@@ -267,3 +267,62 @@ def test_expire_forgets_streams_not_seen_since_a_batch(model, settings):
     det.process([Tick("both", T0 + 60, 1.0), Tick("new", T0 + 60, 1.0)])
     assert det.expire(mark + 1) == 1
     assert sorted(det.slots) == ["both", "new"]
+
+
+# --- GRU and stacked layers ------------------------------------------------------------------------------------
+
+VARIANTS = [("gru", 1), ("lstm", 2), ("gru", 2)]
+
+
+def variant_model(cell, layers, hidden=16):
+    from streamer.core.model import Forecaster, ModelSpec
+
+    return Forecaster.random(ModelSpec(hidden_size=hidden, cell=cell, layers=layers), seed=4)
+
+
+@pytest.mark.parametrize("cell, layers", VARIANTS)
+def test_every_cell_and_layers_batch_reset_and_restore_exactly(cell, layers, settings):
+    """The state tables hold every layer's h (and c for an LSTM; a GRU has none): batching changes nothing,
+    a session reset zeroes every layer, and export/restore continues exactly."""
+    model = variant_model(cell, layers)
+    h_width, c_width = model.spec.state_sizes
+    ticks = interleave(series("a", 200, 1), series("b", 200, 2, anomaly_at=150))
+    whole, _ = run(Detector(model, settings), ticks, batch=len(ticks))
+    det = Detector(model, settings)
+    scores, _ = run(det, ticks, batch=7)
+    np.testing.assert_array_equal(scores, whole)
+    assert det.h.shape[1:] == (h_width,) == (16 * layers,) and det.c.shape[1:] == (c_width,)
+    assert c_width == (16 * layers if cell == "lstm" else 0)
+
+    first = Detector(model, settings)
+    run(first, ticks[:230], batch=50)
+    second = Detector(model, settings)
+    second.process([Tick("zzz", T0, 1.0)])
+    second.restore(first.export(["a", "b"]))
+    rest, _ = run(second, ticks[230:], batch=50)
+    np.testing.assert_array_equal(rest, whole[230:])
+
+    rules = ResetRules(max_gap_seconds=3600)
+    later = [Tick("a", t.ts + 86400, t.value) for t in series("a", 5, start=200)]
+    by_hand = Detector(model, settings)
+    run(by_hand, ticks, batch=50)
+    assert np.all(by_hand.h[by_hand.slots["a"]] != 0.0)
+    gap = by_hand.process(later[:1], rules)
+    assert gap.resets == Counter({"gap": 1})
+    kept = Detector(model, settings)
+    run(kept, ticks, batch=50)
+    kept.h[kept.slots["a"]] = 0.0
+    kept.c[kept.slots["a"]] = 0.0
+    np.testing.assert_array_equal(kept.process(later[:1]).forecast, gap.forecast)
+
+
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), *VARIANTS])
+def test_state_per_stream_of_every_cell_and_layers(cell, layers):
+    """At the bundled model's 64 units, every variant's arrays leave room in the 2 KB a stream for the
+    Python-side state (~230 B, `make bench`)."""
+    model = variant_model(cell, layers, hidden=64)
+    det = Detector(model, DetectorSettings())
+    det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
+    arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
+    per_slot = sum(a.nbytes for a in arrays) / len(det.names)
+    assert per_slot == 624 + 4 * sum(model.spec.state_sizes) <= 1700

@@ -143,16 +143,16 @@ def test_lanes_continue_from_batch_to_batch_and_reset_at_sequence_starts():
     assert max(load) - min(load) < 150  # balanced: each sequence went to the shortest lane
 
 
-def test_state_carried_over_chunks_equals_one_pass():
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 2)])
+def test_state_carried_over_chunks_equals_one_pass(cell, layers):
     torch.manual_seed(0)
-    model = TorchForecaster(ModelSpec(hidden_size=8)).eval()
+    model = TorchForecaster(ModelSpec(hidden_size=8, cell=cell, layers=layers)).eval()
     rng = np.random.default_rng(1)
     sequences = [np.cumsum(rng.normal(size=int(n))) for n in rng.integers(5, 60, 12)]
     data = _Tensors(layout(sequences, range(12), lanes=3, chunk=8), model.spec.normaliser)
-    zero = torch.zeros(3, 8)
     with torch.no_grad():
-        whole, _, _, _ = _run_steps(model, data, 0, data.steps, zero, zero)
-        h = c = zero
+        whole, _, _, _ = _run_steps(model, data, 0, data.steps, *model.zero_state(3))
+        h, c = model.zero_state(3)
         parts = []
         for start in range(0, data.steps, 8):
             mu, _, h, c = _run_steps(model, data, start, start + 8, h.detach(), c.detach())
@@ -190,8 +190,13 @@ def test_the_normaliser_restarts_where_a_lane_starts_a_sequence():
     assert mean[0, 3] == 50.0  # the second sequence's first value sets the mean again
 
 
-def test_training_forecasts_equal_the_detectors(tiny_corpus):
-    model, _ = train(read_corpus([tiny_corpus], FIELDS, ResetRules()), _tiny_config(epochs=1))
+@pytest.mark.parametrize("cell, layers", [("lstm", 1), ("gru", 1), ("lstm", 2)])
+def test_training_forecasts_equal_the_detectors(tiny_corpus, cell, layers):
+    """A trained model, converted, forecasts in the detector's kernel what it does in torch: every cell and
+    number of layers."""
+    model, _ = train(read_corpus([tiny_corpus], FIELDS, ResetRules()),
+                     _tiny_config(epochs=1, cell=cell, layers=layers))
+    assert (model.spec.cell, model.spec.layers) == (cell, layers)
     ticks = _ticks(tiny_corpus)
     # The trainer's normaliser is the detector's without its outlier clip (`detector.normaliser_clip`, which
     # departs from it only after a value beyond 5 scales): with the clip off they are the same arithmetic.
@@ -253,11 +258,25 @@ def test_train_command_writes_a_loadable_model(tiny_corpus, tmp_path):
     assert info["train_seconds"] >= 0 and info["ticks"] == 16 * 300
 
 
-def test_train_command_rejects_a_large_hidden_size(tiny_corpus, tmp_path):
+def test_train_command_takes_a_cell_and_layers(tiny_corpus, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args([str(tiny_corpus), "--output", str(tmp_path / "m.npz"), "--hidden-size", "256"])
+    out = tmp_path / "m.npz"
+    args = parser.parse_args([str(tiny_corpus), "--output", str(out), "--hidden-size", "8", "--epochs", "1",
+                              "--chunk", "32", "--batch", "8", "--cell", "gru", "--layers", "2"])
+    assert run(args, Settings()) == 0
+    model = Forecaster.load(out)
+    assert (model.spec.cell, model.spec.layers, model.hidden_size) == ("gru", 2, 8)
+    assert "--cell gru --layers 2" in model.training_info["recipe"]
+
+
+@pytest.mark.parametrize("size", [["--hidden-size", "256"], ["--hidden-size", "128", "--layers", "2"]])
+def test_train_command_rejects_too_much_state(tiny_corpus, tmp_path, size, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(tiny_corpus), "--output", str(tmp_path / "m.npz"), *size])
     assert run(args, Settings()) == 2
+    assert "--hidden-size" in capsys.readouterr().err
 
 
 def test_bundled_model():
