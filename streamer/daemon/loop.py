@@ -12,13 +12,10 @@ with the process by design, and processed offsets are committed every ``kafka.co
 whenever a poll comes back empty (caught up: nothing is left waiting for the interval).
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
-in `streamer.clients.base`, implemented for kafka-python (`streamer.clients.kafka_python`, the default) and
-confluent-kafka (`streamer.clients.confluent`). Polled messages are the client's own objects, read through
-the consumer's accessors.
+in `streamer.clients.kafka_python` (kafka-python, the default) and implemented again in `streamer.clients.confluent`
+(confluent-kafka). Polled messages are the client's own objects, read through the consumer's accessors.
 
-Threads: a poll's batch is scored on one scorer thread while the main thread polls the next (the compiled
-kernel releases the GIL); the main thread waits for it before it positions, checkpoints or commits anything.
-kafka-python 3 runs rebalance callbacks on its own network thread; confluent-kafka runs them inside
+Threads: kafka-python 3 runs rebalance callbacks on its own network thread; confluent-kafka runs them inside
 ``poll`` (and ``close``) on the main thread, where `_lock` is never held. `_lock` is held while a batch is
 processed, so a revocation waits for the batch in hand to finish and then commits what was processed for
 the partitions it gives up (kafka-python: asynchronously, a blocking call there would stall the network
@@ -44,7 +41,6 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import orjson
@@ -132,9 +128,6 @@ class Daemon:
         self._producer: Producer | None = None
         self.http: MetricsServer | None = None
         self._last_snapshot = ScoreSnapshot([], 0.0, 0)
-        # One scorer thread: batches are scored in poll order, one at a time (`_loop`).
-        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamer-scorer")
-        self._in_flight: Future | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -187,9 +180,6 @@ class Daemon:
         return None
 
     def _loop(self) -> None:
-        """Poll while the previous poll is scored: the compiled kernel releases the GIL, so the scorer thread
-        advances the detector while this thread waits on and parses the next fetch (`_scorer`). Everything
-        that positions, checkpoints or commits runs here between the two, with no batch in flight."""
         cfg = self.settings.kafka
         next_lag = next_commit = 0.0
         while not self._stop.is_set():
@@ -200,8 +190,11 @@ class Daemon:
             except PollFailed as exc:  # a broker outage: readiness reports it (`_check_connected`); poll again
                 self._warn.warning("poll", "poll failed", error=str(exc))
                 polled = {}
-            self._finish_batch()
             skip = self._position_new_partitions()
+            if polled:
+                with self._lock:
+                    self._handle({tp: msgs for tp, msgs in polled.items() if tp not in skip
+                                  and tp in self.partitions.owned})
             if self._store is not None:  # checkpoint, then commit what the checkpoints cover
                 if self._schedule.due() or self.partitions.never_saved():
                     with self._lock:
@@ -209,36 +202,17 @@ class Daemon:
                     self._commit()
             elif not polled:  # caught up: commit at once, nothing waits for the interval
                 self._commit()
-            elif time.monotonic() >= next_commit and self._commit():  # not a broker round trip every poll
+            elif time.monotonic() >= next_commit:  # a commit per poll would cost a broker round trip each
+                self._commit()
                 next_commit = time.monotonic() + cfg.commit_interval_ms / 1000
             if time.monotonic() >= next_lag:
                 self._update_lag()
                 self._check_connected()
                 self._expire_idle()
                 next_lag = time.monotonic() + 1.0
-            if polled:
-                self._in_flight = self._scorer.submit(self._handle_owned, polled, skip)
-
-    def _finish_batch(self) -> None:
-        """Wait for the batch in flight; its error (an undelivered record, a bug) stops the loop here."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.result()
-
-    def _handle_owned(self, polled, skip: set[TP]) -> None:
-        """`_handle` the records of partitions still owned (a revocation may have come since the poll) and not
-        just positioned elsewhere (their records came from the old position), holding the lock."""
-        with self._lock:
-            self._handle({tp: msgs for tp, msgs in polled.items() if tp not in skip and tp in self.partitions.owned})
 
     def _shutdown(self) -> None:
         systemd.stopping()
-        try:
-            self._finish_batch()  # its offsets are recorded, and committed below, only if it completed
-        except Exception:
-            log.exception("the last batch failed")  # `run` re-raises the first error
-        finally:
-            self._scorer.shutdown()
         if self._consumer is not None:
             if self._store is not None:
                 with self._lock:
@@ -486,20 +460,18 @@ class Daemon:
             raise DeliveryError(f"{len(failed)} score/dead-letter records were not delivered "
                                 f"({failed[0]}); their offsets stay uncommitted")
 
-    def _commit(self) -> bool:
-        """Commit the offsets processed (or checkpointed) since the last commit; False if there were none."""
+    def _commit(self) -> None:
         with self._lock:
             offsets = self.partitions.commits()
         if not offsets:
-            return False
+            return
         try:
             self._consumer.commit(offsets)
         except CommitFailed as exc:  # e.g. a rebalance in progress: the next owner re-reads from the last commit
             self._warn.warning("commit", "offset commit failed", error=str(exc))
-            return True
+            return
         with self._lock:
             self.partitions.committed(offsets)
-        return True
 
     def _update_lag(self) -> None:
         for tp, lag in self._consumer.lag(list(self.partitions.owned)).items():
