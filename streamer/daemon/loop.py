@@ -12,8 +12,9 @@ with the process by design, and processed offsets are committed every ``kafka.co
 whenever a poll comes back empty (caught up: nothing is left waiting for the interval).
 
 Clients (``kafka.client``): the daemon drives a consumer and a producer through the small surface described
-in `streamer.clients.kafka_python` (kafka-python, the default) and implemented again in `streamer.clients.confluent`
-(confluent-kafka). Polled messages are the client's own objects, read through the consumer's accessors.
+in `streamer.clients.base`, implemented for kafka-python (`streamer.clients.kafka_python`, the default) and
+confluent-kafka (`streamer.clients.confluent`). Polled messages are the client's own objects, read through
+the consumer's accessors.
 
 Threads: kafka-python 3 runs rebalance callbacks on its own network thread; confluent-kafka runs them inside
 ``poll`` (and ``close``) on the main thread, where `_lock` is never held. `_lock` is held while a batch is
