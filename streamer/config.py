@@ -164,8 +164,6 @@ class DetectorSettings(Section):
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
-    tail_index_floor: float = Field(0.0, ge=0, description="if > 0: the Pareto index is the stream's own (from its "
-                                    "two largest levels exceeded), between this and tail_index")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

@@ -97,7 +97,6 @@ class Params(NamedTuple):
     warmup: float
     tail_memory: float
     tail_index: float
-    tail_index_floor: float  # 0: the fixed tail_index
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -177,7 +176,7 @@ def _log2(x: float) -> float:
 
 
 @numba.njit(**_JIT)
-def tail_decades(rates: np.ndarray, s: float, index: float, floor: float = 0.0) -> float:
+def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
     """-log10 P(S >= s) from exceedance ``rates`` [TAIL_LEVELS] at the levels 1, 2, 4, ...
 
     Between two levels the stream has exceeded, log P is interpolated linearly in log s; past the largest
@@ -198,8 +197,6 @@ def tail_decades(rates: np.ndarray, s: float, index: float, floor: float = 0.0) 
         at_lo = _log2(rates[lo])
         log2_p = at_lo + (log2_s - lo) * (_log2(rates[lo + 1]) - at_lo)
     else:  # extrapolate from the largest level exceeded
-        if floor > 0 and top >= 1:  # the stream's own index: how fast its two largest levels' rates fall
-            index = min(max(_log2(rates[top - 1]) - _log2(rates[top]), floor), index)
         log2_p = _log2(rates[top]) - index * (log2_s - top)
     return max(-log2_p, 0.0) * _LOG10_2
 
@@ -444,7 +441,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
         if n >= 2 and p.gap_scaled:
             forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
-    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index, p.tail_index_floor)
+    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
@@ -467,8 +464,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
-    season_decades = tail_decades(rates[1], season, p.tail_index, p.tail_index_floor)
-    short_decades = tail_decades(rates[2], season_short, p.tail_index, p.tail_index_floor)
+    season_decades = tail_decades(rates[1], season, p.tail_index)
+    short_decades = tail_decades(rates[2], season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
