@@ -199,7 +199,7 @@ class Detector:
         self.h = np.zeros((0, h_width), dtype=np.float32)
         self.c = np.zeros((0, c_width), dtype=np.float32)
         self._batches = 0
-        self.process([])  # compiles the kernel now (~3 s), not on the first batch
+        self.process([])  # compiles the kernel now, not on the first batch
 
     # --- state table -------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 order ticks, reset reasons); everything that happens once per tick is `advance`, one compiled call for a
 whole batch. Ticks of different streams are independent and a stream's ticks are taken in order, so a
 batch of any shape costs about the same per tick: 100 streams with 50 ticks each in a poll cost what 5,000
-streams with one do (the numpy version it replaced paid ~400 us a wave of streams; docs/perf-history.md).
+streams with one do (the numpy version it replaced paid per wave of streams; docs/perf-history.md).
 
 Written as plain scalar loops: each line is the formula of the detector's module docstring, for one tick.
 Statistics are float64; the stored tail rates and daily profile are float32 (read, updated in float64,
@@ -81,10 +81,10 @@ _DAY = 86400.0
 _HOUR = _DAY / SEASON_BINS  # the span of a time-of-day bin
 
 # Compiled with IEEE semantics except where a function says otherwise; division by zero gives inf or NaN as in
-# numpy (Python's ZeroDivisionError check would also keep loops from being vectorised). Compiling takes ~3 s
-# at start-up; with NUMBA_CACHE_DIR set (the systemd unit and the image set it) the machine code is kept
-# there and a restart loads it in ~0.3 s. Not by default: numba's cache needs a writable directory, and
-# without one `cache=True` fails at import.
+# numpy (Python's ZeroDivisionError check would also keep loops from being vectorised). Compiling takes
+# seconds at start-up; with NUMBA_CACHE_DIR set (the systemd unit and the image set it) the machine code is
+# kept there and a restart loads it (README, "How a tick becomes a metric"). Not by default: numba's cache
+# needs a writable directory, and without one `cache=True` fails at import.
 _JIT = {"nogil": True, "error_model": "numpy", "cache": "NUMBA_CACHE_DIR" in os.environ}
 # Reassociation lets a dot product or a loop of products run in SIMD lanes: the LSTM's float32 sums then
 # round differently from torch's (as torch's own kernels do between batch sizes), by ~1e-7.
@@ -528,7 +528,7 @@ def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray, equal: bool)
 NEW_STREAM = 2  # the highest reset code that starts a new stream
 
 
-LOOKAHEAD = 8  # ticks: how far ahead `advance` touches a slot's state (~1 us a tick: hides a DRAM miss)
+LOOKAHEAD = 8  # ticks: how far ahead `advance` touches a slot's state (a tick's work hides a DRAM miss)
 
 
 @numba.njit(**_JIT)
@@ -599,7 +599,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
 def _aligned(array: np.ndarray) -> np.ndarray:
     """A C-contiguous copy that starts on a cache line (64 bytes), as do its rows at 64 units (1 KB, 768 B for
     a GRU): the step's vector loads of a weight row never straddle two lines. Where malloc put the weights used to
-    decide between two speeds of the same kernel, ~1.5 and ~1.8 us a tick, from one process to the next."""
+    decide between two speeds of the same kernel from one process to the next (docs/detection.md, "GRU and
+    stacked layers")."""
     buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
     start = -buffer.ctypes.data % 64
     out = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
