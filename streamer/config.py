@@ -180,11 +180,6 @@ class DetectorSettings(Section):
                                 "forecast surprise reaches this many decades too; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    walk_z: float = Field(0.0, ge=0, description="a stream whose count of new highs and lows exceeds an i.i.d. "
-                          "series' by this many standard deviations is taken as a random walk or trend: its "
-                          "range novelty and time-of-day evidence are off, and protection is at "
-                          "walk_protect_decades; 0: off")
-    walk_protect_decades: float = Field(4.0, ge=0, description="protect_decades of a stream taken as a walk")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

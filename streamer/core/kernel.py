@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("RECORDS", "new highs and lows since the stream's (re)start (`walk_z`)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -105,8 +104,6 @@ class Params(NamedTuple):
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     protect_decades: float  # 0: off
-    walk_z: float  # 0: off
-    walk_protect_decades: float
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -369,8 +366,6 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
     teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
     blunting it for days. It does widen the range (and enter the daily profile)."""
     low, high = st[S.LOW], st[S.HIGH]
-    if learn and learned >= 1 and (value > high or value < low):
-        st[S.RECORDS] += 1.0
     beyond = max(value - high, low - value) / max(high - low, 1e-12)
     novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
@@ -378,20 +373,6 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
         st[S.LOW] = value if first else min(low, value)
         st[S.HIGH] = value if first else max(high, value)
     return novel
-
-
-@numba.njit(**_JIT)
-def walk_like(st: np.ndarray, learned: float, p: Params) -> bool:
-    """Whether the stream behaves as a random walk or a trend: its new highs and lows (`RECORDS`) outnumber
-    an i.i.d. series' by `walk_z` standard deviations. Among n i.i.d. values the count of new highs has mean
-    H_n - 1 and variance H_n - (pi^2/6) whatever the distribution, so the test needs no scale; a walk's count
-    grows like sqrt(n), a bounded stream's like log n."""
-    if p.walk_z <= 0 or learned < 2:
-        return False
-    log_n = math.log(learned)
-    expected = 2.0 * (log_n + 0.5772156649 - 1.0)
-    sd = math.sqrt(max(2.0 * (log_n - 1.0677), 1.0))
-    return st[S.RECORDS] - expected >= p.walk_z * sd
 
 
 @numba.njit(**_JIT)
@@ -466,9 +447,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
     # Protected learning (`protect_decades`): a tick the detector flags teaches the stream nothing, or its
     # anomalies would become usual (a second x100 price would look like the first one, learned).
-    walk = walk_like(st, learned, p)
-    protect = p.walk_protect_decades if walk else p.protect_decades
-    flagged = protect > 0 and p.forecast_evidence > 0 and evidence >= protect
+    flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
 
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level = slow_level(st, value, n, hours, novel, p)
@@ -517,8 +496,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
     gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
-    novel_part = DECADES if novel and not gated and p.range_evidence and not walk else 0.0
-    strongest = max(forecast_part, 0.0 if walk else season_part * p.season_evidence, novel_part)
+    novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
