@@ -180,8 +180,7 @@ class Detector:
     def __init__(self, model: Forecaster, settings: DetectorSettings):
         self.model = model
         self.settings = settings
-        members = [model] + [Forecaster.load(path) for path in settings.ensemble.split(";") if path]
-        self._weights = tuple(kernel.step_weights(m) for m in members)
+        self._weights = kernel.step_weights(model)
         self._params = kernel.params(settings, model.spec.normaliser)
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = []
@@ -196,7 +195,7 @@ class Detector:
         self._device_of: dict[str, str] = {}
         self.scalars = np.zeros((0, N_SCALARS))
         self.profile = np.zeros((0, N_PROFILE), dtype=np.float32)
-        h_width, c_width = (len(members) * width for width in model.spec.state_sizes)
+        h_width, c_width = model.spec.state_sizes
         self.h = np.zeros((0, h_width), dtype=np.float32)
         self.c = np.zeros((0, c_width), dtype=np.float32)
         self._batches = 0

@@ -558,7 +558,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
     rates = np.empty((3, TAIL_LEVELS))
-    gates = np.empty(w[0].bias.shape[0], dtype=np.float32)
+    gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
         touched += _touch(scalars, profile, h, c, rows[i])
@@ -587,18 +587,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             st[S.PEAK], st[S.PEAK_TS] = s, t
 
         # Advance: one forecaster step on the normalised value, and keep the forecast for the next tick.
-        members = len(w)
-        width_h, width_c = h.shape[1] // members, c.shape[1] // members
-        total = total_sq = 0.0
-        k = 0
-        for wk in w:
-            mu_k, log_std_k = forecast_step((v - mean) / scale, h[r, k * width_h:(k + 1) * width_h],
-                                            c[r, k * width_c:(k + 1) * width_c], wk, gates)
-            total += mu_k
-            total_sq += mu_k * mu_k + math.exp(2.0 * log_std_k)
-            k += 1
-        mu = total / members
-        log_std = 0.5 * math.log(max(total_sq / members - mu * mu, 1e-30))
+        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates)
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
