@@ -180,8 +180,6 @@ class DetectorSettings(Section):
                                 "forecast surprise reaches this many decades too; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    bias_window: float = Field(0.0, ge=0, description="ticks: span of the EW mean of the signed forecast "
-                               "surprise, scored as drift evidence (the forecaster persistently behind); 0: off")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

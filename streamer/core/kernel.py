@@ -52,8 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("BIAS", "EW mean of the signed forecast surprise (`bias_window`)"),
-    ("DAMP_BIAS", "the drift evidence's decaying recent maximum"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -64,8 +62,7 @@ N_SCALARS = len(SCALAR_COLUMNS)
 TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
-    ("TAILS", 4 * TAIL_LEVELS, "exceedance rates of the forecast surprise, the time-of-day surprise, its short "
-     "mean, the drift statistic"),
+    ("TAILS", 3 * TAIL_LEVELS, "exceedance rates of the forecast surprise, the time-of-day surprise, its short mean"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
@@ -107,7 +104,6 @@ class Params(NamedTuple):
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     protect_decades: float  # 0: off
-    bias_window: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -446,17 +442,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
             forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
     evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
-    # Drift: the EW mean of the signed surprise, in units of its own standard error if the surprises were
-    # independent; a forecaster that keeps lagging a drift shows it where no single tick is surprising.
-    signed = min(math.copysign(forecast_surprise, value - st[S.PRED]), 10.0) if forecast_surprise > 0 else 0.0
-    signed = max(signed, -10.0)
-    bias_decades = 0.0
-    drift = 0.0
-    if p.bias_window > 0 and n >= 1:
-        bias_rate = 2.0 / (p.bias_window + 1.0)
-        st[S.BIAS] += bias_rate * (signed - st[S.BIAS])
-        drift = abs(st[S.BIAS]) * math.sqrt((2.0 - bias_rate) / bias_rate)
-        bias_decades = tail_decades(rates[3], drift, p.tail_index)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
@@ -483,8 +468,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
-    if p.bias_window > 0:
-        learn_tail(rates[3], drift, weight)
     if seasoned:
         learn_tail(rates[1], season, weight)
         learn_tail(rates[2], season_short, weight)
@@ -498,11 +481,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
-    bias_part = 0.0
-    if p.bias_window > 0 and p.forecast_evidence:
-        bias_part = max(bias_decades - st[S.DAMP_BIAS], 0.0)
-        if live:
-            st[S.DAMP_BIAS] = max(st[S.DAMP_BIAS] * 0.5 ** (1.0 / p.refractory_halflife), bias_decades)
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
@@ -519,7 +497,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
     gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    strongest = max(forecast_part, bias_part, season_part * p.season_evidence, novel_part)
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
@@ -579,7 +557,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
     ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
-    rates = np.empty((4, TAIL_LEVELS))
+    rates = np.empty((3, TAIL_LEVELS))
     gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
@@ -595,7 +573,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         if reset[i] > 0:  # the forecaster's memory of recent dynamics (every layer's), whatever the reason
             h[r, :] = 0.0
             c[r, :] = 0.0
-        for k in range(4 * TAIL_LEVELS):
+        for k in range(3 * TAIL_LEVELS):
             rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[PROF.TAILS + k]
 
         n = st[S.N]
@@ -613,7 +591,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
-        for k in range(4 * TAIL_LEVELS):
+        for k in range(3 * TAIL_LEVELS):
             prof[PROF.TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
     return touched  # returned so that the compiler keeps the loads
 
