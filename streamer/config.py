@@ -180,6 +180,10 @@ class DetectorSettings(Section):
                                 "forecast surprise reaches this many decades too; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
+    season_instant: bool = Field(True, description="a single tick's time-of-day surprise is evidence (false: only "
+                                 "its short mean, a sustained departure from the daily profile)")
+    season_instant_young: bool = Field(False, description="season_instant=false applies only while the stream is "
+                                       "young (season_gate_days)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")
