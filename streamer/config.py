@@ -174,16 +174,14 @@ class DetectorSettings(Section):
                                  "(false: for random-walk streams such as prices, whose new extremes are routine)")
     season_gate: float = Field(1.0, ge=0, description="time-of-day evidence counts up to this many times the "
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
-    season_gate_days: float = Field(1.0, ge=0, description="days: season_gate applies only until the stream has "
-                                    "covered this much of its own time; 0: always")
+    season_gate_days: float = Field(1.0, ge=0, description="days: until the stream has covered this much of its "
+                                    "own time, its hourly bins are not yet a daily profile: season_gate applies "
+                                    "and only the short mean of the time-of-day surprise counts, not a single "
+                                    "tick's; 0: always")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    season_instant: bool = Field(True, description="a single tick's time-of-day surprise is evidence (false: only "
-                                 "its short mean, a sustained departure from the daily profile)")
-    season_instant_young: bool = Field(False, description="season_instant=false applies only while the stream is "
-                                       "young (season_gate_days)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

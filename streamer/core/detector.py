@@ -23,7 +23,8 @@ stream's own history*, so that one threshold means the same rarity on every stre
    `season_memory_days`, not the LSTM's fast normaliser, which would flatten a daily pattern) against that
    stream's daily profile (24 hourly UTC bins of EW mean and variance, same memory), instantly and as a
    short EW mean (`season_window` ticks); it sees a missing or misplaced daily pattern that a short-memory
-   forecaster cannot;
+   forecaster cannot. During the stream's first `season_gate_days` its bins are a running level, not yet a
+   daily profile: only the short mean counts then, and only as far as the LSTM is surprised too;
 3. range novelty: a value beyond the stream's [min, max] so far by more than `range_margin` of the range
    (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10, if the LSTM is surprised too: its
    (undamped) forecast evidence reaches `novelty_gate` decades (a new extreme within the forecast's usual

@@ -104,8 +104,6 @@ class Params(NamedTuple):
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     protect_decades: float  # 0: off
-    season_instant: float  # 1.0 or 0.0
-    season_instant_young: float  # 1.0 or 0.0
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -475,9 +473,11 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
         learn_tail(rates[2], season_short, weight)
         if learn:
             st[S.SEASON_SHORT] = short
+    # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
+    # level, not a daily profile, and a single tick's departure from it is the forecaster's to judge; only a
+    # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
-    instant = p.season_instant > 0 or (p.season_instant_young > 0 and not young)
-    season_part = max(season_decades if instant else 0.0, short_decades) if seasoned else 0.0
+    season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
@@ -491,8 +491,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
     # time-of-day anomaly. Off with the LSTM's evidence: `forecast_evidence = false` removes the LSTM entirely.
-    # With `season_gate_days`, only while the stream has covered fewer days than that: after them its daily
-    # profile is a yardstick of its own, before them the time-of-day surprise is a young level test.
+    # Only while the stream is young: after `season_gate_days` its daily profile is a yardstick of its own.
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise

@@ -143,6 +143,22 @@ def test_a_missing_daily_jump_is_seen_on_a_strongly_periodic_stream(model):
     assert scores[missing].max() > 1.5 * scores[5 * per_day:10 * per_day].max()
 
 
+def test_a_young_streams_time_of_day_evidence_is_never_one_ticks(model):
+    # Before the stream has covered `season_gate_days`, its hourly bins hold a running level, not a daily
+    # profile: one tick's departure from it is the forecaster's to judge, and only the short mean counts. The
+    # forecast and range evidence are off here, so every score is time-of-day evidence.
+    rng = np.random.default_rng(4)
+    values = 50 + rng.normal(0, 1, 2 * 1440)  # two days of minutes
+    young, mature = 600, 1440 + 600
+    values[[young, mature]] += 6.0
+    off = {"forecast_evidence": False, "range_evidence": False}
+    scores = scores_of(model, values, settings=DetectorSettings(**off))
+    assert scores[young] == 0.0
+    assert scores[mature] > 0.2
+    always_young = scores_of(model, values, settings=DetectorSettings(**off, season_gate_days=0))
+    assert always_young[mature] < scores[mature] - 0.05  # its short mean only
+
+
 def hold_reference(raw, ticks):
     """The incident rule, written out: a tick scores if it beats the score that opened or last raised the
     incident, or if that was more than ``ticks`` ticks ago; else 0."""
