@@ -175,11 +175,15 @@ class DetectorSettings(Section):
     season_gate: float = Field(1.0, ge=0, description="time-of-day evidence counts up to this many times the "
                                "forecast's decades (the LSTM must be surprised too); 0: ungated")
     season_gate_days: float = Field(1.0, ge=0, description="days: until the stream has covered this much of its "
-                                    "own time, its hourly bins are not yet a daily profile: season_gate applies "
-                                    "and only the short mean of the time-of-day surprise counts, not a single "
-                                    "tick's; 0: always")
+                                    "own time, it is young: its hourly bins are not yet a daily profile (season_gate "
+                                    "applies, and only the short mean of the time-of-day surprise counts, not a "
+                                    "single tick's) and its range not yet its range (novelty_gate_young); 0: "
+                                    "always")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
+    novelty_gate_young: float = Field(5.0, ge=0, description="novelty_gate while the stream is young (its first "
+                                      "season_gate_days): its range is a few hours' range, and a daily pattern's "
+                                      "first cycle or a walk's first excursions leave it routinely; 0: novelty_gate")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "

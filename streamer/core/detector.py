@@ -28,7 +28,8 @@ stream's own history*, so that one threshold means the same rarity on every stre
 3. range novelty: a value beyond the stream's [min, max] so far by more than `range_margin` of the range
    (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10, if the LSTM is surprised too: its
    (undamped) forecast evidence reaches `novelty_gate` decades (a new extreme within the forecast's usual
-   error, such as a random walk's or a trend's, is no anomaly); either way such a tick is learned neither into the
+   error, such as a random walk's or a trend's, is no anomaly), `novelty_gate_young` decades during the
+   stream's first `season_gate_days` (a few hours' range is left routinely); either way such a tick is learned neither into the
    surprise tails (it would teach the stream that its anomalies are usual, for the rest of the incident and
    the next ones) nor into the slow level (it would inflate the yardstick of 2. for days), though it widens
    the range and is learned into the daily profile.

@@ -103,6 +103,7 @@ class Params(NamedTuple):
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
+    novelty_gate_young: float  # 0: novelty_gate
     protect_decades: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
@@ -497,7 +498,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
     # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
-    gated = p.novelty_gate > 0 and p.forecast_evidence and not unprecedented and evidence < p.novelty_gate
+    # A young stream's range is a few hours' range, which a daily pattern's first cycle or a walk's first
+    # excursions leave routinely: its new extremes need `novelty_gate_young` decades of the LSTM's surprise.
+    gate = p.novelty_gate_young if young and p.novelty_gate_young > 0 else p.novelty_gate
+    gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0

@@ -237,15 +237,28 @@ def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(mo
 def test_gated_novelty_a_trends_new_extremes_are_no_anomaly_a_jump_still_is(model):
     trend = 0.01 * np.arange(3000) + np.random.default_rng(10).standard_normal(3000)
     trend[2500] += 30.0  # far beyond anything the trend leads up to
-    ungated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0))
-    strict = scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0))  # no surprise is enough
-    gated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=1.0))
+    young = {"novelty_gate_young": 0.0}  # novelty_gate from the first tick (the young gate: the next test)
+    ungated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0, **young))
+    strict = scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0, **young))  # none is enough
+    gated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=1.0, **young))
     assert (ungated[:2500] >= 0.99).sum() >= 3 and (strict[:2500] >= 0.99).sum() == 0
     assert gated[2500] >= 0.9 and ungated[2500] >= 0.9
     # without the LSTM's evidence the gate is off with it: novelty scores as before
     off = dict(forecast_evidence=False)
     np.testing.assert_array_equal(scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0, **off)),
                                   scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0, **off)))
+
+
+def test_a_young_streams_new_extremes_need_a_strong_forecast_surprise(model):
+    # In its first `season_gate_days` a stream's range is a few hours' range, which a walk leaves routinely:
+    # its new extremes count only with `novelty_gate_young` decades of the LSTM's surprise. A jump still does.
+    walk = 50 + np.cumsum(np.random.default_rng(1).normal(0, 0.2, 1200))  # 20 hours of minutes: young
+    walk[1000] += 8.0
+    plain = scores_of(model, walk, settings=DetectorSettings(novelty_gate_young=0.0))
+    young = scores_of(model, walk)
+    assert (plain[:1000] >= 0.99).sum() >= 2
+    assert (young[:1000] >= 0.3).sum() == 0
+    assert young[1000] >= 0.5 and plain[1000] >= 0.5
 
 
 def test_a_flat_streams_step_passes_the_novelty_gate(model):
