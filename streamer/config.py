@@ -181,7 +181,7 @@ class DetectorSettings(Section):
                                     "always")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
-    novelty_gate_young: float = Field(5.0, ge=0, description="novelty_gate while the stream is young (its first "
+    novelty_gate_young: float = Field(2.0, ge=0, description="novelty_gate while the stream is young (its first "
                                       "season_gate_days): its range is a few hours' range, and a daily pattern's "
                                       "first cycle or a walk's first excursions leave it routinely; 0: novelty_gate")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
