@@ -29,10 +29,10 @@ stream's own history*, so that one threshold means the same rarity on every stre
    (Numenta's "spatial anomaly" rule) is taken as certain, p = 1e-10, if the LSTM is surprised too: its
    (undamped) forecast evidence reaches `novelty_gate` decades (a new extreme within the forecast's usual
    error, such as a random walk's or a trend's, is no anomaly), `novelty_gate_young` decades during the
-   stream's first `season_gate_days` (a few hours' range is left routinely); either way such a tick is learned neither into the
-   surprise tails (it would teach the stream that its anomalies are usual, for the rest of the incident and
-   the next ones) nor into the slow level (it would inflate the yardstick of 2. for days), though it widens
-   the range and is learned into the daily profile.
+   stream's first `season_gate_days` (a few hours' range is left routinely); either way such a tick is
+   learned neither into the surprise tails (it would teach the stream that its anomalies are usual, for the
+   rest of the incident and the next ones) nor into the slow level (it would inflate the yardstick of 2. for
+   days), though it widens the range and is learned into the daily profile.
 A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2048
 (memory `tail_memory` ticks), log-log interpolated, and beyond the largest level the stream has exceeded
 extrapolated as a Pareto tail of index `tail_index`: a spiky stream learns that its spikes are usual, a
