@@ -183,7 +183,7 @@ class DetectorSettings(Section):
                                 "forecast surprise reaches this many decades too; 0: ungated")
     novelty_gate_young: float = Field(2.0, ge=0, description="novelty_gate while the stream is young (its first "
                                       "season_gate_days): its range is a few hours' range, and a daily pattern's "
-                                      "first cycle or a walk's first excursions leave it routinely; 0: novelty_gate")
+                                      "first cycle or a walk's first excursions leave it routinely; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "

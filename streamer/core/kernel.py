@@ -103,7 +103,7 @@ class Params(NamedTuple):
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
-    novelty_gate_young: float  # 0: novelty_gate
+    novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
@@ -500,7 +500,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
     # A young stream's range is a few hours' range, which a daily pattern's first cycle or a walk's first
     # excursions leave routinely: its new extremes need `novelty_gate_young` decades of the LSTM's surprise.
-    gate = p.novelty_gate_young if young and p.novelty_gate_young > 0 else p.novelty_gate
+    gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)

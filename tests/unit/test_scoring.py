@@ -237,10 +237,13 @@ def test_without_forecast_evidence_the_scores_do_not_depend_on_the_forecaster(mo
 def test_gated_novelty_a_trends_new_extremes_are_no_anomaly_a_jump_still_is(model):
     trend = 0.01 * np.arange(3000) + np.random.default_rng(10).standard_normal(3000)
     trend[2500] += 30.0  # far beyond anything the trend leads up to
-    young = {"novelty_gate_young": 0.0}  # novelty_gate from the first tick (the young gate: the next test)
-    ungated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=0.0, **young))
-    strict = scores_of(model, trend, settings=DetectorSettings(novelty_gate=100.0, **young))  # none is enough
-    gated = scores_of(model, trend, settings=DetectorSettings(novelty_gate=1.0, **young))
+
+    def gate(decades):  # from the first tick: the young streams' gate is the next test's
+        return DetectorSettings(novelty_gate=decades, novelty_gate_young=decades)
+
+    ungated = scores_of(model, trend, settings=gate(0.0))
+    strict = scores_of(model, trend, settings=gate(100.0))  # no surprise is enough
+    gated = scores_of(model, trend, settings=gate(1.0))
     assert (ungated[:2500] >= 0.99).sum() >= 3 and (strict[:2500] >= 0.99).sum() == 0
     assert gated[2500] >= 0.9 and ungated[2500] >= 0.9
     # without the LSTM's evidence the gate is off with it: novelty scores as before
@@ -254,7 +257,7 @@ def test_a_young_streams_new_extremes_need_a_strong_forecast_surprise(model):
     # its new extremes count only with `novelty_gate_young` decades of the LSTM's surprise. A jump still does.
     walk = 50 + np.cumsum(np.random.default_rng(2).normal(0, 0.2, 1200))  # 20 hours of minutes: young
     walk[1000] += 8.0
-    plain = scores_of(model, walk, settings=DetectorSettings(novelty_gate_young=0.0))
+    plain = scores_of(model, walk, settings=DetectorSettings(novelty_gate_young=1.0))  # as when older
     young = scores_of(model, walk)
     assert (plain[:1000] >= 0.99).sum() >= 2
     assert (young[:1000] >= 0.3).sum() == 0
