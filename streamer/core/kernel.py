@@ -105,7 +105,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    tail_growth: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -204,17 +203,10 @@ def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
 
 
 @numba.njit(**_JIT)
-def learn_tail(rates: np.ndarray, s: float, weight: float, growth: float) -> None:
-    """Fold ``s`` into the exceedance ``rates`` [TAIL_LEVELS] in place with EW weight ``weight`` (0: not learned),
-    at most ``growth`` doublings past the largest level exceeded so far (0: unlimited)."""
+def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
+    """Fold ``s`` into the exceedance ``rates`` [TAIL_LEVELS] in place with EW weight ``weight`` (0: not learned)."""
     if weight == 0.0:
         return
-    if growth > 0.0:
-        top = -1
-        for k in range(TAIL_LEVELS):
-            if rates[k] > 0.0:
-                top += 1
-        s = min(s, 2.0 ** (top + growth))
     level = 1.0
     for k in range(TAIL_LEVELS):
         rates[k] += weight * ((1.0 if s >= level else 0.0) - rates[k])
@@ -476,10 +468,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
-    learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight, p.tail_growth)
+    learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
-        learn_tail(rates[1], season, weight, p.tail_growth)
-        learn_tail(rates[2], season_short, weight, p.tail_growth)
+        learn_tail(rates[1], season, weight)
+        learn_tail(rates[2], season_short, weight)
         if learn:
             st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
