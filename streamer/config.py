@@ -163,8 +163,6 @@ class DetectorSettings(Section):
 
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
-    tail_memory_share: float = Field(0.0, ge=0, le=1, description="the tails' memory is at least this share of "
-                                     "the stream's life (ticks learned), when that is longer than tail_memory; 0: off")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
@@ -188,7 +186,6 @@ class DetectorSettings(Section):
                                       "first cycle or a walk's first excursions leave it routinely; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    protect_damp: bool = Field(False, description="experiment: a protected tick raises the damping")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

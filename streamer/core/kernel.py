@@ -96,7 +96,6 @@ class Params(NamedTuple):
 
     warmup: float
     tail_memory: float
-    tail_memory_share: float  # 0: off
     tail_index: float
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
@@ -106,7 +105,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    protect_damp: float  # 1.0 or 0.0
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -469,8 +467,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     season_short = math.expm1(short)
     season_decades = tail_decades(rates[1], season, p.tail_index)
     short_decades = tail_decades(rates[2], season_short, p.tail_index)
-    memory = max(p.tail_memory, p.tail_memory_share * learned)
-    weight = max(1.0 / (learned + 1.0), 1.0 / memory) if learn and not novel else 0.0
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
         learn_tail(rates[1], season, weight)
@@ -490,7 +487,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
-        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged and not p.protect_damp else evidence)
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
