@@ -59,17 +59,24 @@ N_SCALARS = len(SCALAR_COLUMNS)
 # Per-stream distributions, float32 [slots, N_PROFILE]: exceedance rates in [0, 1] and a profile of
 # standardised values, where float32's 7 digits are plenty; they are most of a stream's state. Declared
 # once, as blocks of columns: a block's offset is the sum of the widths before it (`PROF.NAME`).
-TAIL_LEVELS = 12  # exceedance levels 1, 2, 4, ..., 2048 of a surprise statistic
+# Exceedance levels 1, 2, 4, ... of a surprise statistic's tail. The forecast surprise needs 32 (to 2^31): its
+# yardstick, the LSTM's predicted std, collapses on a stream that idles flat, so a burst from idle is a surprise
+# of 10^6-10^10, which a stream that bursts routinely must be able to learn as usual (docs/detection.md, sixth
+# round); the time-of-day surprises are in units of the stream's slow statistics, and 12 (to 2048) cover them.
+FORECAST_LEVELS = 32
+SEASON_LEVELS = 12
+N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
-    ("TAILS", 3 * TAIL_LEVELS, "exceedance rates of the forecast surprise, the time-of-day surprise, its short mean"),
+    ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
+    ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
-N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 108: with the scalars, 576 bytes a stream besides h, c
+N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 128: with the scalars, 664 bytes a stream besides h, c
 
 PACE_RATE = 0.01  # EW weight of a stream's log tick interval (its pace) once 100 intervals were seen
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
@@ -177,24 +184,32 @@ def _log2(x: float) -> float:
 
 
 @numba.njit(**_JIT)
+def _top(rates: np.ndarray) -> int:
+    """The index of the largest level exceeded (-1: none). Rates fall with the level (every exceedance of a
+    level exceeds the ones below), so the positive rates come first and the count stops at the first zero."""
+    top = -1
+    while top + 1 < rates.shape[0] and rates[top + 1] > 0.0:
+        top += 1
+    return top
+
+
+@numba.njit(**_JIT)
 def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
-    """-log10 P(S >= s) from exceedance ``rates`` [TAIL_LEVELS] at the levels 1, 2, 4, ...
+    """-log10 P(S >= s) from exceedance ``rates`` at the levels 1, 2, 4, ...
 
     Between two levels the stream has exceeded, log P is interpolated linearly in log s; past the largest
     level it has exceeded, P falls as a Pareto tail, s^-index; below level 1 (or before any data) P is 1.
     Rates fall with the level (every exceedance of a level exceeds the ones below), so the number of
     positive rates is the index of the largest level exceeded, plus one.
     """
-    top = -1
-    for k in range(TAIL_LEVELS):
-        if rates[k] > 0.0:
-            top += 1
+    top = _top(rates)
     log2_s = _log2(s)
-    level = min(max(math.floor(log2_s), -1.0), TAIL_LEVELS - 1.0)  # the largest level <= s
+    levels = rates.shape[0]
+    level = min(max(math.floor(log2_s), -1.0), levels - 1.0)  # the largest level <= s
     if level < 0 or top < 0:
         return 0.0
     if level < top:  # interpolate between lo and lo + 1
-        lo = max(min(int(level), top - 1, TAIL_LEVELS - 2), 0)
+        lo = max(min(int(level), top - 1, levels - 2), 0)
         at_lo = _log2(rates[lo])
         log2_p = at_lo + (log2_s - lo) * (_log2(rates[lo + 1]) - at_lo)
     else:  # extrapolate from the largest level exceeded
@@ -204,11 +219,13 @@ def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
 
 @numba.njit(**_JIT)
 def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
-    """Fold ``s`` into the exceedance ``rates`` [TAIL_LEVELS] in place with EW weight ``weight`` (0: not learned)."""
+    """Fold ``s`` into the exceedance ``rates`` in place with EW weight ``weight`` (0: not learned)."""
     if weight == 0.0:
         return
     level = 1.0
-    for k in range(TAIL_LEVELS):
+    for k in range(rates.shape[0]):
+        if s < level and rates[k] == 0.0:  # so are the levels above: nothing to learn there
+            break
         rates[k] += weight * ((1.0 if s >= level else 0.0) - rates[k])
         level *= 2.0
 
@@ -416,11 +433,14 @@ def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) 
 
 
 @numba.njit(**_JIT)
-def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float, ts: float, error: float,
+def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float, ts: float, error: float,
                p: Params) -> float:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
-    scalars ``st`` and daily profile ``prof`` (its table rows) and the tail ``rates`` [3, TAIL_LEVELS]
-    (a float64 copy). ``error`` is |value - forecast|, 0 without a forecast."""
+    scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [N_TAILS] (a float64 copy of
+    the profile's FORECAST_TAIL and SEASON_TAILS). ``error`` is |value - forecast|, 0 without a forecast."""
+    forecast_rates = tails[:FORECAST_LEVELS]
+    season_rates = tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
+    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
     if n < 1:
         st[S.START_TS] = ts
@@ -442,10 +462,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
         if n >= 2 and p.gap_scaled:
             forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
-    evidence = tail_decades(rates[0], forecast_surprise, p.tail_index)
+    evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
-    unprecedented = rates[0, 0] <= 0.0 and forecast_surprise >= 1.0
+    unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
     # Protected learning (`protect_decades`): a tick the detector flags teaches the stream nothing, or its
     # anomalies would become usual (a second x100 price would look like the first one, learned).
     flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
@@ -465,13 +485,13 @@ def score_tick(st: np.ndarray, prof: np.ndarray, rates: np.ndarray, value: float
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
-    season_decades = tail_decades(rates[1], season, p.tail_index)
-    short_decades = tail_decades(rates[2], season_short, p.tail_index)
+    season_decades = tail_decades(season_rates, season, p.tail_index)
+    short_decades = tail_decades(short_rates, season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
-    learn_tail(rates[0], forecast_surprise, 0.0 if flagged else weight)
+    learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
-        learn_tail(rates[1], season, weight)
-        learn_tail(rates[2], season_short, weight)
+        learn_tail(season_rates, season, weight)
+        learn_tail(short_rates, season_short, weight)
         if learn:
             st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
@@ -563,7 +583,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
     ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
-    rates = np.empty((3, TAIL_LEVELS))
+    tails = np.empty(N_TAILS)
     gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
@@ -579,14 +599,14 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         if reset[i] > 0:  # the forecaster's memory of recent dynamics (every layer's), whatever the reason
             h[r, :] = 0.0
             c[r, :] = 0.0
-        for k in range(3 * TAIL_LEVELS):
-            rates[k // TAIL_LEVELS, k % TAIL_LEVELS] = prof[PROF.TAILS + k]
+        for k in range(N_TAILS):
+            tails[k] = prof[PROF.FORECAST_TAIL + k]
 
         n = st[S.N]
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
         mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
-        s = score_tick(st, prof, rates, v, t, error[i] if n >= 1 else 0.0, p)
+        s = score_tick(st, prof, tails, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
@@ -597,8 +617,8 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
-        for k in range(3 * TAIL_LEVELS):
-            prof[PROF.TAILS + k] = rates[k // TAIL_LEVELS, k % TAIL_LEVELS]
+        for k in range(N_TAILS):
+            prof[PROF.FORECAST_TAIL + k] = tails[k]
     return touched  # returned so that the compiler keeps the loads
 
 

@@ -237,14 +237,14 @@ def test_a_one_tick_alarm_is_held_for_peak_hold_seconds(model):
 
 
 def test_state_per_stream_is_small(model):
-    """Every per-slot array, as allocated, within the 1.5 KB budget (Python-side state is measured by
-    `make bench`)."""
+    """Every per-slot array, as allocated, within the 1.5 KB budget with room for the Python-side state
+    (~230 B, measured by `make bench`)."""
     det = Detector(model, DetectorSettings())
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
     assert {id(det.h), id(det.scalars), id(det.profile)} <= {id(a) for a in arrays}
     per_slot = sum(a.nbytes for a in arrays)
-    assert per_slot / len(det.names) <= 1200
+    assert per_slot / len(det.names) <= 1300
 
 
 def test_export_restore_continues_exactly(model, settings):
@@ -325,4 +325,4 @@ def test_state_per_stream_of_every_cell_and_layers(cell, layers):
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
     per_slot = sum(a.nbytes for a in arrays) / len(det.names)
-    assert per_slot == 624 + 4 * sum(model.spec.state_sizes) <= 1700
+    assert per_slot == 704 + 4 * sum(model.spec.state_sizes) <= 2048 - 240

@@ -9,7 +9,7 @@ import torch
 
 from streamer.config import DetectorSettings
 from streamer.core.detector import Detector
-from streamer.core.kernel import PROF, SEASON_BINS, TAIL_LEVELS, S, learn_tail, tail_decades
+from streamer.core.kernel import FORECAST_LEVELS, PROF, SEASON_BINS, S, learn_tail, tail_decades
 from streamer.core.model import Forecaster, ModelSpec
 from streamer.core.ticks import Tick
 
@@ -25,7 +25,7 @@ def scores_of(model, values, step=60.0, settings=None, stream="a", start=T0):
 
 
 def empirical_rates(sample):
-    rates = np.zeros(TAIL_LEVELS)
+    rates = np.zeros(FORECAST_LEVELS)
     for k, s in enumerate(sample):
         learn_tail(rates, s, 1.0 / (k + 1))
     return rates
@@ -37,12 +37,12 @@ def empirical_rates(sample):
 def test_learned_rates_are_the_exceedance_frequencies():
     sample = np.random.default_rng(0).exponential(3.0, 500)
     rates = empirical_rates(sample)
-    levels = 2.0 ** np.arange(TAIL_LEVELS)
+    levels = 2.0 ** np.arange(FORECAST_LEVELS)
     np.testing.assert_allclose(rates, [(sample >= u).mean() for u in levels], atol=1e-12)
 
 
 def test_tail_at_levels_interpolation_and_pareto_extrapolation():
-    rates = np.array([0.5, 0.1, 0.01, 0.001] + [0.0] * (TAIL_LEVELS - 4))
+    rates = np.array([0.5, 0.1, 0.01, 0.001] + [0.0] * (FORECAST_LEVELS - 4))
     at = lambda s: tail_decades(rates, s, 4.0)  # noqa: E731
     assert at(0.5) == 0.0  # below the first level: P = 1
     assert at(2.0) == pytest.approx(1.0) and at(4.0) == pytest.approx(2.0)  # exactly the rates at the levels
@@ -53,8 +53,8 @@ def test_tail_at_levels_interpolation_and_pareto_extrapolation():
 
 
 def test_tail_without_data_is_zero():
-    assert tail_decades(np.zeros(TAIL_LEVELS), 1e6, 4.0) == 0.0
-    rates = np.zeros(TAIL_LEVELS)
+    assert tail_decades(np.zeros(FORECAST_LEVELS), 1e6, 4.0) == 0.0
+    rates = np.zeros(FORECAST_LEVELS)
     rates[:3] = [1.0, 0.5, 0.25]
     assert tail_decades(rates, 2.0, 4.0) == pytest.approx(math.log10(2.0))
 
@@ -99,6 +99,20 @@ def test_regular_spikes_become_usual(model):
     spikes = scores[200::50]
     assert spikes[0] >= 0.9  # the first is new
     assert spikes[-5:].max() < 0.5 * spikes[0]  # the stream's own history says they are usual
+
+
+def test_bursts_from_idle_become_usual_however_far_they_are_beyond_the_idle_noise(model):
+    """A stream that idles flat and bursts routinely (disk writes, request counts): idle, the LSTM's predicted
+    std collapses, so a burst is a forecast surprise of ~10^9. Its tail must reach that far for the stream to
+    learn that bursts are its normal; one that stopped at 2048 scored every burst as unprecedented."""
+    rng = np.random.default_rng(3)
+    values = np.zeros(3000)
+    for start in range(300, 3000, 60):  # a burst of 3 ticks every hour (5-minute ticks)
+        values[start:start + 3] = rng.uniform(1e6, 3e6, 3)
+    scores = scores_of(model, values, step=300.0)
+    onsets = scores[300::60]
+    assert onsets[0] >= 0.9  # the first burst is new
+    assert onsets[-20:].max() < 0.3  # the last 20 are usual, none alarms at the recommended threshold
 
 
 def test_a_missing_daily_pattern_scores_higher_than_normal_days(model):
@@ -212,7 +226,7 @@ def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_sl
     ticks = [Tick("a", T0 + 60.0 * i, float(v)) for i, v in enumerate(values)]
     det.process(ticks[:500])
     slot = det.slots["a"]
-    learned = lambda: np.r_[det.profile[slot, PROF.TAILS:PROF.BIN_MEAN], det.scalars[slot, [S.LEVEL_MEAN, S.LEVEL_VAR]]]  # noqa: E731
+    learned = lambda: np.r_[det.profile[slot, PROF.FORECAST_TAIL:PROF.BIN_MEAN], det.scalars[slot, [S.LEVEL_MEAN, S.LEVEL_VAR]]]  # noqa: E731
     before = learned()
     assert det.process(ticks[500:501]).score[0] >= 0.9
     # the anomaly neither taught the stream that spikes are usual nor inflated its slow deviation
