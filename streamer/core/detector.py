@@ -37,9 +37,10 @@ A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at t
 for the forecast surprise (a stream that idles flat and bursts routinely makes surprises of 10^9 and must be
 able to learn them as usual) and ... 2048 for the time-of-day ones (memory `tail_memory` ticks), log-log
 interpolated, and beyond the largest level the stream has exceeded extrapolated as a Pareto tail of index
-`tail_index`: a spiky stream learns that its spikes are usual, a quiet one that any jump is not. Forecast evidence is refractory: it counts only by how much it exceeds its own
-recent maximum (decaying with half-life `refractory_halflife` ticks), so one incident raises one alarm, not
-one per tick while the forecaster catches up. score = -log10(p) / 10 of the strongest evidence, clipped to
+`tail_index`: a spiky stream learns that its spikes are usual, a quiet one that any jump is not. Forecast
+evidence is refractory: it counts only by how much it exceeds its own recent maximum (decaying with half-life
+`refractory_halflife` ticks), so one incident raises one alarm, not one per tick while the forecaster catches
+up. score = -log10(p) / 10 of the strongest evidence, clipped to
 [0, 1]: 0.5 means a 1-in-100,000 event. One incident, one alarm, whatever the evidence: within
 `incident_ticks` ticks of the tick that opened (or last raised) a stream's incident, a tick scores only if it
 beats that tick's score, else 0. The first `warmup` ticks after a (re)start score 0, and the first

@@ -226,7 +226,8 @@ def test_a_novel_tick_is_learned_neither_into_the_surprise_tails_nor_into_the_sl
     ticks = [Tick("a", T0 + 60.0 * i, float(v)) for i, v in enumerate(values)]
     det.process(ticks[:500])
     slot = det.slots["a"]
-    learned = lambda: np.r_[det.profile[slot, PROF.FORECAST_TAIL:PROF.BIN_MEAN], det.scalars[slot, [S.LEVEL_MEAN, S.LEVEL_VAR]]]  # noqa: E731
+    learned = lambda: np.r_[det.profile[slot, PROF.FORECAST_TAIL:PROF.BIN_MEAN],  # noqa: E731
+                            det.scalars[slot, [S.LEVEL_MEAN, S.LEVEL_VAR]]]
     before = learned()
     assert det.process(ticks[500:501]).score[0] >= 0.9
     # the anomaly neither taught the stream that spikes are usual nor inflated its slow deviation
