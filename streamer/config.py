@@ -197,6 +197,10 @@ class DetectorSettings(Section):
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     incident_ticks: float = Field(12, ge=0, description="ticks: within this of the tick that opened or last "
                                   "raised the stream's incident, only a higher score counts; 0 off")
+    incident_hold: float = Field(0.3, ge=0, le=1, description="an incident stays open while a tick scores at "
+                                 "least this share of its score within every incident_ticks ticks: a new alarm "
+                                 "needs a real rise, not the same evidence lasting longer; 0: it closes "
+                                 "incident_ticks after the tick that opened or last raised it")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")

@@ -33,18 +33,18 @@ stream's own history*, so that one threshold means the same rarity on every stre
    learned neither into the surprise tails (it would teach the stream that its anomalies are usual, for the
    rest of the incident and the next ones) nor into the slow level (it would inflate the yardstick of 2. for
    days), though it widens the range and is learned into the daily profile.
-A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2^31
-for the forecast surprise (a stream that idles flat and bursts routinely makes surprises of 10^9 and must be
-able to learn them as usual) and ... 2048 for the time-of-day ones (memory `tail_memory` ticks), log-log
-interpolated, and beyond the largest level the stream has exceeded extrapolated as a Pareto tail of index
-`tail_index`: a spiky stream learns that its spikes are usual, a quiet one that any jump is not. Forecast
-evidence is refractory: it counts only by how much it exceeds its own recent maximum (decaying with half-life
-`refractory_halflife` ticks), so one incident raises one alarm, not one per tick while the forecaster catches
-up. score = -log10(p) / 10 of the strongest evidence, clipped to
-[0, 1]: 0.5 means a 1-in-100,000 event. One incident, one alarm, whatever the evidence: within
-`incident_ticks` ticks of the tick that opened (or last raised) a stream's incident, a tick scores only if it
-beats that tick's score, else 0. The first `warmup` ticks after a (re)start score 0, and the first
-`SETTLE` ticks' surprises, while the normaliser and LSTM state settle, are not learned.
+A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2^31 for
+the forecast surprise (a stream that idles flat and bursts routinely makes surprises of 10^9 and must be able to
+learn them as usual) and ... 2048 for the time-of-day ones (memory `tail_memory` ticks), log-log interpolated,
+and beyond the largest level the stream has exceeded extrapolated as a Pareto tail of index `tail_index`: a spiky
+stream learns that its spikes are usual, a quiet one that any jump is not. Forecast evidence is refractory: it
+counts only by how much it exceeds its own recent maximum (decaying with half-life `refractory_halflife` ticks),
+so one incident raises one alarm, not one per tick while the forecaster catches up. score = -log10(p) / 10 of the
+strongest evidence, clipped to [0, 1]: 0.5 means a 1-in-100,000 event. One incident, one alarm, whatever the
+evidence: while a stream's incident is open, a tick scores only if it beats the score that opened (or last
+raised) it, else 0; it closes after `incident_ticks` ticks in a row without a tick scoring `incident_hold` of
+that score. The first `warmup` ticks after a (re)start score 0, and the first `SETTLE` ticks' surprises, while
+the normaliser and LSTM state settle, are not learned.
 
 Resets. An explicit reset or a new segment restarts a stream from nothing; a new session or a long gap
 restarts only its LSTM's hidden and cell state, and the stream is scored on at once with everything else it

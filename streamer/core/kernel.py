@@ -49,7 +49,7 @@ SCALAR_COLUMNS = (
     ("LEVEL_MEAN", "the stream's slow EW mean (memory `season_memory_days`)"),
     ("LEVEL_VAR", "its slow EW variance"),
     ("INCIDENT", "the score that opened or last raised the current incident"),
-    ("INCIDENT_AGE", "ticks since then"),
+    ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
 )
@@ -119,6 +119,7 @@ class Params(NamedTuple):
     season_memory_days: float
     season_window: float
     incident_ticks: float
+    incident_hold: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -421,14 +422,18 @@ def learn_profile(prof: np.ndarray, b: int, level: float, hours: float, p: Param
 
 @numba.njit(**_JIT)
 def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) -> float:
-    """One incident, one alarm: within `incident_ticks` of the tick that opened or last raised the stream's
-    incident, a tick scores only if it beats that tick's score (and then raises the incident)."""
+    """One incident, one alarm: while the stream's incident is open, a tick scores only if it beats the score
+    that opened or last raised it (and then raises it). The incident closes after `incident_ticks` ticks in a
+    row without a tick scoring at least `incident_hold` of that score: evidence that stays elevated for longer
+    is still the same incident, and a new alarm needs a real rise (0: it closes `incident_ticks` after the
+    tick that opened or last raised it)."""
     age = st[S.INCIDENT_AGE] + 1.0
     if live and (score > st[S.INCIDENT] or age > p.incident_ticks):
         st[S.INCIDENT], st[S.INCIDENT_AGE] = score, 0.0
     else:
+        still_open = p.incident_hold > 0 and score > 0 and score >= p.incident_hold * st[S.INCIDENT]
         score = 0.0
-        st[S.INCIDENT_AGE] = age
+        st[S.INCIDENT_AGE] = 0.0 if still_open else age
     return score
 
 

@@ -9,8 +9,18 @@ import torch
 
 from streamer.config import DetectorSettings
 from streamer.core.detector import Detector
-from streamer.core.kernel import FORECAST_LEVELS, PROF, SEASON_BINS, S, learn_tail, tail_decades
-from streamer.core.model import Forecaster, ModelSpec
+from streamer.core.kernel import (
+    FORECAST_LEVELS,
+    N_SCALARS,
+    PROF,
+    SEASON_BINS,
+    S,
+    learn_tail,
+    one_alarm_per_incident,
+    params,
+    tail_decades,
+)
+from streamer.core.model import Forecaster, ModelSpec, NormaliserSpec
 from streamer.core.ticks import Tick
 
 T0 = 1_700_006_400.0  # a UTC midnight
@@ -174,15 +184,30 @@ def test_a_young_streams_time_of_day_evidence_is_never_one_ticks(model):
     assert young[800] > young[300:790].max()  # which still sees it
 
 
-def hold_reference(raw, ticks):
+def hold_reference(raw, ticks, hold):
     """The incident rule, written out: a tick scores if it beats the score that opened or last raised the
-    incident, or if that was more than ``ticks`` ticks ago; else 0."""
+    incident, or if that was more than ``ticks`` ticks ago, counting from the last tick that scored at least
+    ``hold`` of it (the incident still open); else 0."""
     out, held, age = np.zeros_like(raw), 0.0, 0
     for i, s in enumerate(raw):
         age += 1
         if s > 0 and (s > held or age > ticks):
             out[i], held, age = s, s, 0
+        elif hold > 0 and s > 0 and s >= hold * held:
+            age = 0
     return out
+
+
+def test_an_incident_lasts_as_long_as_its_evidence():
+    raw = [0.6] + [0.25] * 30 + [0.05] * 13 + [0.25]  # an alarm, 30 ticks of evidence at 0.25, calm, 0.25 again
+    def filtered(hold):
+        st, p = np.zeros(N_SCALARS), params(DetectorSettings(incident_ticks=12, incident_hold=hold), NormaliserSpec())
+        return np.array([one_alarm_per_incident(st, s, True, p) for s in raw])
+    held = filtered(0.3)
+    assert held[0] == 0.6 and held[1:31].max() == 0.0  # one alarm while the evidence lasts
+    assert held[-1] == 0.25  # a new incident after 12 calm ticks
+    assert filtered(0.0)[13] == 0.25  # without the hold, the same evidence re-alarms 12 ticks later
+    np.testing.assert_array_equal(held, hold_reference(np.array(raw), 12, 0.3))
 
 
 def test_one_incident_one_alarm(model):
@@ -191,11 +216,11 @@ def test_one_incident_one_alarm(model):
     values[305] = values[300]  # the same spike again within the incident: no new alarm
     values[500] -= 6.0  # a new incident far later: a full alarm
     raw = scores_of(model, values, settings=DetectorSettings(incident_ticks=0))
-    held = scores_of(model, values, settings=DetectorSettings(incident_ticks=12))
+    held = scores_of(model, values, settings=DetectorSettings(incident_ticks=12, incident_hold=0.3))
     assert raw[300] >= 0.9 and held[300] == raw[300]
     assert held[305] == 0.0 and held[301:313].max() == 0.0
     assert held[500] >= 0.9
-    np.testing.assert_array_equal(held, hold_reference(raw, 12))  # a pure filter of the raw scores
+    np.testing.assert_array_equal(held, hold_reference(raw, 12, 0.3))  # a pure filter of the raw scores
 
 
 def test_flat_and_quantised_streams(model):
