@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("PENDING", "the last tick's value if it was novel and did not widen the range, else NaN (`range_confirm`)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -121,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    range_confirm: float  # 1.0 or 0.0
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -391,16 +389,8 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
     novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
         first = learned < 1
-        pending = st[S.PENDING]
-        if first or not (novel and p.range_confirm):
-            st[S.LOW] = value if first else min(low, value)
-            st[S.HIGH] = value if first else max(high, value)
-            st[S.PENDING] = np.nan
-        elif pending == pending and (pending > high) == (value > high):  # confirmed by the previous tick
-            st[S.LOW], st[S.HIGH] = min(low, value, pending), max(high, value, pending)
-            st[S.PENDING] = np.nan
-        else:
-            st[S.PENDING] = value
+        st[S.LOW] = value if first else min(low, value)
+        st[S.HIGH] = value if first else max(high, value)
     return novel
 
 
