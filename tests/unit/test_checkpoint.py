@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,15 @@ def test_checkpoint_of_another_model_is_refused(model):
     data = encode(make_checkpoint(model))
     with pytest.raises(CheckpointError, match="refusing"):
         decode(data, "0123456789abcdef")
+
+
+def test_checkpoint_of_another_state_layout_is_refused(model):
+    """A version that keeps other statistics per stream (the forecast tail had 12 levels, 20 floats fewer, before
+    it had 32) must not have its checkpoint misapplied: refused, the partition starts fresh (a warm-up)."""
+    cp = make_checkpoint(model)
+    old = dataclasses.replace(cp.states, profile=cp.states.profile[:, :-20])
+    with pytest.raises(CheckpointError, match="another version"):
+        decode(encode(dataclasses.replace(cp, states=old)), model.fingerprint())
 
 
 def test_damaged_checkpoint_is_refused(model):
