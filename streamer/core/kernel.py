@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_forecast: float  # 1.0 or 0.0
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -462,14 +461,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # stream's usual pace: over k steps a random walk's error grows like sqrt(k), so the surprise is divided
     # by that (`gap_scaled`); the stream's pace is learned in log seconds, so its gaps barely move it.
     std = st[S.PRED_STD]
-    if p.season_forecast > 0 and n >= 1 and ts - st[S.START_TS] >= p.season_gate_days * _DAY:
-        b_now = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-        b_then = min(int((st[S.LAST_TS] % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-        if (b_now != b_then and prof[PROF.BIN_COUNT + b_now] >= SEASON_MIN_VISITS
-                and prof[PROF.BIN_COUNT + b_then] >= SEASON_MIN_VISITS):
-            shift = _scale(st[S.LEVEL_MEAN], st[S.LEVEL_VAR], p) * (prof[PROF.BIN_MEAN + b_now]
-                                                                   - prof[PROF.BIN_MEAN + b_then])
-            error = abs(value - (st[S.PRED] + shift))
     forecast_surprise = error / std if std > 0 else 0.0
     if n >= 1:
         log_gap = math.log(max(ts - st[S.LAST_TS], 1e-3))
