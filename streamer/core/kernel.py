@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_power: float  # 1: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -477,8 +476,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
 
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
-    season_value = value ** p.season_power if p.season_power != 1.0 and value >= 0.0 and st[S.LOW] >= 0.0 else value
-    level = slow_level(st, season_value, n, hours, novel, p)
+    level = slow_level(st, value, n, hours, novel, p)
 
     # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
