@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_floor: float
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -486,7 +485,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     seasoned = visits >= SEASON_MIN_VISITS
 
     # The time-of-day surprise statistics, their calibrated tails, and learning all three.
-    season = abs(level - bin_mean) / math.sqrt(bin_var + p.season_floor ** 2) if seasoned else 0.0
+    season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
