@@ -201,10 +201,6 @@ class DetectorSettings(Section):
                                  "least this share of its score within every incident_ticks ticks: a new alarm "
                                  "needs a real rise, not the same evidence lasting longer; 0: it closes "
                                  "incident_ticks after the tick that opened or last raised it")
-    shift_window: float = Field(0.0, ge=0, description="EXPERIMENT: ticks: span of the EW mean of the signed "
-                                "time-of-day deviation, scored in units of its standard error (0: off)")
-    shift_gated: bool = Field(False, description="EXPERIMENT: the shift evidence is gated like the young "
-                              "time-of-day evidence")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")

@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("SHIFT_MEAN", "EW mean of the signed time-of-day deviation"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -66,11 +65,11 @@ N_SCALARS = len(SCALAR_COLUMNS)
 # round); the time-of-day surprises are in units of the stream's slow statistics, and 12 (to 2048) cover them.
 FORECAST_LEVELS = 32
 SEASON_LEVELS = 12
-N_TAILS = FORECAST_LEVELS + 3 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
+N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
     ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
-    ("SEASON_TAILS", 3 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
+    ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
@@ -121,8 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    shift_window: float  # 0: off
-    shift_gated: float
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -448,8 +445,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     the profile's FORECAST_TAIL and SEASON_TAILS). ``error`` is |value - forecast|, 0 without a forecast."""
     forecast_rates = tails[:FORECAST_LEVELS]
     season_rates = tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
-    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:FORECAST_LEVELS + 2 * SEASON_LEVELS]
-    shift_rates = tails[FORECAST_LEVELS + 2 * SEASON_LEVELS:]
+    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
     if n < 1:
         st[S.START_TS] = ts
@@ -498,16 +494,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     short_decades = tail_decades(short_rates, season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
-    shift_decades = 0.0
-    if seasoned and p.shift_window > 0:
-        a = 2.0 / (p.shift_window + 1.0)
-        signed = (level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2)
-        m = st[S.SHIFT_MEAN] + a * (signed - st[S.SHIFT_MEAN]) if learned >= 1 else signed
-        z = abs(m) / math.sqrt(a / (2.0 - a))
-        shift_decades = tail_decades(shift_rates, z, p.tail_index)
-        learn_tail(shift_rates, z, weight)
-        if learn:
-            st[S.SHIFT_MEAN] = m
     if seasoned:
         learn_tail(season_rates, season, weight)
         learn_tail(short_rates, season_short, weight)
@@ -542,9 +528,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    if p.shift_gated > 0:  # young streams only, gated like their time-of-day evidence
-        shift_decades = min(shift_decades, p.season_gate * evidence) if young and p.forecast_evidence else 0.0
-    strongest = max(forecast_part, season_part * p.season_evidence, novel_part, shift_decades)
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
