@@ -191,8 +191,6 @@ class DetectorSettings(Section):
                                    "forecast off for ~100 ticks; 0: off")
     gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
-    refractory_halflife_young: float = Field(0.0, ge=0, description="EXPERIMENT: refractory_halflife while the "
-                                             "stream is young (0: the same)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

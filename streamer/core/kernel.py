@@ -115,7 +115,6 @@ class Params(NamedTuple):
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
-    refractory_halflife_young: float
     range_margin: float
     season_memory_days: float
     season_window: float
@@ -513,8 +512,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
-        halflife = p.refractory_halflife_young if young and p.refractory_halflife_young > 0 else p.refractory_halflife
-        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / halflife), 0.0 if flagged else evidence)
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
