@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    forecast_profile: float
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -475,19 +474,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # Protected learning (`protect_decades`): a tick the detector flags teaches the stream nothing, or its
     # anomalies would become usual (a second x100 price would look like the first one, learned).
     flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
-    if p.forecast_profile > 0 and n >= 2 and std > 0 and error > 0 and ts - st[S.START_TS] >= p.season_gate_days * _DAY:
-        b_now = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-        b_last = min(int((st[S.LAST_TS] % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-        if (b_now != b_last and prof[PROF.BIN_COUNT + b_now] >= SEASON_MIN_VISITS
-                and prof[PROF.BIN_COUNT + b_last] >= SEASON_MIN_VISITS):
-            step = (float(prof[PROF.BIN_MEAN + b_now]) - float(prof[PROF.BIN_MEAN + b_last])) * _scale(
-                st[S.LEVEL_MEAN], st[S.LEVEL_VAR], p)
-            alt = abs(value - (st[S.PRED] + step)) / std * (forecast_surprise / (error / std))
-            if alt < forecast_surprise:
-                forecast_surprise = alt
-                evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index)
-                unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
-                flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
 
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level = slow_level(st, value, n, hours, novel, p)
