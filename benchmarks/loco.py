@@ -21,6 +21,11 @@ Folds: nab, its 5 categories; msl (one category, 19 channels), 5 folds of channe
 name order; skab, the anomaly-free run and the valve1 experiments in 4 round-robin groups by experiment
 number (the 4 sensors of one experiment stay together). A random detector (uniform scores, 5 seeds
 averaged) goes through the same protocol on the same files.
+
+One more figure, "skab, faults only": skab without its anomaly-free run, the layout of the lead's hidden
+pump-rig set (every file holds a fault whose window covers ~35 % of it). It reproduces that set's pair of
+figures (the issue: streamer 60.34, random 70.46; here 60.13 and 71.00 with session 9's default), so it is
+the figure to watch for it; it decides nothing alone, since the anomaly-free run's false alarms count too.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LOCO_SHARED", ROOT.parent / "shared"))
 CACHE = Path(os.environ.get("LOCO_CACHE", "/tmp/streamer-loco"))
 CORPORA = ("nab", "msl", "skab")
+FAULTS = "skab, faults only"  # an extra figure: skab's files with a window (`Scored.labelled`)
 PROFILES = DEFAULT_PROFILES
 RANDOM_SEEDS = 5
 FOLD_LOG: list | None = None  # --folds: (fold, threshold, held-out standard score) of each fold
@@ -97,6 +103,12 @@ class Scored:
 
     def series(self, scores: list[np.ndarray] | None = None) -> list[nab.Series]:
         return [nab.Series(k, s, w) for k, s, w in zip(self.keys, scores or self.scores, self.windows)]
+
+    def labelled(self) -> Scored:
+        """Only the files with an anomaly window: skab without its anomaly-free run is the layout of the lead's
+        hidden pump-rig set (every file holds a fault), on which the random detector is strongest."""
+        keep = [i for i, w in enumerate(self.windows) if w]
+        return Scored(*([field[i] for i in keep] for field in (self.keys, self.folds, self.scores, self.windows)))
 
 
 def fold_of(corpus: str, key: str, index: int) -> str:
@@ -251,37 +263,44 @@ def evaluate_family(name: str, members: dict[str, dict], cache: dict) -> Row:
         ins = [in_sample(scored[c][best_in].series(), p) for p in PROFILES]
         loco = [held_out(scored[c], p, chooser(c)) for p in PROFILES]
         figures[c] = (ins, loco)
+    faults = [m.labelled() for m in scored["skab"]]
+    best_in = int(np.argmax([in_sample(m.series(), standard) for m in faults]))
+    figures[FAULTS] = ([in_sample(faults[best_in].series(), p) for p in PROFILES],
+                       [held_out(faults, p, chooser("skab")) for p in PROFILES])
     return Row(name, figures)
 
 
 def random_row(cache_any: dict) -> Row:
-    figures = {}
+    figures: dict = {}
     for c in CORPORA:
         base = cache_any[c]
-        ins, loco = np.zeros(3), np.zeros(3)
         for seed in range(RANDOM_SEEDS):
             fake = Scored(base.keys, base.folds, random_scores(base, seed), base.windows)
-            ins += [in_sample(fake.series(), p) for p in PROFILES]
-            loco += [held_out([fake], p, lambda fold: 0) for p in PROFILES]
-        figures[c] = (list(ins / RANDOM_SEEDS), list(loco / RANDOM_SEEDS))
+            for corpus, part in ((c, fake), (FAULTS, fake.labelled())) if c == "skab" else ((c, fake),):
+                ins, loco = figures.get(corpus, (np.zeros(3), np.zeros(3)))
+                ins = ins + [in_sample(part.series(), p) / RANDOM_SEEDS for p in PROFILES]
+                loco = loco + [held_out([part], p, lambda fold: 0) / RANDOM_SEEDS for p in PROFILES]
+                figures[corpus] = (ins, loco)
     return Row(f"random (uniform, {RANDOM_SEEDS} seeds)", figures)
 
 
 def print_table(rows: list[Row]) -> None:
     width = max(24, *(len(r.name) for r in rows))
     fmt = lambda xs: " / ".join(f"{x:6.2f}" for x in xs)  # noqa: E731
-    for c in CORPORA:
+    for c in (*CORPORA, FAULTS):
         print(f"\n{c}: NAB score standard / low-FP / low-FN")
         print(f"{'variant':<{width}}  {'in-sample':^24}  {'LOCO (held-out)':^24}")
         for r in rows:
             ins, loco = r.figures[c]
             print(f"{r.name:<{width}}  {fmt(ins)}  {fmt(loco)}")
     print("\nsummary, standard profile (mean of the three corpora)")
-    print(f"{'variant':<{width}}  {'nab in/LOCO':>15}  {'msl in/LOCO':>15}  {'skab in/LOCO':>15}  {'mean LOCO':>9}")
+    print(f"{'variant':<{width}}  {'nab in/LOCO':>15}  {'msl in/LOCO':>15}  {'skab in/LOCO':>15}  {'mean LOCO':>9}"
+          f"  {'skab faults in/LOCO':>19}")
     for r in rows:
         cells = [f"{r.figures[c][0][0]:6.2f}/{r.figures[c][1][0]:6.2f}" for c in CORPORA]
         mean = np.mean([r.figures[c][1][0] for c in CORPORA])
-        print(f"{r.name:<{width}}  " + "  ".join(f"{x:>15}" for x in cells) + f"  {mean:9.2f}")
+        faults = f"{r.figures[FAULTS][0][0]:6.2f}/{r.figures[FAULTS][1][0]:6.2f}"
+        print(f"{r.name:<{width}}  " + "  ".join(f"{x:>15}" for x in cells) + f"  {mean:9.2f}  {faults:>19}")
 
 
 def main() -> int:
