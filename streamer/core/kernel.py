@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("DAMP_SEASON", "the time-of-day evidence's decaying recent maximum"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -121,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_refractory: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -530,11 +528,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    if p.season_refractory > 0 and young:  # young streams only
-        damp_season = st[S.DAMP_SEASON]
-        if live:
-            st[S.DAMP_SEASON] = max(damp_season * 0.5 ** (1.0 / p.season_refractory), season_part)
-        season_part = max(season_part - damp_season, 0.0)
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
