@@ -52,8 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("VOL_MEAN", "slow EW mean of log PRED_STD"),
-    ("VOL_VAR", "its slow EW variance"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -67,11 +65,11 @@ N_SCALARS = len(SCALAR_COLUMNS)
 # round); the time-of-day surprises are in units of the stream's slow statistics, and 12 (to 2048) cover them.
 FORECAST_LEVELS = 32
 SEASON_LEVELS = 12
-N_TAILS = FORECAST_LEVELS + 3 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
+N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
     ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
-    ("SEASON_TAILS", 3 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
+    ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
@@ -122,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    vol_memory: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -448,8 +445,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     the profile's FORECAST_TAIL and SEASON_TAILS). ``error`` is |value - forecast|, 0 without a forecast."""
     forecast_rates = tails[:FORECAST_LEVELS]
     season_rates = tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
-    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:FORECAST_LEVELS + 2 * SEASON_LEVELS]
-    vol_rates = tails[FORECAST_LEVELS + 2 * SEASON_LEVELS:]
+    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
     if n < 1:
         st[S.START_TS] = ts
@@ -532,20 +528,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    vol_part = 0.0
-    if p.vol_memory > 0 and std > 0 and n >= 2:
-        log_std = math.log(std)
-        vm, vv = st[S.VOL_MEAN], st[S.VOL_VAR]
-        z = abs(log_std - vm) / math.sqrt(vv + 1e-6) if learned >= 2 else 0.0
-        vol_part = tail_decades(vol_rates, z, p.tail_index) if learned >= 2 else 0.0
-        rate = max(1.0 / (learned + 1.0), 1.0 / p.vol_memory)
-        learn_tail(vol_rates, z, weight)
-        if learn:
-            d = log_std - vm
-            st[S.VOL_MEAN] = vm + rate * d if learned >= 1 else log_std
-            st[S.VOL_VAR] = (1.0 - rate) * (vv + rate * d * d) if learned >= 1 else 0.0
-        vol_part *= p.forecast_evidence
-    strongest = max(forecast_part, season_part * p.season_evidence, novel_part, vol_part)
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
