@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_short_old: float
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -504,7 +503,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # level, not a daily profile, and a single tick's departure from it is the forecaster's to judge; only a
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
-    season_part = max(0.0 if young else season_decades, short_decades if young or p.season_short_old else 0.0) if seasoned else 0.0
+    season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
