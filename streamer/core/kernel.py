@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    season_tail_days: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -495,12 +494,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     short_decades = tail_decades(short_rates, season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
-    season_weight = weight
-    if p.season_tail_days > 0 and weight > 0:
-        season_weight = max(1.0 / (learned + 1.0), hours * (1.0 / (SEASON_BINS * p.season_tail_days)))
     if seasoned:
-        learn_tail(season_rates, season, season_weight)
-        learn_tail(short_rates, season_short, season_weight)
+        learn_tail(season_rates, season, weight)
+        learn_tail(short_rates, season_short, weight)
         if learn:
             st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
