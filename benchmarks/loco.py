@@ -271,16 +271,15 @@ def evaluate_family(name: str, members: dict[str, dict], cache: dict) -> Row:
 
 
 def random_row(cache_any: dict) -> Row:
-    figures: dict = {}
-    for c in CORPORA:
-        base = cache_any[c]
+    parts = {**{c: cache_any[c] for c in CORPORA}, FAULTS: cache_any["skab"].labelled()}
+    figures = {}
+    for name, base in parts.items():
+        ins, loco = np.zeros(3), np.zeros(3)
         for seed in range(RANDOM_SEEDS):
             fake = Scored(base.keys, base.folds, random_scores(base, seed), base.windows)
-            for corpus, part in ((c, fake), (FAULTS, fake.labelled())) if c == "skab" else ((c, fake),):
-                ins, loco = figures.get(corpus, (np.zeros(3), np.zeros(3)))
-                ins = ins + [in_sample(part.series(), p) / RANDOM_SEEDS for p in PROFILES]
-                loco = loco + [held_out([part], p, lambda fold: 0) / RANDOM_SEEDS for p in PROFILES]
-                figures[corpus] = (ins, loco)
+            ins += [in_sample(fake.series(), p) for p in PROFILES]
+            loco += [held_out([fake], p, lambda fold: 0) for p in PROFILES]
+        figures[name] = (list(ins / RANDOM_SEEDS), list(loco / RANDOM_SEEDS))
     return Row(f"random (uniform, {RANDOM_SEEDS} seeds)", figures)
 
 
