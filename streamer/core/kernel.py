@@ -120,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    std_floor: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -462,8 +461,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # stream's usual pace: over k steps a random walk's error grows like sqrt(k), so the surprise is divided
     # by that (`gap_scaled`); the stream's pace is learned in log seconds, so its gaps barely move it.
     std = st[S.PRED_STD]
-    if p.std_floor > 0 and n >= 2:
-        std = max(std, p.std_floor * math.sqrt(st[S.LEVEL_VAR]))
     forecast_surprise = error / std if std > 0 else 0.0
     if n >= 1:
         log_gap = math.log(max(ts - st[S.LAST_TS], 1e-3))
