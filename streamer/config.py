@@ -201,8 +201,6 @@ class DetectorSettings(Section):
                                  "least this share of its score within every incident_ticks ticks: a new alarm "
                                  "needs a real rise, not the same evidence lasting longer; 0: it closes "
                                  "incident_ticks after the tick that opened or last raised it")
-    std_floor: float = Field(0.0, ge=0, description="EXPERIMENT: the forecast surprise's yardstick is at least "
-                             "this share of the stream's typical predicted std (geometric EW mean; 0: off)")
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")

@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("LOG_STD", "EW mean of log PRED_STD (memory tail_memory)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -121,7 +120,6 @@ class Params(NamedTuple):
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
-    std_floor: float  # 0: off
     peak_hold_seconds: float
     alpha: float  # the normaliser's
     min_scale: float
@@ -463,10 +461,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # stream's usual pace: over k steps a random walk's error grows like sqrt(k), so the surprise is divided
     # by that (`gap_scaled`); the stream's pace is learned in log seconds, so its gaps barely move it.
     std = st[S.PRED_STD]
-    if p.std_floor > 0 and std > 0:
-        if n >= 2:
-            std = max(std, p.std_floor * math.exp(st[S.LOG_STD]))
-        st[S.LOG_STD] += max(1.0 / max(n, 1.0), 1.0 / p.tail_memory) * (math.log(st[S.PRED_STD]) - st[S.LOG_STD])
     forecast_surprise = error / std if std > 0 else 0.0
     if n >= 1:
         log_gap = math.log(max(ts - st[S.LAST_TS], 1e-3))
