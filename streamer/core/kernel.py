@@ -112,7 +112,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    season_gate_old: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -161,7 +160,6 @@ class Weights(NamedTuple):
     head_w: np.ndarray  # float32 [2, H]: mean and log standard deviation of the next normalised value, from
     head_b: np.ndarray  # float32 [2]     the top layer's h
     upper: Upper | None
-    w_aux: np.ndarray  # EXPERIMENT float32 [2, 4H]: weights on the profile inputs (0 for a one-input model)
 
 
 class GruWeights(Weights):
@@ -301,8 +299,7 @@ def _upper_layers(h: np.ndarray, c: np.ndarray, w: Weights, upper: Upper | None,
 
 
 @numba.njit(**_JIT_SIMD)
-def forecast_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray,
-                  a0: float = 0.0, a1: float = 0.0) -> tuple[float, float]:
+def forecast_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.ndarray) -> tuple[float, float]:
     """One step of one stream's forecaster (torch's `LSTMCell` or `GRUCell` per layer, as
     `TorchForecaster.step`): h [layers*H] and c [layers*H] (LSTM) or [0] (GRU), layer l's at [l*H, (l+1)*H),
     updated in place; layer l + 1 reads layer l's new h. Returns (mean, log_std) of the next normalised value
@@ -312,9 +309,8 @@ def forecast_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.
     one-layer LSTM's step is then the code it was before layers and GRUs, as fast (`Weights`)."""
     hidden = w.w_hh.shape[0]
     xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
-    af0, af1 = np.float32(a0), np.float32(a1)
     for k in range(gates.shape[0]):
-        gates[k] = w.bias[k] + xf * w.w_ih[k] + af0 * w.w_aux[0, k] + af1 * w.w_aux[1, k]
+        gates[k] = w.bias[k] + xf * w.w_ih[k]
     for j in range(hidden):  # gates += h @ w_hh, one hidden unit's row at a time (contiguous in `w_hh`)
         hj = h[j]
         row = w.w_hh[j]
@@ -524,8 +520,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # Only while the stream is young: after `season_gate_days` its daily profile is a yardstick of its own.
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
-    elif p.season_gate_old > 0 and p.forecast_evidence:
-        season_part = min(season_part, p.season_gate_old * evidence)
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
     # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
@@ -540,41 +534,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     score = one_alarm_per_incident(st, score, live, p)
     st[S.SCORE] = score
     return score
-
-
-@numba.njit(**_JIT)
-def profile_aux(st: np.ndarray, prof: np.ndarray, n: float, ts: float, value: float, scale: float,
-                p: Params) -> tuple[float, float]:
-    """EXPERIMENT: the daily profile's expectation for the stream's next tick (at its usual pace), as a step
-    from this value in the forecaster's units, and 1.0 where the profile has one (0, 0: a young stream or an
-    unvisited bin)."""
-    if n < 2 or (p.season_gate_days > 0 and ts - st[S.START_TS] < p.season_gate_days * _DAY):
-        return 0.0, 0.0
-    nxt = ts + math.exp(st[S.LOG_INTERVAL])
-    b = min(int((nxt % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-    if prof[PROF.BIN_COUNT + b] < SEASON_MIN_VISITS:
-        return 0.0, 0.0
-    level_mean, level_var = st[S.LEVEL_MEAN], st[S.LEVEL_VAR]
-    expect = level_mean + float(prof[PROF.BIN_MEAN + b]) * _scale(level_mean, level_var, p)
-    return min(max((expect - value) / scale, -INPUT_CLIP), INPUT_CLIP), 1.0
-
-
-@numba.njit(**_JIT)
-def profile_inputs(values: np.ndarray, ts: np.ndarray, p: Params) -> np.ndarray:
-    """EXPERIMENT: `profile_aux` after each tick of one fresh stream, as the detector computes it (the
-    trainer's inputs): float32 [n, 2]."""
-    st = np.zeros(N_SCALARS)
-    prof = np.zeros(N_PROFILE, dtype=np.float32)
-    tails = np.zeros(N_TAILS)
-    out = np.zeros((values.shape[0], 2), dtype=np.float32)
-    for i in range(values.shape[0]):
-        n = st[S.N]
-        mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], values[i], p)
-        score_tick(st, prof, tails, values[i], ts[i], 0.0, p)
-        a0, a1 = profile_aux(st, prof, n, ts[i], values[i], scale, p)
-        out[i, 0], out[i, 1] = a0, a1
-        st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
-    return out
 
 
 @numba.njit(**_JIT)
@@ -659,8 +618,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
             st[S.PEAK], st[S.PEAK_TS] = s, t
 
         # Advance: one forecaster step on the normalised value, and keep the forecast for the next tick.
-        a0, a1 = profile_aux(st, prof, n, t, v, scale, p)
-        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates, a0, a1)
+        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates)
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
@@ -706,6 +664,5 @@ def step_weights(model: Forecaster) -> Weights:
     upper = (Upper(w_ih=c(np.stack(w_ih[1:])), w_hh=c(np.stack(w_hh[1:])), bias=c(np.stack(bias[1:])))
              if spec.layers > 1 else None)
     kind = GruWeights if spec.cell == "gru" else Weights
-    aux = w_ih[0][1:3] if spec.inputs > 1 else np.zeros((2, w_ih[0].shape[1]), dtype=np.float32)
     return kind(w_hh=c(w_hh[0]), w_ih=c(w_ih[0][0]), bias=c(bias[0]), head_w=c(w["head.weight"]),
-                head_b=c(w["head.bias"]), upper=upper, w_aux=c(aux))
+                head_b=c(w["head.bias"]), upper=upper)

@@ -59,7 +59,6 @@ class ModelSpec:
     normaliser: NormaliserSpec = field(default_factory=NormaliserSpec)
     cell: str = "lstm"  # a key of GATES
     layers: int = 1  # stacked cells, 1 to MAX_LAYERS: layer l + 1 reads layer l's new h
-    inputs: int = 1  # EXPERIMENT: 1 (the normalised value) or 3 (+ the daily profile's expectation, kernel.profile_aux)
 
     def __post_init__(self) -> None:
         if self.cell not in GATES:
@@ -87,7 +86,7 @@ def weight_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(spec.layers):
         name = layer_name(layer)
-        shapes |= {f"{name}.weight_ih": (units, spec.inputs if layer == 0 else hidden), f"{name}.weight_hh": (units, hidden),
+        shapes |= {f"{name}.weight_ih": (units, 1 if layer == 0 else hidden), f"{name}.weight_hh": (units, hidden),
                    f"{name}.bias_ih": (units,), f"{name}.bias_hh": (units,)}
     return shapes | {"head.weight": (2, hidden), "head.bias": (2,)}
 
@@ -134,7 +133,7 @@ class Forecaster:
         training = json.loads(json.dumps(training if training is not None else self.training_info))
         header = {"format": FORMAT, "version": VERSION, "training": training,
                   "spec": {"hidden_size": self.spec.hidden_size, "normaliser": self.spec.normaliser._asdict(),
-                           "cell": self.spec.cell, "layers": self.spec.layers, "inputs": self.spec.inputs}}
+                           "cell": self.spec.cell, "layers": self.spec.layers}}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -162,8 +161,7 @@ class Forecaster:
         spec = header["spec"]
         try:
             model_spec = ModelSpec(int(spec["hidden_size"]), NormaliserSpec(**spec["normaliser"]),
-                                   str(spec.get("cell", "lstm")), int(spec.get("layers", 1)),
-                                   int(spec.get("inputs", 1)))
+                                   str(spec.get("cell", "lstm")), int(spec.get("layers", 1)))
         except ValueError as exc:  # a cell or depth this build does not know
             raise ValueError(f"{path}: {exc}") from None
         return cls(model_spec, weights, dict(header["training"]))

@@ -66,7 +66,7 @@ class TorchForecaster(nn.Module):
         self.spec = spec = spec or ModelSpec()
         h = spec.hidden_size
         # Layer 0, the head, then the layers above: a one-layer model draws its initial weights as it always did.
-        self.cell = self.CELLS[spec.cell](spec.inputs, h)
+        self.cell = self.CELLS[spec.cell](1, h)
         self.head = nn.Linear(h, 2)
         for layer in range(1, spec.layers):
             setattr(self, layer_name(layer), self.CELLS[spec.cell](h, h))
@@ -91,14 +91,12 @@ class TorchForecaster(nn.Module):
         h_width, c_width = self.spec.state_sizes
         return torch.zeros(lanes, h_width), torch.zeros(lanes, c_width)
 
-    def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, aux: torch.Tensor | None = None):
+    def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """One step for a batch of streams: x [B], h [B, layers*H], c [B, layers*H] (LSTM) or [B, 0] (GRU)
         -> (mean [B], log_std [B], h, c). Layer l's state is columns [l*H, (l+1)*H); layer l + 1 reads layer
         l's new h."""
         size, lstm = self.spec.hidden_size, self.spec.cell == "lstm"
         inputs = x.clamp(-INPUT_CLIP, INPUT_CLIP).unsqueeze(1)
-        if self.spec.inputs > 1:
-            inputs = torch.cat([inputs, aux], 1)
         hs, cs = [], []
         for layer, cell in enumerate(self.cells):
             part = slice(layer * size, (layer + 1) * size)
@@ -133,16 +131,14 @@ class Corpus:
 
     streams: list[str] = field(default_factory=list)
     sequences: list[np.ndarray] = field(default_factory=list)
-    times: list[np.ndarray] = field(default_factory=list)  # EXPERIMENT: each sequence's timestamps
     skipped: Counter = field(default_factory=Counter)  # invalid-tick reasons and "out_of_order"
     resets: Counter = field(default_factory=Counter)  # reset reasons, as the detector counts them
     ticks: int = 0
 
-    def add(self, stream: str, values: np.ndarray, times: np.ndarray | None = None) -> None:
+    def add(self, stream: str, values: np.ndarray) -> None:
         if len(values) >= 2:  # a lone tick has nothing to forecast
             self.streams.append(stream)
             self.sequences.append(np.asarray(values, dtype=np.float64))
-            self.times.append(np.asarray(times if times is not None else np.arange(len(values)), dtype=np.float64))
 
 
 def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> Corpus:
@@ -185,11 +181,10 @@ def read_corpus(paths: list[Path], fields: TickSettings, rules: ResetRules) -> C
         cuts = np.flatnonzero(code) + 1
         ends = [entries[i][0] for i in cuts.tolist()] + [position + first_seen]  # the last ends after reading
         values = np.array([t.value for t in ticks])
-        ended += [(end, stream, sequence, times)
-                  for end, sequence, times in zip(ends, np.split(values, cuts), np.split(ts, cuts))]
+        ended += [(end, stream, sequence) for end, sequence in zip(ends, np.split(values, cuts))]
         corpus.ticks += len(ticks)
-    for _, stream, sequence, times in sorted(ended, key=lambda e: e[0]):
-        corpus.add(stream, sequence, times)
+    for _, stream, sequence in sorted(ended, key=lambda e: e[0]):
+        corpus.add(stream, sequence)
     return corpus
 
 
@@ -204,10 +199,9 @@ class Lanes:
     reset: np.ndarray  # [B, T] bool: a sequence (or the padding) starts here, so the state is zeroed first
     has_target: np.ndarray  # [B, T] bool: step t is followed by step t+1 of the same sequence
     owner: np.ndarray  # [B, T] int: index of the sequence at this step, -1 for padding
-    aux: np.ndarray | None = None  # EXPERIMENT [B, T, 2] float32: kernel.profile_inputs
 
 
-def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1, aux: list | None = None) -> Lanes:
+def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1) -> Lanes:
     """Lay ``sequences`` (taken in ``order``) into ``lanes`` lanes, each into the currently shortest lane."""
     order = [int(i) for i in order]
     lanes = max(1, min(lanes, len(order)))
@@ -225,18 +219,15 @@ def layout(sequences: list[np.ndarray], order, lanes: int, chunk: int = 1, aux: 
     reset = np.zeros((lanes, steps), dtype=bool)
     has_target = np.zeros((lanes, steps), dtype=bool)
     owner = np.full((lanes, steps), -1, dtype=np.int64)
-    extra = np.zeros((lanes, steps, 2), dtype=np.float32) if aux is not None else None
     for i, b, start in placed:
         n = len(sequences[i])
         values[b, start:start + n] = sequences[i]
-        if extra is not None:
-            extra[b, start:start + n] = aux[i]
         reset[b, start] = True
         has_target[b, start:start + n - 1] = True
         owner[b, start:start + n] = i
     for b in range(lanes):
         reset[b, ends[b]:] = True
-    return Lanes(values, reset, has_target, owner, extra)
+    return Lanes(values, reset, has_target, owner)
 
 
 def normalise(lanes: Lanes, spec: NormaliserSpec):
@@ -265,8 +256,6 @@ class _Tensors:
         self.mask = torch.from_numpy(np.ascontiguousarray(lanes.has_target.T)).float()
         self.keep = torch.from_numpy(np.ascontiguousarray(~lanes.reset.T)).float().unsqueeze(2)  # [T, B, 1]
         self.any_reset = lanes.reset.any(axis=0).tolist()
-        self.aux = (torch.from_numpy(np.ascontiguousarray(lanes.aux.transpose(1, 0, 2)))
-                    if lanes.aux is not None else None)
         self.steps, self.lanes = self.x.shape
 
 
@@ -277,7 +266,7 @@ def _run_steps(model: TorchForecaster, data: _Tensors, start: int, stop: int, h:
         if data.any_reset[t]:
             keep = data.keep[t]
             h, c = h * keep, c * keep
-        mu, log_std, h, c = model.step(data.x[t], h, c, data.aux[t] if data.aux is not None else None)
+        mu, log_std, h, c = model.step(data.x[t], h, c)
         mus.append(mu)
         log_stds.append(log_std)
     return torch.stack(mus), torch.stack(log_stds), h, c
@@ -366,19 +355,12 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[TorchForecaster, d
         raise ValueError("no training sequences (every stream has fewer than 2 ticks between resets)")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = TorchForecaster(ModelSpec(hidden_size=config.hidden_size, cell=config.cell, layers=config.layers,
-                                      inputs=config.inputs))
+    model = TorchForecaster(ModelSpec(hidden_size=config.hidden_size, cell=config.cell, layers=config.layers))
     spec = model.spec.normaliser
-    aux = None
-    if config.inputs > 1:  # EXPERIMENT: the daily profile's expectation, as the detector computes it
-        from streamer.config import DetectorSettings
-        p = kernel.params(DetectorSettings(), spec)
-        aux = [kernel.profile_inputs(v, t, p) for v, t in zip(corpus.sequences, corpus.times)]
-        log(f"profile inputs: available on {sum(int(a[:, 1].sum()) for a in aux)} of {corpus.ticks} ticks")
     val_streams = split_streams(corpus.streams, config.val_fraction, config.seed)
     train_ids = [i for i, s in enumerate(corpus.streams) if s not in val_streams]
     val_ids = [i for i, s in enumerate(corpus.streams) if s in val_streams]
-    val_data = _Tensors(layout(corpus.sequences, val_ids, 256, 256, aux), spec) if val_ids else None
+    val_data = _Tensors(layout(corpus.sequences, val_ids, 256, 256), spec) if val_ids else None
     train_ticks = sum(len(corpus.sequences[i]) for i in train_ids)
     log(f"training on {len(train_ids)} sequences ({train_ticks} ticks) of "
         f"{len(set(corpus.streams)) - len(val_streams)} streams; validating on {len(val_ids)} sequences of "
@@ -405,7 +387,7 @@ def _train(corpus: Corpus, config: TrainConfig, log) -> tuple[TorchForecaster, d
     train_nll = math.nan
     epoch = 0
     for epoch in range(1, config.epochs + 1):
-        data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk, aux), spec)
+        data = _Tensors(layout(corpus.sequences, rng.permutation(train_ids), config.batch, config.chunk), spec)
         model.train()
         h, c = model.zero_state(data.lanes)
         total, count = 0.0, 0.0

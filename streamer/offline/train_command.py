@@ -25,7 +25,6 @@ class TrainConfig:
     hidden_size: int = 64
     cell: str = "lstm"  # a key of `model.GATES`
     layers: int = 1
-    inputs: int = 1  # EXPERIMENT: 3 = + the daily profile's expectation (kernel.profile_aux)
     epochs: int = 24
     chunk: int = 64
     batch: int = 128
@@ -57,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, choices=range(1, MAX_LAYERS + 1), default=d.layers,
                         help=f"stacked cells, the second reading the first's h (default {d.layers}; 2: twice "
                              "the recurrent state, ~2.6x the kernel time a tick and 2-2.4x the training time)")
-    parser.add_argument("--model-inputs", type=int, choices=(1, 3), default=d.inputs,
-                        help="EXPERIMENT: 3 feeds the daily profile's expectation of the next tick too")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
     parser.add_argument("--chunk", type=int, default=d.chunk,
                         help=f"truncated-BPTT length in steps (default {d.chunk})")
@@ -105,8 +102,7 @@ def run(args: argparse.Namespace, settings) -> int:
               f"keeps {sum(state)} floats of recurrent state a stream, at most {MAX_STATE_FLOATS} allowed",
               file=sys.stderr)
         return 2
-    config = TrainConfig(hidden_size=args.hidden_size, cell=args.cell, layers=args.layers, inputs=args.model_inputs,
-                         epochs=args.epochs,
+    config = TrainConfig(hidden_size=args.hidden_size, cell=args.cell, layers=args.layers, epochs=args.epochs,
                          chunk=args.chunk, batch=args.batch,
                          lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, patience=args.patience,
                          max_minutes=args.max_minutes, grad_clip=args.grad_clip, ema=args.ema,
