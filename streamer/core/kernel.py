@@ -112,7 +112,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    season_interp: float  # 1.0 or 0.0
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -409,18 +408,16 @@ def slow_level(st: np.ndarray, value: float, n: float, hours: float, novel: bool
 
 
 @numba.njit(**_JIT)
-def learn_profile(prof: np.ndarray, b: int, level: float, hours: float, p: Params, share: float = 1.0) -> None:
+def learn_profile(prof: np.ndarray, b: int, level: float, hours: float, p: Params) -> None:
     """The daily profile learns every tick, each weighing the share of its bin's hour it covers (a reset
     stream's LAST_TS is 0: a full share), so its memory is in days whatever the tick rate."""
     bin_mean, bin_var = float(prof[PROF.BIN_MEAN + b]), float(prof[PROF.BIN_VAR + b])
-    if share <= 0.0:
-        return
-    visits = float(prof[PROF.BIN_COUNT + b]) + share
-    rate = max(share / visits, share * hours * (1.0 / p.season_memory_days))
+    visits = float(prof[PROF.BIN_COUNT + b])
+    rate = max(1.0 / (visits + 1.0), hours * (1.0 / p.season_memory_days))
     delta = level - bin_mean
     prof[PROF.BIN_MEAN + b] = bin_mean + rate * delta
     prof[PROF.BIN_VAR + b] = (1.0 - rate) * (bin_var + rate * delta * delta)
-    prof[PROF.BIN_COUNT + b] = visits
+    prof[PROF.BIN_COUNT + b] = visits + 1.0
 
 
 @numba.njit(**_JIT)
@@ -483,16 +480,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
 
     # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-    b1, f = b, 0.0
-    if p.season_interp:  # between the centres of the two nearest bins
-        u = (ts % _DAY) * (SEASON_BINS / _DAY) - 0.5
-        below = math.floor(u)
-        f = u - below
-        b = int(below) % SEASON_BINS
-        b1 = (b + 1) % SEASON_BINS
-    bin_mean = (1.0 - f) * float(prof[PROF.BIN_MEAN + b]) + f * float(prof[PROF.BIN_MEAN + b1])
-    bin_var = (1.0 - f) * float(prof[PROF.BIN_VAR + b]) + f * float(prof[PROF.BIN_VAR + b1])
-    seasoned = min(float(prof[PROF.BIN_COUNT + b]), float(prof[PROF.BIN_COUNT + b1])) >= SEASON_MIN_VISITS
+    bin_mean, bin_var = float(prof[PROF.BIN_MEAN + b]), float(prof[PROF.BIN_VAR + b])
+    visits = float(prof[PROF.BIN_COUNT + b])
+    seasoned = visits >= SEASON_MIN_VISITS
 
     # The time-of-day surprise statistics, their calibrated tails, and learning all three.
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
@@ -515,9 +505,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
 
-    learn_profile(prof, b, level, hours, p, 1.0 - f)
-    if b1 != b:
-        learn_profile(prof, b1, level, hours, p, f)
+    learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
