@@ -186,11 +186,6 @@ class DetectorSettings(Section):
                                       "first cycle or a walk's first excursions leave it routinely; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    tail_envelope: float = Field(0.0, ge=0, description="EXPERIMENT: a tail's probability never falls faster than "
-                                 "this many times the Pareto index from any lower level (a decayed old exceedance "
-                                 "cannot steepen it); 0: off")
-    tail_forget: float = Field(0.0, ge=0, description="EXPERIMENT: a tail level whose rate fell below this share "
-                               "of one fresh exceedance's weight counts as never exceeded (0: off)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

@@ -112,8 +112,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    tail_envelope: float  # 1.0 or 0.0
-    tail_forget: float
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -187,17 +185,17 @@ def _log2(x: float) -> float:
 
 
 @numba.njit(**_JIT)
-def _top(rates: np.ndarray, floor: float = 0.0) -> int:
+def _top(rates: np.ndarray) -> int:
     """The index of the largest level exceeded (-1: none). Rates fall with the level (every exceedance of a
     level exceeds the ones below), so the positive rates come first and the count stops at the first zero."""
     top = -1
-    while top + 1 < rates.shape[0] and rates[top + 1] > floor:
+    while top + 1 < rates.shape[0] and rates[top + 1] > 0.0:
         top += 1
     return top
 
 
 @numba.njit(**_JIT)
-def tail_decades(rates: np.ndarray, s: float, index: float, envelope: float = 0.0, floor: float = 0.0) -> float:
+def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
     """-log10 P(S >= s) from exceedance ``rates`` at the levels 1, 2, 4, ...
 
     Between two levels the stream has exceeded, log P is interpolated linearly in log s; past the largest
@@ -205,7 +203,7 @@ def tail_decades(rates: np.ndarray, s: float, index: float, envelope: float = 0.
     Rates fall with the level (every exceedance of a level exceeds the ones below), so the number of
     positive rates is the index of the largest level exceeded, plus one.
     """
-    top = _top(rates, floor)
+    top = _top(rates)
     log2_s = _log2(s)
     levels = rates.shape[0]
     level = min(max(math.floor(log2_s), -1.0), levels - 1.0)  # the largest level <= s
@@ -217,9 +215,6 @@ def tail_decades(rates: np.ndarray, s: float, index: float, envelope: float = 0.
         log2_p = at_lo + (log2_s - lo) * (_log2(rates[lo + 1]) - at_lo)
     else:  # extrapolate from the largest level exceeded
         log2_p = _log2(rates[top]) - index * (log2_s - top)
-    if envelope:
-        for k in range(min(int(level), top) + 1):
-            log2_p = max(log2_p, _log2(rates[k]) - envelope * index * (log2_s - k))
     return max(-log2_p, 0.0) * _LOG10_2
 
 
@@ -472,8 +467,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
         if n >= 2 and p.gap_scaled:
             forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
-    floor = p.tail_forget * max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
-    evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, p.tail_envelope, floor)
+    evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
@@ -496,8 +490,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
-    season_decades = tail_decades(season_rates, season, p.tail_index, p.tail_envelope, floor)
-    short_decades = tail_decades(short_rates, season_short, p.tail_index, p.tail_envelope, floor)
+    season_decades = tail_decades(season_rates, season, p.tail_index)
+    short_decades = tail_decades(short_rates, season_short, p.tail_index)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
