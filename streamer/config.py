@@ -164,6 +164,9 @@ class DetectorSettings(Section):
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
+    tail_envelope: float = Field(1.2, ge=0, description="nowhere does a surprise tail fall faster than this many "
+                                 "times tail_index from a lower level, so an exceedance remembered from long ago "
+                                 "cannot make a stream's false alarms grow with its age; 0: unbounded")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

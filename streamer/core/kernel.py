@@ -104,6 +104,7 @@ class Params(NamedTuple):
     warmup: float
     tail_memory: float
     tail_index: float
+    tail_envelope: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -195,13 +196,19 @@ def _top(rates: np.ndarray) -> int:
 
 
 @numba.njit(**_JIT)
-def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
+def tail_decades(rates: np.ndarray, s: float, index: float, steepest: float = 0.0) -> float:
     """-log10 P(S >= s) from exceedance ``rates`` at the levels 1, 2, 4, ...
 
     Between two levels the stream has exceeded, log P is interpolated linearly in log s; past the largest
     level it has exceeded, P falls as a Pareto tail, s^-index; below level 1 (or before any data) P is 1.
     Rates fall with the level (every exceedance of a level exceeds the ones below), so the number of
     positive rates is the index of the largest level exceeded, plus one.
+
+    Nowhere does P fall faster than s^-steepest from a lower level (0: no bound). An exceedance is forgotten
+    only slowly: its rate decays by a factor each tick and never reaches 0, so a level last exceeded long
+    ago keeps a tiny rate that grows tinier with the stream's age, and interpolating towards it made the
+    surprises just below it rarer and rarer: a stationary stream's false-alarm rate grew with its age
+    (`detector.tail_envelope`, docs/detection.md, eighth round).
     """
     top = _top(rates)
     log2_s = _log2(s)
@@ -215,6 +222,9 @@ def tail_decades(rates: np.ndarray, s: float, index: float) -> float:
         log2_p = at_lo + (log2_s - lo) * (_log2(rates[lo + 1]) - at_lo)
     else:  # extrapolate from the largest level exceeded
         log2_p = _log2(rates[top]) - index * (log2_s - top)
+    if steepest > 0:
+        for k in range(min(int(level), top) + 1):
+            log2_p = max(log2_p, _log2(rates[k]) - steepest * (log2_s - k))
     return max(-log2_p, 0.0) * _LOG10_2
 
 
@@ -467,7 +477,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
         if n >= 2 and p.gap_scaled:
             forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
-    evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index)
+    steepest = p.tail_envelope * p.tail_index
+    evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, steepest)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
@@ -490,8 +501,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
-    season_decades = tail_decades(season_rates, season, p.tail_index)
-    short_decades = tail_decades(short_rates, season_short, p.tail_index)
+    season_decades = tail_decades(season_rates, season, p.tail_index, steepest)
+    short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
     weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
     if seasoned:

@@ -62,6 +62,21 @@ def test_tail_at_levels_interpolation_and_pareto_extrapolation():
     assert np.all(np.diff([at(s) for s in np.geomspace(0.5, 1e4, 200)]) >= -1e-12)
 
 
+def test_a_level_exceeded_long_ago_does_not_steepen_the_tail():
+    """A level's rate decays by a factor each tick and never reaches 0: interpolating towards a level last
+    exceeded long ago (1e-9) would make the surprises below it ever rarer. The envelope bounds the fall from
+    every lower level at s^-steepest; where the tail is gentler than that, nothing changes."""
+    rates = np.zeros(FORECAST_LEVELS)
+    rates[:3] = [0.3, 0.044, 1e-9]
+    s = math.sqrt(8.0)  # half way between the levels 2 and 4
+    assert tail_decades(rates, s, 5.5) > 5.0  # unbounded: the decayed level drags it up
+    bound = -math.log10(0.044) + 6.6 * 0.5 * math.log10(2.0)  # Pareto at 6.6 from level 2
+    assert tail_decades(rates, s, 5.5, 6.6) == pytest.approx(bound)
+    gentle = np.array([0.5, 0.1, 0.01, 0.001] + [0.0] * (FORECAST_LEVELS - 4))  # at most 3.3 a doubling
+    for x in (1.5, 3.0, 6.0, 8.0, 40.0):
+        assert tail_decades(gentle, x, 4.0, 4.8) == pytest.approx(tail_decades(gentle, x, 4.0))
+
+
 def test_tail_without_data_is_zero():
     assert tail_decades(np.zeros(FORECAST_LEVELS), 1e6, 4.0) == 0.0
     rates = np.zeros(FORECAST_LEVELS)
@@ -124,6 +139,18 @@ def test_bursts_from_idle_become_usual_however_far_they_are_beyond_the_idle_nois
     onsets = scores[300::60]
     assert onsets[0] >= 0.9  # the first burst is new
     assert onsets[-20:].max() < 0.3  # the last 20 are usual, none alarms at the recommended threshold
+
+
+def test_a_steady_streams_false_alarms_do_not_grow_with_its_age(model):
+    """White noise, 5-minute ticks, eight weeks: as many alarms late in its life as early (measured: 0-3 a
+    week). Without the tails' envelope the time-of-day evidence's alarms grew from 2 to 26 a week, the
+    hidden long NAB files' failure (docs/detection.md, eighth round)."""
+    week = 7 * 288
+    values = 100.0 + np.random.default_rng(2).normal(0.0, 1.0, 8 * week)
+    late = {env: int((scores_of(model, values, step=300.0, settings=DetectorSettings(tail_envelope=env))[4 * week:]
+                      >= 0.3).sum()) for env in (1.2, 0.0)}
+    assert late[1.2] <= 6
+    assert late[0.0] > 40  # the defect the envelope removes
 
 
 def test_a_missing_daily_pattern_scores_higher_than_normal_days(model):
