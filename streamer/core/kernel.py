@@ -105,7 +105,6 @@ class Params(NamedTuple):
     tail_memory: float
     tail_index: float
     tail_envelope: float  # 0: off
-    season_split: float
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -516,8 +515,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
-    if not young:
-        season_part = max(season_part - p.season_split, 0.0)
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
