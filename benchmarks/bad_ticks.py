@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loco import VARIANTS, model_path, variant  # noqa: E402
+from loco import VARIANTS, detector_settings, model_path, variant  # noqa: E402
 
 from streamer.config import DetectorSettings, ResetRules  # noqa: E402
 from streamer.core.detector import Detector  # noqa: E402
@@ -69,8 +69,7 @@ def sessions_of(ts: np.ndarray) -> int:
 
 
 def score(ts: np.ndarray, values: np.ndarray, overrides: dict) -> np.ndarray:
-    settings = {k: v for k, v in overrides.items() if k not in ("model", "sessions")}
-    detector = Detector(Forecaster.load(model_path(overrides)), DetectorSettings(**settings))
+    detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides, ("model", "sessions")))
     rules = ResetRules(session_timezone=EASTERN, session_start="04:00") if overrides.get("sessions") else None
     parts = [detector.process(TickBatch(["s"] * len(ts[k:k + 2000]), ts[k:k + 2000], values[k:k + 2000]), rules)
              for k in range(0, len(ts), 2000)]

@@ -22,9 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loco import model_path, variant  # noqa: E402
+from loco import detector_settings, model_path, variant  # noqa: E402
 
-from streamer.config import DetectorSettings  # noqa: E402
 from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
 from streamer.core.ticks import TickBatch  # noqa: E402
@@ -55,8 +54,7 @@ def main() -> int:
     print("|---|" + "---|" * WEEKS)
     for spec in args.variants:
         (name, overrides), = variant(spec).items()
-        detector = Detector(Forecaster.load(model_path(overrides)),
-                            DetectorSettings(**{k: v for k, v in overrides.items() if k != "model"}))
+        detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides))
         polls = (TickBatch(names[k:k + POLL].tolist(), ts[k:k + POLL], values[k:k + POLL])
                  for k in range(0, len(ts), POLL))
         score = np.concatenate([detector.process(poll).score for poll in polls])

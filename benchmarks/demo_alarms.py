@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loco import model_path, variant  # noqa: E402
+from loco import detector_settings, model_path, variant  # noqa: E402
 
-from streamer.config import DetectorSettings, Settings  # noqa: E402
+from streamer.config import Settings  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
 from streamer.devtools.synth import demo_series  # noqa: E402
 from streamer.offline.score import score_files  # noqa: E402
@@ -30,8 +30,7 @@ DEMO = Path(__file__).resolve().parent.parent / "streamer" / "data" / "demo.json
 
 
 def alarms(overrides: dict, threshold: float) -> dict[str, list[float]]:
-    detector = {k: v for k, v in overrides.items() if k != "model"}
-    settings = Settings(detector=DetectorSettings(**detector), model={"path": model_path(overrides)})
+    settings = Settings(detector=detector_settings(overrides), model={"path": model_path(overrides)})
     (rows, _), = score_files([DEMO], settings, Forecaster.load(settings.model.path))
     out: dict[str, list[float]] = defaultdict(list)
     for r in rows:

@@ -154,8 +154,14 @@ def model_path(overrides: dict) -> Path | None:
     return Path(path) if path else None
 
 
+def detector_settings(overrides: dict, ignore: tuple[str, ...] = ("model",)) -> DetectorSettings:
+    """A variant's detector settings: its overrides, less the keys that are not detector settings (the model,
+    and whatever else a benchmark reads from a variant, ``ignore``)."""
+    return DetectorSettings(**{k: v for k, v in overrides.items() if k not in ignore})
+
+
 def cache_key(overrides: dict) -> str:
-    effective = DetectorSettings(**{k: v for k, v in overrides.items() if k != "model"}).model_dump(mode="json")
+    effective = detector_settings(overrides).model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode())  # the settings, defaults included
     path = model_path(overrides)
     digest.update(Path(path or _bundled()).read_bytes())
@@ -182,8 +188,7 @@ def score(name: str, overrides: dict, corpus: str, quiet: bool = False) -> Score
         scores = [blob[f"s{i}"] for i in range(len(keys))]
         located = [[tuple(w) for w in blob[f"w{i}"].reshape(-1, 2).tolist()] for i in range(len(keys))]
         return Scored(keys, folds, scores, located)
-    detector = {k: v for k, v in overrides.items() if k != "model"}
-    settings = Settings(detector=DetectorSettings(**detector), model={"path": model_path(overrides)})
+    settings = Settings(detector=detector_settings(overrides), model={"path": model_path(overrides)})
     model = Forecaster.load(settings.model.path)
     started = time.perf_counter()
     rows = [file_rows for file_rows, _ in score_files(files, settings, model)]

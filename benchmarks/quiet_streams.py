@@ -28,9 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loco import model_path, variant  # noqa: E402
+from loco import detector_settings, model_path, variant  # noqa: E402
 
-from streamer.config import DetectorSettings  # noqa: E402
 from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
 from streamer.core.ticks import TickBatch  # noqa: E402
@@ -62,7 +61,7 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def scores(ts: np.ndarray, values: np.ndarray, overrides: dict, model: Forecaster) -> np.ndarray:
-    detector = Detector(model, DetectorSettings(**{k: v for k, v in overrides.items() if k != "model"}))
+    detector = Detector(model, detector_settings(overrides))
     return np.concatenate([detector.process(TickBatch(["s"] * len(ts[k:k + 2000]), ts[k:k + 2000],
                                                       values[k:k + 2000])).score for k in range(0, len(ts), 2000)])
 

@@ -19,9 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loco import model_path, variant  # noqa: E402
+from loco import detector_settings, model_path, variant  # noqa: E402
 
-from streamer.config import DetectorSettings  # noqa: E402
 from streamer.core import kernel  # noqa: E402
 from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
@@ -55,7 +54,7 @@ def main() -> int:
     for spec in args.variants:
         (name, overrides), = variant(spec).items()
         model = Forecaster.load(model_path(overrides))
-        det = Detector(model, DetectorSettings(**{k: v for k, v in overrides.items() if k != "model"}))
+        det = Detector(model, detector_settings(overrides))
         rng = np.random.default_rng(0)
         warm = (det.settings.warmup + 10) * STREAMS // POLL
         for batch in polls(0, warm, rng):
