@@ -195,8 +195,6 @@ class DetectorSettings(Section):
     gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
-    damp_cap: float = Field(0.0, ge=0, description="EXPERIMENT: the damping takes at most this many decades off; 0 off")
-    damp_floor: float = Field(0.0, ge=0, description="EXPERIMENT: only evidence of this many decades raises the damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")

@@ -116,8 +116,6 @@ class Params(NamedTuple):
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
-    damp_cap: float
-    damp_floor: float
     range_margin: float
     season_memory_days: float
     season_window: float
@@ -523,10 +521,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
-    forecast_part = max(evidence - (min(damp, p.damp_cap) if p.damp_cap > 0 else damp), 0.0) if p.forecast_evidence else 0.0
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
-        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife),
-                                  0.0 if flagged or evidence < p.damp_floor else evidence)
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
