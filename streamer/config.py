@@ -189,9 +189,6 @@ class DetectorSettings(Section):
                                       "first cycle or a walk's first excursions leave it routinely; 0: ungated")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
-    protect_confirm: float = Field(0.0, ge=0, description="EXPERIMENT: a protected tick is learned after all once "
-                                   "the stream stayed nearer its value than the value expected before it for this "
-                                   "many ticks (a new level); one that reverts is never learned; 0: never")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "
                                    "limited to this many scales (Huber), so one wild tick does not throw the "
                                    "forecast off for ~100 ticks; 0: off")

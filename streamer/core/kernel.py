@@ -52,10 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("PENDING", "the largest forecast surprise of protected ticks awaiting confirmation (0: none)"),
-    ("PENDING_REF", "the value expected before the first of them"),
-    ("PENDING_VALUE", "the first of them"),
-    ("PENDING_AGE", "ticks since the first of them"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -117,7 +113,6 @@ class Params(NamedTuple):
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
-    protect_confirm: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
@@ -490,21 +485,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # Protected learning (`protect_decades`): a tick the detector flags teaches the stream nothing, or its
     # anomalies would become usual (a second x100 price would look like the first one, learned).
     flagged = p.protect_decades > 0 and p.forecast_evidence > 0 and evidence >= p.protect_decades
-    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
-    reverted = False
-    if st[S.PENDING] > 0:  # protected ticks awaiting confirmation (`protect_confirm`)
-        reverted = abs(value - st[S.PENDING_REF]) < abs(value - st[S.PENDING_VALUE])
-        if reverted:  # an isolated excursion, and this tick its end: neither is learned
-            st[S.PENDING] = 0.0
-        elif st[S.PENDING_AGE] + 1.0 >= p.protect_confirm:  # it held: a new level, learned after all
-            learn_tail(forecast_rates, st[S.PENDING], max(1.0 / (learned + 1.0), 1.0 / p.tail_memory))
-            st[S.PENDING] = 0.0
-        else:
-            st[S.PENDING_AGE] += 1.0
-    if flagged and p.protect_confirm > 0 and learn and not reverted:
-        if st[S.PENDING] <= 0:
-            st[S.PENDING_REF], st[S.PENDING_VALUE], st[S.PENDING_AGE] = st[S.PRED], value, 0.0
-        st[S.PENDING] = max(st[S.PENDING], forecast_surprise)
 
     hours = min(max(ts - st[S.LAST_TS], 0.0), _HOUR) * (1.0 / _HOUR)
     level = slow_level(st, value, n, hours, novel, p)
@@ -523,6 +503,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     season_short = math.expm1(short)
     season_decades = tail_decades(season_rates, season, p.tail_index, steepest)
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
         learn_tail(season_rates, season, weight)
