@@ -182,8 +182,6 @@ class DetectorSettings(Section):
                                     "applies, and only the short mean of the time-of-day surprise counts, not a "
                                     "single tick's) and its range not yet its range (novelty_gate_young); 0: "
                                     "always")
-    season_gate_add: float = Field(0.0, ge=0, description="EXPERIMENT: past the young day, time-of-day evidence "
-                                   "counts up to the LSTM's (undamped) decades plus this many; 0 off")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
     novelty_gate_young: float = Field(2.0, ge=0, description="novelty_gate while the stream is young (its first "

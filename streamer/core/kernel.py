@@ -110,7 +110,6 @@ class Params(NamedTuple):
     range_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
-    season_gate_add: float  # 0: off
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
@@ -532,8 +531,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # Only while the stream is young: after `season_gate_days` its daily profile is a yardstick of its own.
     if p.season_gate > 0 and p.forecast_evidence and young:
         season_part = min(season_part, p.season_gate * evidence)
-    elif p.season_gate_add > 0 and p.forecast_evidence:
-        season_part = min(season_part, evidence + p.season_gate_add)
     # Gated range novelty (`novelty_gate`): a new extreme is certain only when the LSTM's (undamped) surprise
     # reaches `novelty_gate` decades too, so a random walk's or a trend's new extreme, which the stream's
     # dynamics led up to, is no anomaly. Off with the LSTM's evidence. Either way the tick stays out of the tails.
