@@ -230,6 +230,29 @@ def held_out(members: list[Scored], profile: nab.Profile, choose, log: bool = Tr
     return nab.normalise(raw, base.series(), profile)
 
 
+def baseline(name: str, corpus: str, like: Scored) -> Scored:
+    """A baseline detector of `baselines.py` on one corpus (the files, folds and windows of ``like``), cached
+    by the detector's name and the module's source."""
+    import baselines
+
+    source = hashlib.sha256(Path(baselines.__file__).read_bytes()).hexdigest()[:12]
+    target = CACHE / "baselines" / f"{re.sub(r'[^a-z]+', '-', name.lower()).strip('-')}-{source}" / f"{corpus}.npz"
+    if target.exists():
+        blob = np.load(target, allow_pickle=False)
+        return Scored(like.keys, like.folds, [blob[f"s{i}"] for i in range(len(like.keys))], like.windows)
+    data, files, _ = corpus_files(corpus)
+    started = time.perf_counter()
+    scores = [baselines.BASELINES[name](baselines.read_values(p)) for p in files]
+    print(f"  scored {name} on {corpus} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    for key, s, ref in zip(like.keys, scores, like.scores):
+        if len(s) != len(ref):
+            raise ValueError(f"{corpus}/{key}: {len(s)} values, {len(ref)} scored rows")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(target.with_suffix(".tmp.npz"), **{f"s{i}": s for i, s in enumerate(scores)})
+    target.with_suffix(".tmp.npz").replace(target)
+    return Scored(like.keys, like.folds, scores, like.windows)
+
+
 def random_scores(scored: Scored, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.random(len(s)) for s in scored.scores]
@@ -314,6 +337,8 @@ def main() -> int:
                              "name:key=[a,b,c] (every combination, chosen per held-out fold)")
     parser.add_argument("--folds", action="store_true", help="also print each held-out fold's standard score")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--baselines", action="store_true", help="also score the issue's baseline detectors "
+                        "(benchmarks/baselines.py: NAB's windowed Gaussian, River's Half-Space Trees)")
     args = parser.parse_args()
     rows, cache = [], {}
     for spec in args.variants:
@@ -337,6 +362,13 @@ def main() -> int:
             print(f"{name} held-out folds (standard): " + ", ".join(f"{f} {v:.1f} @{t:.3f}" for f, t, v in FOLD_LOG))
         print(f"  evaluated {name}", file=sys.stderr)
     any_member = next(iter(cache))[0]
+    if args.baselines:
+        import baselines
+
+        for name in baselines.BASELINES:
+            for c in CORPORA:
+                cache[(name, c)] = baseline(name, c, cache[(any_member, c)])
+            rows.append(evaluate_family(name, {name: {}}, cache))
     rows.append(random_row({c: cache[(any_member, c)] for c in CORPORA}))
     print_table(rows)
     if args.json:
