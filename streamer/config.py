@@ -187,11 +187,6 @@ class DetectorSettings(Section):
     novelty_gate_young: float = Field(2.0, ge=0, description="novelty_gate while the stream is young (its first "
                                       "season_gate_days): its range is a few hours' range, and a daily pattern's "
                                       "first cycle or a walk's first excursions leave it routinely; 0: ungated")
-    novelty_joint: float = Field(0.0, ge=0, description="EXPERIMENT: 1: range novelty scores the forecast's "
-                                 "decades plus -log10 of the stream's own rate of novel ticks (capped at 10), "
-                                 "not a certain 10; 2: the same without the novelty gates; 0 off")
-    novelty_young_penalty: float = Field(0.0, ge=0, description="EXPERIMENT: with novelty_joint 3 (young only), "
-                                         "decades taken off a young stream's graded novelty")
     protect_decades: float = Field(0.0, ge=0, description="a tick with this many decades of forecast evidence is not "
                                    "learned into the stream's forecast tail nor raises its damping (0: off)")
     normaliser_clip: float = Field(5.0, ge=0, description="a value's pull on its stream's input normaliser is "

@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("NOVEL_RATE", "EW rate of the stream's novel ticks (memory `tail_memory`)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -113,8 +112,6 @@ class Params(NamedTuple):
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
-    novelty_joint: float  # 0: off
-    novelty_young_penalty: float
     protect_decades: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
@@ -541,18 +538,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # excursions leave routinely: its new extremes need `novelty_gate_young` decades of the LSTM's surprise.
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
-    novel_decades = DECADES
-    if p.novelty_joint > 0:
-        rate = st[S.NOVEL_RATE]
-        step = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)  # no rate is known below half of one tick's weight
-        novel_decades = min(DECADES, -math.log10(max(rate, 0.5 * step)) + (evidence if p.forecast_evidence else 0.0))
-        if p.novelty_joint == 3:
-            novel_decades = novel_decades - p.novelty_young_penalty if young else DECADES
-        if p.novelty_joint == 2:
-            gated = False
-        if learn:
-            st[S.NOVEL_RATE] = rate + step * ((1.0 if novel else 0.0) - rate)
-    novel_part = novel_decades if novel and not gated and p.range_evidence else 0.0
+    novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
