@@ -197,8 +197,6 @@ class DetectorSettings(Section):
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
-    season_weekend: bool = Field(False, description="EXPERIMENT: Saturdays and Sundays (UTC) keep a daily profile "
-                                 "of their own, started as a copy of the weekdays'")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
     incident_ticks: float = Field(12, ge=0, description="ticks: within this of the tick that opened or last "
                                   "raised the stream's incident, only a higher score counts; 0 off")

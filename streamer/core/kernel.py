@@ -67,13 +67,12 @@ FORECAST_LEVELS = 32
 SEASON_LEVELS = 12
 N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
-DAY_TYPES = 2  # EXPERIMENT (season_weekend): a daily profile for weekdays, and one for Saturdays and Sundays
 PROFILE_BLOCKS = (
     ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
     ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
-    ("BIN_MEAN", DAY_TYPES * SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
-    ("BIN_VAR", DAY_TYPES * SEASON_BINS, "EW variance per bin"),
-    ("BIN_COUNT", DAY_TYPES * SEASON_BINS, "visits per bin"),
+    ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
+    ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
+    ("BIN_COUNT", SEASON_BINS, "visits per bin"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
@@ -119,7 +118,6 @@ class Params(NamedTuple):
     refractory_halflife: float
     range_margin: float
     season_memory_days: float
-    season_weekend: float  # 1.0 or 0.0
     season_window: float
     incident_ticks: float
     incident_hold: float  # 0: off
@@ -493,16 +491,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
 
     # Time-of-day profile of the level: this tick's bin.
     b = min(int((ts % _DAY) * (SEASON_BINS / _DAY)), SEASON_BINS - 1)
-    if p.season_weekend:
-        # Saturdays and Sundays (UTC) keep a daily profile of their own. A day type's bin starts as a copy of the
-        # other type's, so it is never younger than the stream's daily profile, and learns at the profile's pace
-        # per visit: its memory is season_memory_days of days of its own type.
-        weekend = (math.floor(ts / _DAY) + 3.0) % 7.0 >= 5.0
-        own, other = (b + SEASON_BINS, b) if weekend else (b, b + SEASON_BINS)
-        if prof[PROF.BIN_COUNT + own] == 0:
-            for block in (PROF.BIN_MEAN, PROF.BIN_VAR, PROF.BIN_COUNT):
-                prof[block + own] = prof[block + other]
-        b = own
     bin_mean, bin_var = float(prof[PROF.BIN_MEAN + b]), float(prof[PROF.BIN_VAR + b])
     visits = float(prof[PROF.BIN_COUNT + b])
     seasoned = visits >= SEASON_MIN_VISITS
