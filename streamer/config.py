@@ -195,9 +195,6 @@ class DetectorSettings(Section):
     gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
-    damp_stream_time: bool = Field(False, description="EXPERIMENT: the half-life counts the stream's usual intervals, "
-                                   "not ticks (a gap of k intervals decays the damping as k ticks would)")
-    damp_steps_cap: float = Field(1e9, gt=0, description="EXPERIMENT: at most this many intervals per tick")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")

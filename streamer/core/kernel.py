@@ -116,8 +116,6 @@ class Params(NamedTuple):
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
-    damp_stream_time: float
-    damp_steps_cap: float
     range_margin: float
     season_memory_days: float
     season_window: float
@@ -474,13 +472,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     # by that (`gap_scaled`); the stream's pace is learned in log seconds, so its gaps barely move it.
     std = st[S.PRED_STD]
     forecast_surprise = error / std if std > 0 else 0.0
-    steps = 1.0  # this tick's gap in the stream's usual intervals (at least 1)
     if n >= 1:
         log_gap = math.log(max(ts - st[S.LAST_TS], 1e-3))
-        if n >= 2:
-            steps = max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0)
         if n >= 2 and p.gap_scaled:
-            forecast_surprise /= math.sqrt(steps)
+            forecast_surprise /= math.sqrt(max(math.exp(log_gap - st[S.LOG_INTERVAL]), 1.0))
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
     steepest = p.tail_envelope * p.tail_index
     evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, steepest)
@@ -528,8 +523,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
-        decay = 0.5 ** ((min(steps, p.damp_steps_cap) if p.damp_stream_time else 1.0) / p.refractory_halflife)
-        st[S.DAMP_FORECAST] = max(damp * decay, 0.0 if flagged else evidence)
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
