@@ -11,6 +11,11 @@ fault's neighbours are clean bars): `fat_finger` (one bar 1.5-4 % off), `glitch`
 after it; a page is an alarm episode (`streamer.devtools.incidents`). The whole day is eligible, pre-market
 and after-hours included, past the first `warmup` bars of the recording.
 
+The default placement puts 10 faults of a kind in each ticker's ~5 sessions, so each fault follows others
+of its kind a few hundred bars before (a detector that learns its faults pays for it here). The lead's hidden
+market stream has 10 of a kind in 41 sessions: ``--per-kind 1 --seeds 10`` places one fault a ticker ten
+times over (seeds 1-10, summed), that density.
+
 Variants: the names and ``name:key=value`` syntax of `loco.py` (detector settings and ``model``), plus
 ``prices`` (the examples/stocks detector profile) and the key ``sessions=true`` (a reset at the first bar
 after 04:00 New York time, as examples/stocks/config.toml does). The detector runs as `streamer score`
@@ -20,6 +25,7 @@ would (one fresh detector per ticker, 2,000-tick batches).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -76,14 +82,16 @@ def score(ts: np.ndarray, values: np.ndarray, overrides: dict) -> np.ndarray:
     return np.concatenate([p.score for p in parts])
 
 
-def evaluate(scorer, bars: dict[str, tuple[np.ndarray, np.ndarray]], warmup: int) -> tuple[dict[str, str], float]:
-    """Per kind "caught/injected", and false pages per ticker-session on the untouched bars."""
+def evaluate(scorer, bars: dict[str, tuple[np.ndarray, np.ndarray]], warmup: int, per_kind: int = PER_KIND,
+             seeds: tuple[int, ...] = (SEED,)) -> tuple[dict[str, str], float]:
+    """Per kind "caught/injected" (summed over ``seeds``, one placement each), and false pages per
+    ticker-session on the untouched bars."""
     caught = {}
     for kind in KINDS:
         reports = []
-        for ts, values in bars.values():
+        for (ts, values), seed in itertools.product(bars.values(), seeds):
             eligible = np.arange(len(ts)) >= warmup + GUARD
-            new_ts, new_values, injected = faults.inject(ts, values, (kind,), PER_KIND, SEED, guard=GUARD,
+            new_ts, new_values, injected = faults.inject(ts, values, (kind,), per_kind, seed, guard=GUARD,
                                                          eligible=eligible)
             reports.append(incidents.report(new_ts, scorer(new_ts, new_values), THRESHOLD, injected, SLACK_S))
         total = incidents.merge(reports).kinds[kind]
@@ -96,18 +104,24 @@ def evaluate(scorer, bars: dict[str, tuple[np.ndarray, np.ndarray]], warmup: int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", default=["default", "prices"])
+    parser.add_argument("--per-kind", type=int, default=PER_KIND, help="faults of a kind per ticker and seed")
+    parser.add_argument("--seeds", type=int, default=0, help="place the faults with seeds 1..N, summed (0: the "
+                        f"one placement of seed {SEED}); few faults a ticker and many seeds is the hidden market "
+                        "stream's density (10 faults of a kind in 41 sessions)")
     args = parser.parse_args()
+    seeds = tuple(range(1, args.seeds + 1)) if args.seeds else (SEED,)
     bars = {ticker: read_bars(ticker) for ticker in TICKERS}
     rows = []
     for spec in args.variants:
         (name, overrides), = variant(spec).items()
         warmup = int(overrides.get("warmup", DetectorSettings().warmup))
-        caught, pages = evaluate(lambda t, v, o=overrides: score(t, v, o), bars, warmup)
+        caught, pages = evaluate(lambda t, v, o=overrides: score(t, v, o), bars, warmup, args.per_kind, seeds)
         rows.append((name, caught, pages))
     rule_caught, rule_pages = evaluate(lambda t, v: incidents.median_mad_rule(t, v), bars,
-                                       DetectorSettings().warmup)
+                                       DetectorSettings().warmup, args.per_kind, seeds)
     rows.append(("median/MAD rule (60 bars, z 8)", rule_caught, rule_pages))
-    print(f"{PER_KIND} faults of each kind per ticker ({len(TICKERS)} tickers), alarms at {THRESHOLD}, "
+    print(f"{args.per_kind} faults of each kind per ticker ({len(TICKERS)} tickers) and placement "
+          f"(seeds {', '.join(map(str, seeds))}), alarms at {THRESHOLD}, "
           f"{SLACK_S / 60:.0f} min slack")
     print("| variant | " + " | ".join(KINDS) + " | false pages per ticker-session |")
     print("|---|" + "---|" * len(KINDS) + "---|")
