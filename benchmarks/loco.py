@@ -240,7 +240,7 @@ def baseline(name: str, corpus: str, like: Scored) -> Scored:
     if target.exists():
         blob = np.load(target, allow_pickle=False)
         return Scored(like.keys, like.folds, [blob[f"s{i}"] for i in range(len(like.keys))], like.windows)
-    data, files, _ = corpus_files(corpus)
+    _, files, _ = corpus_files(corpus)
     started = time.perf_counter()
     scores = [baselines.BASELINES[name](baselines.read_values(p)) for p in files]
     print(f"  scored {name} on {corpus} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
