@@ -163,8 +163,6 @@ class DetectorSettings(Section):
 
     warmup: int = Field(150, ge=1, description="ticks after a (re)start that score 0 while statistics settle")
     tail_memory: float = Field(1000, ge=1, description="ticks: memory of each stream's surprise distributions")
-    tail_memory_share: float = Field(0.0, ge=0, description="EXPERIMENT: the tails' memory is at least this share "
-                                     "of the ticks the stream has learned; 0 off")
     tail_index: float = Field(5.5, gt=0, description="Pareto index of a surprise beyond the largest ever seen")
     tail_envelope: float = Field(1.2, ge=0, description="nowhere does a surprise tail fall faster than this many "
                                  "times tail_index from a lower level, so an exceedance remembered from long ago "

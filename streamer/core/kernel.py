@@ -103,7 +103,6 @@ class Params(NamedTuple):
 
     warmup: float
     tail_memory: float
-    tail_memory_share: float  # 0: off
     tail_index: float
     tail_envelope: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
@@ -504,8 +503,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     season_short = math.expm1(short)
     season_decades = tail_decades(season_rates, season, p.tail_index, steepest)
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
-    memory = max(p.tail_memory, p.tail_memory_share * learned)
-    weight = max(1.0 / (learned + 1.0), 1.0 / memory) if learn and not novel else 0.0
+    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
     learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
         learn_tail(season_rates, season, weight)
