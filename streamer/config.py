@@ -194,7 +194,6 @@ class DetectorSettings(Section):
                                    "forecast off for ~100 ticks; 0: off")
     gap_scaled: bool = Field(True, description="after a gap longer than the stream's usual pace, the forecast "
                              "surprise is divided by sqrt(gap / pace) (false: an ablation)")
-    forecast_weight: float = Field(1.0, gt=0, description="EXPERIMENT: the forecast evidence's decades are multiplied by this")
     refractory_halflife: float = Field(140, gt=0, description="ticks: half-life of the forecast evidence's damping")
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")

@@ -116,7 +116,6 @@ class Params(NamedTuple):
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
-    forecast_weight: float
     range_margin: float
     season_memory_days: float
     season_window: float
@@ -522,7 +521,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
-    forecast_part = p.forecast_weight * max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
