@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import baselines
 import numpy as np
 
 from streamer.config import DetectorSettings, Settings
@@ -176,6 +177,13 @@ def _bundled() -> Path:
     return Path(str(bundled_model_resource()))
 
 
+def _store(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file whole or not at all (a run killed mid-write leaves no half file to be read)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(target.with_suffix(".tmp.npz"), **arrays)
+    target.with_suffix(".tmp.npz").replace(target)
+
+
 def score(name: str, overrides: dict, corpus: str, quiet: bool = False) -> Scored:
     from streamer.offline.score import score_files
 
@@ -198,10 +206,8 @@ def score(name: str, overrides: dict, corpus: str, quiet: bool = False) -> Score
     series = [file_series(key, file_rows, windows[key]) for key, file_rows in zip(keys, rows)]
     scores = [s.scores for s in series]
     located = [list(s.windows) for s in series]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(target.with_suffix(".tmp.npz"), **{f"s{i}": s for i, s in enumerate(scores)},
-             **{f"w{i}": np.array(w, dtype=np.int64).reshape(-1, 2) for i, w in enumerate(located)})
-    target.with_suffix(".tmp.npz").replace(target)
+    _store(target, {**{f"s{i}": s for i, s in enumerate(scores)},
+                    **{f"w{i}": np.array(w, dtype=np.int64).reshape(-1, 2) for i, w in enumerate(located)}})
     (target.parent / "variant.json").write_text(json.dumps({"name": name, **overrides}, default=str))
     return Scored(keys, folds, scores, located)
 
@@ -233,8 +239,6 @@ def held_out(members: list[Scored], profile: nab.Profile, choose, log: bool = Tr
 def baseline(name: str, corpus: str, like: Scored) -> Scored:
     """A baseline detector of `baselines.py` on one corpus (the files, folds and windows of ``like``), cached
     by the detector's name and the module's source."""
-    import baselines
-
     source = hashlib.sha256(Path(baselines.__file__).read_bytes()).hexdigest()[:12]
     target = CACHE / "baselines" / f"{re.sub(r'[^a-z]+', '-', name.lower()).strip('-')}-{source}" / f"{corpus}.npz"
     if target.exists():
@@ -247,9 +251,7 @@ def baseline(name: str, corpus: str, like: Scored) -> Scored:
     for key, s, ref in zip(like.keys, scores, like.scores):
         if len(s) != len(ref):
             raise ValueError(f"{corpus}/{key}: {len(s)} values, {len(ref)} scored rows")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(target.with_suffix(".tmp.npz"), **{f"s{i}": s for i, s in enumerate(scores)})
-    target.with_suffix(".tmp.npz").replace(target)
+    _store(target, {f"s{i}": s for i, s in enumerate(scores)})
     return Scored(like.keys, like.folds, scores, like.windows)
 
 
@@ -363,8 +365,6 @@ def main() -> int:
         print(f"  evaluated {name}", file=sys.stderr)
     any_member = next(iter(cache))[0]
     if args.baselines:
-        import baselines
-
         for name in baselines.BASELINES:
             for c in CORPORA:
                 cache[(name, c)] = baseline(name, c, cache[(any_member, c)])
