@@ -65,7 +65,9 @@ TARGET_RATIO = 0.7
 TARGET_CONFLUENT_RATIO = 0.3
 TARGET_CONFLUENT_NAIVE = 20.0
 CLIENTS = ("kafka-python", "confluent-kafka")
-TARGET_STATE_BYTES = 1536
+# "Throughput and cost" asked for 1.5 KB of state a stream; "Detection that generalises" (issue 15) budgets 2 KB,
+# which the tails' slow copy (docs/detection.md, tenth round: 1.5 KB -> ~1.7 KB) needed.
+TARGET_STATE_BYTES = 2048
 TARGET_SCRAPE_MS = 250.0
 TARGET_P99_MS = 250.0
 NAB_COMMAND = "streamer evaluate shared/nab/data --labels shared/nab/windows.json"

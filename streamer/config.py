@@ -167,6 +167,10 @@ class DetectorSettings(Section):
     tail_envelope: float = Field(1.2, ge=0, description="nowhere does a surprise tail fall faster than this many "
                                  "times tail_index from a lower level, so an exceedance remembered from long ago "
                                  "cannot make a stream's false alarms grow with its age; 0: unbounded")
+    tail_slow_share: float = Field(0.5, ge=0, description="each tail is also learned with a slow memory, this share "
+                                   "of the ticks the stream has learned (at least tail_memory), and a level's rate "
+                                   "is the larger of the two estimates: a long-lived stream remembers rare "
+                                   "surprises for longer than tail_memory ticks; 0: off")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

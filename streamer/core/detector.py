@@ -10,7 +10,7 @@ accepted tick), and the per-tick arithmetic, scoring and the LSTM step, is one c
 whole batch (`kernel.advance`), each stream's ticks in order. A batch of 50 ticks from each of 100 streams
 costs about what 5,000 ticks of 5,000 streams do per tick. State lives in four tables indexed by slot: float64
 scalars (values in the stream's units, timestamps), a float32 profile (tail rates, the daily profile),
-664 bytes a stream, and the forecaster's float32 h and c (every layer's; a GRU's c has no columns:
+888 bytes a stream, and the forecaster's float32 h and c (every layer's; a GRU's c has no columns:
 `ModelSpec.state_sizes`).
 
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
@@ -35,10 +35,12 @@ stream's own history*, so that one threshold means the same rarity on every stre
    days), though it widens the range and is learned into the daily profile.
 A surprise statistic's tail P(S >= s) is estimated from EW exceedance rates at the levels 1, 2, 4, ... 2^31 for
 the forecast surprise (a stream that idles flat and bursts routinely makes surprises of 10^9 and must be able to
-learn them as usual) and ... 2048 for the time-of-day ones (memory `tail_memory` ticks), log-log interpolated,
-and beyond the largest level the stream has exceeded extrapolated as a Pareto tail of index `tail_index`: a spiky
-stream learns that its spikes are usual, a quiet one that any jump is not. Forecast evidence is refractory: it
-counts only by how much it exceeds its own recent maximum (decaying with half-life `refractory_halflife` ticks),
+learn them as usual) and ... 2048 for the time-of-day ones, log-log interpolated, and beyond the largest level
+the stream has exceeded extrapolated as a Pareto tail of index `tail_index`: a spiky stream learns that its
+spikes are usual, a quiet one that any jump is not. Each rate is the larger of two estimates: one with a memory
+of `tail_memory` ticks, which follows a stream that turns turbulent, and one whose memory is `tail_slow_share`
+of the stream's life, which keeps a long-lived stream's rare surprises known. Forecast evidence is refractory:
+it counts only by how much it exceeds its own recent maximum (decaying with half-life `refractory_halflife` ticks),
 so one incident raises one alarm, not one per tick while the forecaster catches up. score = -log10(p) / 10 of the
 strongest evidence, clipped to [0, 1]: 0.5 means a 1-in-100,000 event. One incident, one alarm, whatever the
 evidence: while a stream's incident is open, a tick scores only if it beats the score that opened (or last

@@ -63,6 +63,8 @@ N_SCALARS = len(SCALAR_COLUMNS)
 # yardstick, the LSTM's predicted std, collapses on a stream that idles flat, so a burst from idle is a surprise
 # of 10^6-10^10, which a stream that bursts routinely must be able to learn as usual (docs/detection.md, sixth
 # round); the time-of-day surprises are in units of the stream's slow statistics, and 12 (to 2048) cover them.
+# Each tail is kept twice: learned with a memory of `tail_memory` ticks, and with a slow one that grows with the
+# stream's life (`tail_slow_share`); a level's rate is the larger of the two (`score_tick`).
 FORECAST_LEVELS = 32
 SEASON_LEVELS = 12
 N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
@@ -70,13 +72,14 @@ SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
     ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
     ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
+    ("SLOW_TAILS", N_TAILS, "the same three tails, learned with the slow memory"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
-N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 128: with the scalars, 664 bytes a stream besides h, c
+N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 184: with the scalars, 888 bytes a stream besides h, c
 
 PACE_RATE = 0.01  # EW weight of a stream's log tick interval (its pace) once 100 intervals were seen
 SETTLE = 20  # surprises of the first ticks after a (re)start (normaliser and LSTM state settling) are not learned
@@ -105,6 +108,7 @@ class Params(NamedTuple):
     tail_memory: float
     tail_index: float
     tail_envelope: float  # 0: off
+    tail_slow_share: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -239,6 +243,17 @@ def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
             break
         rates[k] += weight * ((1.0 if s >= level else 0.0) - rates[k])
         level *= 2.0
+
+
+@numba.njit(**_JIT)
+def learn_tails(tails: np.ndarray, forecast_surprise: float, season: float, season_short: float, weight: float,
+                flagged: bool, seasoned: bool) -> None:
+    """Fold one tick's three surprises into one copy of the three tails ``tails`` [N_TAILS]: the forecast's
+    unless the tick is flagged (`protect_decades`), the time-of-day ones once its bin is `SEASON_MIN_VISITS`."""
+    learn_tail(tails[:FORECAST_LEVELS], forecast_surprise, 0.0 if flagged else weight)
+    if seasoned:
+        learn_tail(tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS], season, weight)
+        learn_tail(tails[FORECAST_LEVELS + SEASON_LEVELS:], season_short, weight)
 
 
 # tanh as a rational function (Eigen's float tanh: odd 13th over even 6th degree, clamped where float32
@@ -448,14 +463,22 @@ def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) 
 
 
 @numba.njit(**_JIT)
-def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float, ts: float, error: float,
-               p: Params) -> float:
+def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.ndarray, value: float, ts: float,
+               error: float, p: Params) -> float:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
-    scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [N_TAILS] (a float64 copy of
-    the profile's FORECAST_TAIL and SEASON_TAILS). ``error`` is |value - forecast|, 0 without a forecast."""
-    forecast_rates = tails[:FORECAST_LEVELS]
-    season_rates = tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
-    short_rates = tails[FORECAST_LEVELS + SEASON_LEVELS:]
+    scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [2 N_TAILS] (a float64 copy of
+    the profile's FORECAST_TAIL, SEASON_TAILS and SLOW_TAILS). ``rates`` [N_TAILS] is scratch. ``error`` is
+    |value - forecast|, 0 without a forecast."""
+    # Each level's rate is the larger of its two estimates: the fast one follows a stream that turns more
+    # turbulent within `tail_memory` ticks; the slow one, whose memory grows with the stream's life, still
+    # knows the rare surprises of a long-lived stream (a 1-in-N rate takes a memory well beyond N ticks to
+    # estimate), so a burst that recurs every few days is not a new 1-in-1,000 event each time.
+    slow = p.tail_slow_share > 0
+    for k in range(N_TAILS):
+        rates[k] = max(tails[k], tails[N_TAILS + k]) if slow else tails[k]
+    forecast_rates = rates[:FORECAST_LEVELS]
+    season_rates = rates[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
+    short_rates = rates[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
     if n < 1:
         st[S.START_TS] = ts
@@ -503,13 +526,14 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, value: float
     season_short = math.expm1(short)
     season_decades = tail_decades(season_rates, season, p.tail_index, steepest)
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
-    weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory) if learn and not novel else 0.0
-    learn_tail(forecast_rates, forecast_surprise, 0.0 if flagged else weight)
-    if seasoned:
-        learn_tail(season_rates, season, weight)
-        learn_tail(short_rates, season_short, weight)
-        if learn:
-            st[S.SEASON_SHORT] = short
+    if learn and not novel:
+        fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
+        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
+        if slow:
+            slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
+            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
+    if seasoned and learn:
+        st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
     # level, not a daily profile, and a single tick's departure from it is the forecaster's to judge; only a
     # sustained departure, the short mean, is time-of-day evidence then.
@@ -599,7 +623,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
     ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
-    tails = np.empty(N_TAILS)
+    tails, rates = np.empty(2 * N_TAILS), np.empty(N_TAILS)
     gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
@@ -615,14 +639,14 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         if reset[i] > 0:  # the forecaster's memory of recent dynamics (every layer's), whatever the reason
             h[r, :] = 0.0
             c[r, :] = 0.0
-        for k in range(N_TAILS):
+        for k in range(2 * N_TAILS):
             tails[k] = prof[PROF.FORECAST_TAIL + k]
 
         n = st[S.N]
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
         mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
-        s = score_tick(st, prof, tails, v, t, error[i] if n >= 1 else 0.0, p)
+        s = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
@@ -633,7 +657,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
-        for k in range(N_TAILS):
+        for k in range(2 * N_TAILS):
             prof[PROF.FORECAST_TAIL + k] = tails[k]
     return touched  # returned so that the compiler keeps the loads
 

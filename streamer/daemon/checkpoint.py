@@ -32,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from streamer.core.detector import N_PROFILE, N_SCALARS, StreamStates
+from streamer.core.kernel import N_TAILS, PROF
 
 FORMAT_VERSION = 2  # 2: float32 profile apart from the float64 scalars
 
@@ -75,6 +76,8 @@ def decode(data: bytes, model: str) -> Checkpoint:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from None
     if header.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint format {header.get('format')}, this build reads {FORMAT_VERSION}")
+    if profile.shape[1:] == (N_PROFILE - N_TAILS,):
+        profile = _with_slow_tails(profile)
     if scalars.shape[1:] != (N_SCALARS,) or profile.shape[1:] != (N_PROFILE,):
         raise CheckpointError(f"checkpoint has {scalars.shape[1:]} + {profile.shape[1:]} statistics per stream, "
                               f"this detector keeps {N_SCALARS} + {N_PROFILE}: written by another version; "
@@ -84,6 +87,13 @@ def decode(data: bytes, model: str) -> Checkpoint:
                               f"{header['model']}, the loaded model is {model}: refusing to apply it")
     states = StreamStates(header["names"], h, c, scalars, profile, last_ts, header["segment"], header["day"])
     return Checkpoint(header["topic"], header["partition"], header["offset"], header["model"], states)
+
+
+def _with_slow_tails(profile: np.ndarray) -> np.ndarray:
+    """A profile written before the tails had a slow copy (`kernel.PROF.SLOW_TAILS`, detector.tail_slow_share):
+    upgrading keeps every stream's state, its slow tails starting as its fast ones, instead of refusing the
+    checkpoint and warming every stream up again."""
+    return np.concatenate([profile[:, :PROF.SLOW_TAILS], profile[:, :N_TAILS], profile[:, PROF.SLOW_TAILS:]], axis=1)
 
 
 class LocalStore:

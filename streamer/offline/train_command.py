@@ -15,9 +15,10 @@ from streamer.core.model import GATES, MAX_LAYERS, ModelSpec
 from streamer.core.ticks import RecordError
 
 LOSS_NAMES = ("gaussian", "laplace")  # `streamer.offline.train.LOSSES`
-# h and c floats a stream (`ModelSpec.state_sizes`), at most: a one-layer LSTM of 128 units, as before GRUs and
-# stacked layers, which keeps the whole state of a stream within the 2 KB budget
-MAX_STATE_FLOATS = 256
+# h and c floats a stream (`ModelSpec.state_sizes`), at most: with the detector's 928 bytes of statistics and the
+# ~240 B of Python-side state and spare capacity, a stream's whole state stays within the 2 KB budget (a one-layer
+# LSTM of 110 units, a two-layer one of 55; the bundled model's 64 units keep 512 B)
+MAX_STATE_FLOATS = 220
 
 
 @dataclass
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-size", type=int, default=d.hidden_size,
                         help=f"hidden units per layer (default {d.hidden_size}; at most 128, and "
                              f"units x layers x (2 for an LSTM, 1 for a GRU) at most {MAX_STATE_FLOATS}: "
-                             "recurrent state <= 1 KB/stream)")
+                             "recurrent state <= 880 B/stream)")
     parser.add_argument("--cell", choices=tuple(GATES), default=d.cell,
                         help=f"recurrent cell (default {d.cell}; gru: 3 gates instead of 4 and no cell state: "
                              "half the recurrent state, ~15%% less kernel time a tick)")

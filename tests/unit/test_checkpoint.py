@@ -5,6 +5,7 @@ import pytest
 
 from streamer.config import DetectorSettings
 from streamer.core.detector import Detector, StreamStates
+from streamer.core.kernel import N_TAILS, PROF
 from streamer.core.ticks import Tick
 from streamer.daemon.checkpoint import Checkpoint, CheckpointError, LocalStore, decode, encode
 
@@ -38,6 +39,21 @@ def test_checkpoint_of_another_state_layout_is_refused(model):
     old = dataclasses.replace(cp.states, profile=cp.states.profile[:, :-20])
     with pytest.raises(CheckpointError, match="another version"):
         decode(encode(dataclasses.replace(cp, states=old)), model.fingerprint())
+
+
+def test_checkpoint_written_before_the_slow_tails_is_upgraded_not_refused(model):
+    """An upgrade must not warm every stream up again: a checkpoint of the layout before the tails' slow copy
+    (`PROF.SLOW_TAILS`) is applied, each stream's slow tails starting as its fast ones."""
+    cp = make_checkpoint(model)
+    profile = cp.states.profile
+    profile[:, :N_TAILS] = np.random.default_rng(0).uniform(0.0, 0.1, (len(profile), N_TAILS))  # learned rates
+    profile[:, PROF.SLOW_TAILS:PROF.SLOW_TAILS + N_TAILS] = 0.5  # not what the upgrade puts there
+    before = np.delete(profile, np.s_[PROF.SLOW_TAILS:PROF.SLOW_TAILS + N_TAILS], axis=1)
+    old = dataclasses.replace(cp, states=dataclasses.replace(cp.states, profile=before))
+    back = decode(encode(old), model.fingerprint()).states.profile
+    assert back.shape == profile.shape
+    np.testing.assert_array_equal(back[:, PROF.SLOW_TAILS:PROF.SLOW_TAILS + N_TAILS], profile[:, :N_TAILS])
+    np.testing.assert_array_equal(np.delete(back, np.s_[PROF.SLOW_TAILS:PROF.SLOW_TAILS + N_TAILS], axis=1), before)
 
 
 def test_damaged_checkpoint_is_refused(model):

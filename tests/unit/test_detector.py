@@ -8,6 +8,7 @@ import pytest
 from streamer.config import DetectorSettings, ResetRules
 from streamer.core.detector import OUT_OF_ORDER, SCORED, Detector, StreamStates
 from streamer.core.ticks import Tick, TickBatch
+from streamer.offline.train_command import MAX_STATE_FLOATS
 
 T0 = 1_700_000_000.0
 
@@ -237,14 +238,15 @@ def test_a_one_tick_alarm_is_held_for_peak_hold_seconds(model):
 
 
 def test_state_per_stream_is_small(model):
-    """Every per-slot array, as allocated, within the 1.5 KB budget with room for the Python-side state and the
-    arrays' spare capacity (120 B each at 10,000 streams, measured by `make bench`)."""
+    """Every per-slot array of the bundled model, as allocated, within 1.5 KB: the 2 KB budget (issue 15) with
+    room for the Python-side state and the arrays' spare capacity (240 B together at 10,000 streams, measured by
+    `make bench`)."""
     det = Detector(model, DetectorSettings())
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
     assert {id(det.h), id(det.scalars), id(det.profile)} <= {id(a) for a in arrays}
     per_slot = sum(a.nbytes for a in arrays)
-    assert per_slot / len(det.names) <= 1300
+    assert per_slot / len(det.names) <= 1536
 
 
 def test_export_restore_continues_exactly(model, settings):
@@ -318,11 +320,14 @@ def test_every_cell_and_layers_batch_reset_and_restore_exactly(cell, layers, set
 
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), *VARIANTS])
 def test_state_per_stream_of_every_cell_and_layers(cell, layers):
-    """At the bundled model's 64 units, every variant's arrays leave room in the 2 KB a stream for the
-    Python-side state and the arrays' spare capacity (240 B together at 10,000 streams, `make bench`)."""
-    model = variant_model(cell, layers, hidden=64)
+    """The largest model of each cell and depth that `streamer train` accepts (`MAX_STATE_FLOATS`) leaves room
+    in the 2 KB a stream for the Python-side state and the arrays' spare capacity (240 B together at 10,000
+    streams, `make bench`)."""
+    hidden = min(128, MAX_STATE_FLOATS // (layers * (2 if cell == "lstm" else 1)))
+    model = variant_model(cell, layers, hidden=hidden)
+    assert sum(model.spec.state_sizes) <= MAX_STATE_FLOATS
     det = Detector(model, DetectorSettings())
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
     per_slot = sum(a.nbytes for a in arrays) / len(det.names)
-    assert per_slot == 704 + 4 * sum(model.spec.state_sizes) <= 2048 - 240
+    assert per_slot == 928 + 4 * sum(model.spec.state_sizes) <= 2048 - 240
