@@ -171,8 +171,6 @@ class DetectorSettings(Section):
                                    "of the ticks the stream has learned (at least tail_memory), and a level's rate "
                                    "is the larger of the two estimates: a long-lived stream remembers rare "
                                    "surprises for longer than tail_memory ticks; 0: off")
-    slow_protect: float = Field(0.0, ge=0, description="EXPERIMENT: a tick with this many decades of any evidence is not "
-                                "learned into the slow tails; 0: off")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

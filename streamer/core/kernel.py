@@ -109,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    slow_protect: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -530,7 +529,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     if learn and not novel:
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
         learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
-        if slow and not (p.slow_protect > 0 and max(evidence, season_decades, short_decades) >= p.slow_protect):
+        if slow:
             slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
             learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
     if seasoned and learn:
