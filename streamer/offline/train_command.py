@@ -15,7 +15,7 @@ from streamer.core.model import GATES, MAX_LAYERS, ModelSpec
 from streamer.core.ticks import RecordError
 
 LOSS_NAMES = ("gaussian", "laplace")  # `streamer.offline.train.LOSSES`
-# h and c floats a stream (`ModelSpec.state_sizes`), at most: with the detector's 928 bytes of statistics and the
+# h and c floats a stream (`ModelSpec.state_sizes`), at most: with the detector's other 928 bytes a slot and the
 # ~240 B of Python-side state and spare capacity, a stream's whole state stays within the 2 KB budget (a one-layer
 # LSTM of 110 units, a two-layer one of 55; the bundled model's 64 units keep 512 B)
 MAX_STATE_FLOATS = 220
