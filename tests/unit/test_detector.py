@@ -238,9 +238,9 @@ def test_a_one_tick_alarm_is_held_for_peak_hold_seconds(model):
 
 
 def test_state_per_stream_is_small(model):
-    """Every per-slot array of the bundled model, as allocated, within 1.5 KB: the 2 KB budget (issue 15) with
-    room for the Python-side state and the arrays' spare capacity (240 B together at 10,000 streams, measured by
-    `make bench`)."""
+    """Every per-slot array of the bundled model within 1.5 KB, which leaves room in the 2 KB budget (issue 15)
+    for the tables' spare capacity and the Python-side state (`make bench`: 1,701 B a stream at 10,000 streams,
+    1,618 B at 100,000)."""
     det = Detector(model, DetectorSettings())
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
@@ -318,11 +318,15 @@ def test_every_cell_and_layers_batch_reset_and_restore_exactly(cell, layers, set
     np.testing.assert_array_equal(kept.process(later[:1]).forecast, gap.forecast)
 
 
+SPARE = 9 / 8  # the state tables grow by an eighth: at worst this many slots allocated per live stream
+PYTHON_BYTES = 140  # the Python-side state of a stream (`make bench`: 120 B at 10,000 streams, 136 B at 100,000)
+
+
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), *VARIANTS])
 def test_state_per_stream_of_every_cell_and_layers(cell, layers):
-    """The largest model of each cell and depth that `streamer train` accepts (`MAX_STATE_FLOATS`) leaves room
-    in the 2 KB a stream for the Python-side state and the arrays' spare capacity (240 B together at 10,000
-    streams, `make bench`)."""
+    """The largest model of each cell and depth that `streamer train` accepts (`MAX_STATE_FLOATS`) keeps a stream
+    within 2 KB, the tables' spare capacity and the Python-side state included (measured by `benchmarks.bench`'s
+    state worker with such models: 2,000 B at 10,000 streams for 196 floats, 2,105 B for 220)."""
     hidden = min(128, MAX_STATE_FLOATS // (layers * (2 if cell == "lstm" else 1)))
     model = variant_model(cell, layers, hidden=hidden)
     assert sum(model.spec.state_sizes) <= MAX_STATE_FLOATS
@@ -330,4 +334,5 @@ def test_state_per_stream_of_every_cell_and_layers(cell, layers):
     det.process([Tick(f"s{i}", T0, 1.0) for i in range(1000)])
     arrays = [v for v in vars(det).values() if isinstance(v, np.ndarray) and len(v) == len(det.names)]
     per_slot = sum(a.nbytes for a in arrays) / len(det.names)
-    assert per_slot == 928 + 4 * sum(model.spec.state_sizes) <= 2048 - 240
+    assert per_slot == 928 + 4 * sum(model.spec.state_sizes)
+    assert per_slot * SPARE + PYTHON_BYTES <= 2048
