@@ -171,9 +171,6 @@ class DetectorSettings(Section):
                                    "of the ticks the stream has learned (at least tail_memory), and a level's rate "
                                    "is the larger of the two estimates: a long-lived stream remembers rare "
                                    "surprises for longer than tail_memory ticks; 0: off")
-    hidden_evidence: float = Field(0, description="experiment: the LSTM's evidence is also the novelty of its "
-                                  "hidden state against the stream's own running mean and variance of it")
-    hidden_memory: float = Field(1000, ge=1, description="experiment: ticks, memory of that mean and variance")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

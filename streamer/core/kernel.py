@@ -76,9 +76,6 @@ PROFILE_BLOCKS = (
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
-    ("HIDDEN_TAIL", FORECAST_LEVELS, "exceedance rates of the hidden state's novelty"),
-    ("HIDDEN_MEAN", 64, "EW mean of the top layer's h (its first 64 units)"),
-    ("HIDDEN_VAR", 64, "EW variance of the same"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
@@ -112,8 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    hidden_evidence: float  # 1.0 or 0.0
-    hidden_memory: float
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -469,7 +464,7 @@ def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) 
 
 @numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.ndarray, value: float, ts: float,
-               error: float, hidden: float, p: Params) -> float:
+               error: float, p: Params) -> float:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
     scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [2 N_TAILS] (a float64 copy of
     the profile's FORECAST_TAIL, SEASON_TAILS and SLOW_TAILS). ``rates`` [N_TAILS] is scratch. ``error`` is
@@ -507,10 +502,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
     steepest = p.tail_envelope * p.tail_index
     evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, steepest)
-    hidden_rates = prof[PROF.HIDDEN_TAIL:PROF.HIDDEN_TAIL + FORECAST_LEVELS]
-    hidden_decades = tail_decades(hidden_rates, hidden, p.tail_index, steepest) if p.hidden_evidence else 0.0
-    if p.hidden_evidence == 1:
-        evidence = max(evidence, hidden_decades)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
@@ -537,8 +528,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
     if learn and not novel:
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
-        if p.hidden_evidence:
-            learn_tail(hidden_rates, hidden, fast_weight)
         learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
         if slow:
             slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
@@ -556,10 +545,9 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
-    forecast_part = max(max(evidence, hidden_decades) - damp, 0.0) if p.forecast_evidence else 0.0
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
-        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife),
-                                  0.0 if flagged else max(evidence, hidden_decades))
+        st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
     # Gated time-of-day evidence (`season_gate`): it counts only up to `season_gate` times the forecast's own
     # (undamped) decades, so a value the stream's dynamics led up to, which the LSTM expected, is not a
@@ -604,23 +592,6 @@ def in_order(rows: np.ndarray, ts: np.ndarray, last_ts: np.ndarray, equal: bool)
 # the detector knows of it (its calibration, range, daily profile, normaliser): the same instrument or meter
 # continues after a night or an outage, and restarting its statistics would blind it for `warmup` ticks.
 NEW_STREAM = 2  # the highest reset code that starts a new stream
-
-
-@numba.njit(**_JIT)
-def hidden_novelty(prof: np.ndarray, h: np.ndarray, n: float, p: Params) -> float:
-    """Mean squared z of the top layer's new h against the stream's EW mean and variance of it; learns it."""
-    units = min(64, h.shape[0])
-    top = h.shape[0] - units
-    weight = max(1.0 / (n + 1.0), 1.0 / p.hidden_memory)
-    total = 0.0
-    for j in range(units):
-        m, v = float(prof[PROF.HIDDEN_MEAN + j]), float(prof[PROF.HIDDEN_VAR + j])
-        x = float(h[top + j])
-        d = x - m
-        total += d * d / (v + 1e-3)
-        prof[PROF.HIDDEN_MEAN + j] = m + weight * d
-        prof[PROF.HIDDEN_VAR + j] = (1.0 - weight) * (v + weight * d * d)
-    return total / units if n >= SETTLE else 0.0
 
 
 LOOKAHEAD = 8  # ticks: how far ahead `advance` touches a slot's state (a tick's work hides a DRAM miss)
@@ -675,15 +646,14 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
         mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
-        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates)
-        hidden = hidden_novelty(prof, h[r], n, p) if p.hidden_evidence else 0.0
-        s = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, hidden, p)
+        s = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
             st[S.PEAK], st[S.PEAK_TS] = s, t
 
-        # Advance: keep the forecast of the forecaster's step (above) for the next tick.
+        # Advance: one forecaster step on the normalised value, and keep the forecast for the next tick.
+        mu, log_std = forecast_step((v - mean) / scale, h[r], c[r], w, gates)
         st[S.N], st[S.MEAN], st[S.VAR] = n + 1.0, mean, var
         st[S.PRED] = mean + scale * mu
         st[S.PRED_STD] = scale * math.exp(log_std)
