@@ -76,10 +76,7 @@ PROFILE_BLOCKS = (
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
-    ("DOWN_TAILS", FORECAST_LEVELS + SEASON_LEVELS, "signed_tails: forecast and time-of-day tails below"),
-    ("SLOW_DOWN_TAILS", FORECAST_LEVELS + SEASON_LEVELS, "the same, slow"),
 )
-SIGNED = FORECAST_LEVELS + SEASON_LEVELS
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
 N_PROFILE = sum(width for _, width, _ in PROFILE_BLOCKS)  # 184: with the scalars, 888 bytes a stream besides h, c
@@ -112,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    signed_tails: float  # 1.0 or 0.0
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -480,15 +476,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     slow = p.tail_slow_share > 0
     for k in range(N_TAILS):
         rates[k] = max(tails[k], tails[N_TAILS + k]) if slow else tails[k]
-    signed = p.signed_tails > 0
-    down = prof[PROF.DOWN_TAILS:PROF.DOWN_TAILS + SIGNED]
-    slow_down = prof[PROF.SLOW_DOWN_TAILS:PROF.SLOW_DOWN_TAILS + SIGNED]
-    drates = rates[N_TAILS:N_TAILS + SIGNED]
-    if signed:
-        for k in range(SIGNED):
-            drates[k] = max(down[k], slow_down[k]) if slow else down[k]
-    up = value >= st[S.PRED] or p.signed_tails == 3
-    forecast_rates = drates[:FORECAST_LEVELS] if signed and not up else rates[:FORECAST_LEVELS]
+    forecast_rates = rates[:FORECAST_LEVELS]
     season_rates = rates[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
     short_rates = rates[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
@@ -532,9 +520,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
 
     # The time-of-day surprise statistics, their calibrated tails, and learning all three.
     season = abs(level - bin_mean) / math.sqrt(bin_var + SEASON_FLOOR ** 2) if seasoned else 0.0
-    season_up = level >= bin_mean or p.signed_tails == 2
-    if signed and not season_up:
-        season_rates = drates[FORECAST_LEVELS:]
     log_season = math.log1p(season)  # the time-of-day surprise's short EW mean is of log1p
     short = (st[S.SEASON_SHORT] + (2.0 / (p.season_window + 1.0)) * (log_season - st[S.SEASON_SHORT])
              if learned >= 1 else log_season)
@@ -543,17 +528,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
     if learn and not novel:
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
-        slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
-        f_up = forecast_surprise if up or not signed else 0.0
-        s_up = season if season_up or not signed else 0.0
-        learn_tails(tails[:N_TAILS], f_up, s_up, season_short, fast_weight, flagged, seasoned)
+        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
         if slow:
-            learn_tails(tails[N_TAILS:], f_up, s_up, season_short, slow_weight, flagged, seasoned)
-        if signed:
-            for copy, weight in ((down, fast_weight), (slow_down, slow_weight if slow else 0.0)):
-                learn_tail(copy[:FORECAST_LEVELS], 0.0 if up else forecast_surprise, 0.0 if flagged else weight)
-                if seasoned:
-                    learn_tail(copy[FORECAST_LEVELS:], 0.0 if season_up else season, weight)
+            slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
+            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
     if seasoned and learn:
         st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
@@ -645,7 +623,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
     normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
     ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
-    tails, rates = np.empty(2 * N_TAILS), np.empty(N_TAILS + SIGNED)
+    tails, rates = np.empty(2 * N_TAILS), np.empty(N_TAILS)
     gates = np.empty(w.bias.shape[0], dtype=np.float32)
     touched = 0.0
     for i in range(min(LOOKAHEAD, rows.shape[0])):
