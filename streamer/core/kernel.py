@@ -109,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    novelty_full: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -405,7 +404,7 @@ def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | Normalise
 
 
 @numba.njit(**_JIT)
-def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: Params) -> tuple[bool, float]:
+def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: Params) -> bool:
     """Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
     certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
     teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
@@ -417,7 +416,7 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
         first = learned < 1
         st[S.LOW] = value if first else min(low, value)
         st[S.HIGH] = value if first else max(high, value)
-    return novel, beyond
+    return novel
 
 
 @numba.njit(**_JIT)
@@ -488,7 +487,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     learn = n >= settle
     live = n >= p.warmup
 
-    novel, beyond = range_novelty(st, value, learn, learned, p)
+    novel = range_novelty(st, value, learn, learned, p)
 
     # The forecast surprise and its calibrated tail (-log10 p), before anything is learned from this tick.
     # A one-step forecast made before a gap (a night, a weekend, an outage) vouches for one step of the
@@ -564,8 +563,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    if p.novelty_full > 0:
-        novel_part *= min(beyond / p.novelty_full, 1.0)
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
