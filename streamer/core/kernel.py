@@ -109,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    novelty_direction: float  # 1.0 or 0.0
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -563,9 +562,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # excursions leave routinely: its new extremes need `novelty_gate_young` decades of the LSTM's surprise.
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
-    if p.novelty_direction and novel and gate > 0 and p.forecast_evidence and n >= 1:
-        against = (value >= st[S.HIGH] and value < st[S.PRED]) or (value <= st[S.LOW] and value > st[S.PRED])
-        gated = gated or against
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
