@@ -35,30 +35,39 @@ POLL = 2_000
 WEEK = 7 * 86400.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+")
-    args = parser.parse_args()
+def clean_streams() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The streams' ticks (names, timestamps, values) in time order, interleaved as a recording would hold them,
+    and each tick's week of age."""
     series = generate(**dict(DEMO, n_streams=STREAMS, length=int(WEEKS * WEEK / INTERVAL), anomalies=False,
                              segment_fraction=0.0, interval=INTERVAL))
-    # every stream's ticks in time order, the streams interleaved as a recording would hold them
     names = np.repeat(np.array([s.name for s in series], dtype=object), len(series[0].values))
     ts = np.concatenate([s.timestamps for s in series])
     values = np.concatenate([s.values for s in series])
     order = np.argsort(ts, kind="stable")
     names, ts, values = names[order], ts[order], values[order]
-    age_week = ((ts - ts.min()) // WEEK).astype(int)
+    return names, ts, values, ((ts - ts.min()) // WEEK).astype(int)
+
+
+def scores(overrides: dict, names: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Every tick's score, as `streamer score` would give it (one detector, `POLL`-tick polls)."""
+    detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides))
+    polls = (TickBatch(names[k:k + POLL].tolist(), ts[k:k + POLL], values[k:k + POLL])
+             for k in range(0, len(ts), POLL))
+    return np.concatenate([detector.process(poll).score for poll in polls])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+")
+    args = parser.parse_args()
+    names, ts, values, age_week = clean_streams()
     print(f"{STREAMS} clean streams, {INTERVAL / 60:.0f}-minute ticks, {WEEKS} weeks: alarm ticks (>= {THRESHOLD}) "
           "per week of age, and streams alarming that week")
     print("| variant | " + " | ".join(f"week {w + 1}" for w in range(WEEKS)) + " |")
     print("|---|" + "---|" * WEEKS)
     for spec in args.variants:
         (name, overrides), = variant(spec).items()
-        detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides))
-        polls = (TickBatch(names[k:k + POLL].tolist(), ts[k:k + POLL], values[k:k + POLL])
-                 for k in range(0, len(ts), POLL))
-        score = np.concatenate([detector.process(poll).score for poll in polls])
-        alarm = score >= THRESHOLD
+        alarm = scores(overrides, names, ts, values) >= THRESHOLD
         cells = [f"{int(alarm[age_week == w].sum())} ({len(set(names[alarm & (age_week == w)]))})"
                  for w in range(WEEKS)]
         print(f"| {name} | " + " | ".join(cells) + " |")
