@@ -76,8 +76,6 @@ PROFILE_BLOCKS = (
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
-    ("JOINT_TAIL", FORECAST_LEVELS, "joint_evidence: exceedance rates of 4^(forecast + time-of-day decades)"),
-    ("SLOW_JOINT_TAIL", FORECAST_LEVELS, "the same, slow"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
@@ -111,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    joint_evidence: float  # 0: off
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -542,21 +539,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
-    joint_part = 0.0
-    if p.joint_evidence > 0:
-        fast_joint = prof[PROF.JOINT_TAIL:PROF.JOINT_TAIL + FORECAST_LEVELS]
-        slow_joint = prof[PROF.SLOW_JOINT_TAIL:PROF.SLOW_JOINT_TAIL + FORECAST_LEVELS]
-        joint_rates = rates[:FORECAST_LEVELS]  # the forecast's rates were read above: reuse the scratch
-        for k in range(FORECAST_LEVELS):
-            joint_rates[k] = max(fast_joint[k], slow_joint[k]) if slow else fast_joint[k]
-        joint = 4.0 ** min(evidence + season_part, 15.0)
-        if not young or p.joint_evidence >= 2:
-            joint_part = tail_decades(joint_rates, joint, p.tail_index, steepest)
-        if learn and not novel:
-            learn_tail(fast_joint, joint, max(1.0 / (learned + 1.0), 1.0 / p.tail_memory))
-            if slow:
-                learn_tail(slow_joint, joint,
-                           max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned)))
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
@@ -581,8 +563,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    joint_part = max(joint_part - damp, 0.0) if p.forecast_evidence and p.season_evidence else 0.0
-    strongest = max(forecast_part, season_part * p.season_evidence, novel_part, joint_part)
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
