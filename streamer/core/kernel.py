@@ -52,9 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("LAST_VALUE", "the last tick's value"),
-    ("RUN", "decades of improbability of the current run of exact repeats (stuck_evidence)"),
-    ("QUANTUM", "the smallest change between two ticks seen"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -79,8 +76,6 @@ PROFILE_BLOCKS = (
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
-    ("STUCK_TAIL", 2 * SEASON_LEVELS, "stuck_evidence: exceedance rates of the run of repeated values"),
-    ("SLOW_STUCK_TAIL", 2 * SEASON_LEVELS, "the same, slow"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
@@ -114,7 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    stuck_evidence: float  # 1.0 or 0.0
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -545,32 +539,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
-    stuck_part = 0.0
-    if p.stuck_evidence:
-        # A repeat of the last value exactly, scored by how likely the forecast made it: with the stream's
-        # quantum q (its smallest change seen), P(repeat) ~ q * pdf(z) / std. Summed in decades over the run.
-        last = st[S.LAST_VALUE]
-        if n >= 1 and value != last:
-            step = abs(value - last)
-            st[S.QUANTUM] = step if st[S.QUANTUM] <= 0 else min(st[S.QUANTUM], step)
-            st[S.RUN] = 0.0
-        elif n >= 1 and std > 0 and st[S.QUANTUM] > 0:
-            z = (value - st[S.PRED]) / std
-            p_repeat = st[S.QUANTUM] * math.exp(-0.5 * z * z) / (2.5066282746 * std)
-            st[S.RUN] += -math.log10(min(max(p_repeat, 1e-30), 1.0))
-        st[S.LAST_VALUE] = value
-        stuck = 10.0 ** min(st[S.RUN], 9.0)
-        fast_stuck = prof[PROF.STUCK_TAIL:PROF.STUCK_TAIL + SEASON_LEVELS * 2]
-        slow_stuck = prof[PROF.SLOW_STUCK_TAIL:PROF.SLOW_STUCK_TAIL + SEASON_LEVELS * 2]
-        stuck_rates = rates[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS * 2]  # scratch: the season's were used
-        for k in range(SEASON_LEVELS * 2):
-            stuck_rates[k] = max(fast_stuck[k], slow_stuck[k]) if slow else fast_stuck[k]
-        stuck_part = tail_decades(stuck_rates, stuck, p.stuck_evidence, 0.0)
-        if learn:
-            learn_tail(fast_stuck, stuck, max(1.0 / (learned + 1.0), 1.0 / p.tail_memory))
-            if slow:
-                learn_tail(slow_stuck, stuck,
-                           max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned)))
+
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
 
@@ -594,7 +563,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    strongest = max(forecast_part, season_part * p.season_evidence, novel_part, min(stuck_part, DECADES))
+    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
