@@ -89,6 +89,7 @@ class BatchResult:
     score: np.ndarray
     error: np.ndarray
     forecast: np.ndarray
+    evidence: np.ndarray  # int8: the kind of evidence that made the score, `kernel.EVIDENCE_KINDS` (0: none)
     outcome: np.ndarray
     reset_code: np.ndarray  # int8: 0, or k + 1 where the stream was reset for RESET_REASONS[k] before this tick
     device_score: np.ndarray  # the score of the device reading a tick belongs to (`devices.tick_scores`)
@@ -393,8 +394,9 @@ class Detector:
         reasons[prev_ts == -math.inf] = 0  # a stream's first tick has nothing to reset
 
         score, error, forecast = np.empty(len(rows)), np.empty(len(rows)), np.empty(len(rows))
+        evidence = np.empty(len(rows), dtype=np.int8)
         kernel.advance(rows, batch.value[order], ts, reasons, self.scalars, self.profile, self.h, self.c,
-                       self._weights, self._params, score, error, forecast)
+                       self._weights, self._params, score, error, forecast, evidence)
         ends = rows[last]
         self._last_ts[ends], self._segment[ends], self._day[ends] = ts[last], segment[last], day[last]
         if owners is not None:
@@ -413,7 +415,7 @@ class Detector:
         scores = in_arrival_order(score, np.nan)
         return BatchResult(
             score=scores, error=in_arrival_order(error, np.nan),
-            forecast=in_arrival_order(forecast, np.nan),
+            forecast=in_arrival_order(forecast, np.nan), evidence=in_arrival_order(evidence, kernel.NO_EVIDENCE),
             outcome=in_arrival_order(np.full(len(rows), SCORED, dtype=np.int8), OUT_OF_ORDER),
             reset_code=in_arrival_order(reasons, 0),
             device_score=devices.tick_scores(batch.device, batch.ts, scores),

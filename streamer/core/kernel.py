@@ -445,6 +445,12 @@ def learn_profile(prof: np.ndarray, b: int, level: float, hours: float, p: Param
     prof[PROF.BIN_COUNT + b] = visits + 1.0
 
 
+# The kind of evidence that made a tick's score (`score_tick`), as codes: what an alert is about, for the
+# operator who reads it (score records and `streamer score`'s output name it).
+EVIDENCE_KINDS = ("", "forecast", "time_of_day", "range")
+NO_EVIDENCE, FORECAST, SEASON, RANGE = range(len(EVIDENCE_KINDS))
+
+
 @numba.njit(**_JIT)
 def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) -> float:
     """One incident, one alarm: while the stream's incident is open, a tick scores only if it beats the score
@@ -464,11 +470,12 @@ def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) 
 
 @numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.ndarray, value: float, ts: float,
-               error: float, p: Params) -> float:
+               error: float, p: Params) -> tuple[float, int]:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
     scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [2 N_TAILS] (a float64 copy of
     the profile's FORECAST_TAIL, SEASON_TAILS and SLOW_TAILS). ``rates`` [N_TAILS] is scratch. ``error`` is
-    |value - forecast|, 0 without a forecast."""
+    |value - forecast|, 0 without a forecast. Returns the score and the kind of evidence that made it
+    (`EVIDENCE_KINDS`; `NO_EVIDENCE` for a score of 0)."""
     # Each level's rate is the larger of its two estimates: the fast one follows a stream that turns more
     # turbulent within `tail_memory` ticks; the slow one, whose memory grows with the stream's life, still
     # knows the rare surprises of a long-lived stream (a 1-in-N rate takes a memory well beyond N ticks to
@@ -563,12 +570,16 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    strongest = max(forecast_part, season_part * p.season_evidence, novel_part)
+    parts = (forecast_part, season_part * p.season_evidence, novel_part)
+    strongest = max(parts[0], parts[1], parts[2])
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
 
     score = one_alarm_per_incident(st, score, live, p)
     st[S.SCORE] = score
-    return score
+    kind = NO_EVIDENCE
+    if score > 0:  # the kind whose evidence made the score, `EVIDENCE_KINDS` (ties: the first)
+        kind = FORECAST if parts[0] == strongest else SEASON if parts[1] == strongest else RANGE
+    return score, kind
 
 
 @numba.njit(**_JIT)
@@ -617,11 +628,12 @@ def _touch(scalars: np.ndarray, profile: np.ndarray, h: np.ndarray, c: np.ndarra
 @numba.njit(**_JIT)
 def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarray, scalars: np.ndarray,
             profile: np.ndarray, h: np.ndarray, c: np.ndarray, w: Weights, p: Params,
-            score: np.ndarray, error: np.ndarray, forecast: np.ndarray) -> float:
+            score: np.ndarray, error: np.ndarray, forecast: np.ndarray, evidence: np.ndarray) -> float:
     """For each tick i in order: reset its stream's state (slot ``rows[i]``) as ``reset[i]`` says (a reset
     code, 0: none; `NEW_STREAM`), score the value against the stream's forecast, then advance the stream's
     normaliser and forecaster one step and keep the forecast of its next value. Writes ``score``, ``error`` and
-    ``forecast`` [i] (NaN without a forecast). ``h`` and ``c`` are the state tables of `forecast_step`, a row
+    ``forecast`` [i] (NaN without a forecast), and ``evidence`` [i], the kind that made the score (int8,
+    `EVIDENCE_KINDS`). ``h`` and ``c`` are the state tables of `forecast_step`, a row
     a slot."""
     tails, rates = np.empty(2 * N_TAILS), np.empty(N_TAILS)
     gates = np.empty(w.bias.shape[0], dtype=np.float32)
@@ -646,7 +658,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
         mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
-        s = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p)
+        s, evidence[i] = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:

@@ -59,6 +59,7 @@ from streamer.clients.base import (
 )
 from streamer.config import Settings
 from streamer.core.detector import SCORED, Detector
+from streamer.core.kernel import EVIDENCE_KINDS
 from streamer.core.model import Forecaster
 from streamer.core.ticks import Decoded, InvalidTick, TickBatch, TickDecoder
 from streamer.daemon import systemd
@@ -431,6 +432,7 @@ class Daemon:
         scores_topic = self.settings.kafka.scores_topic
         partition_of, offset_of = self._consumer.partition, self._consumer.offset
         ts, value, score, error = ticks.ts.tolist(), ticks.value.tolist(), result.score.tolist(), result.error.tolist()
+        evidence = result.evidence.tolist()
         device = [None] * len(ticks) if ticks.device is None else ticks.device.tolist()
         device_score = result.device_score.tolist()
         for i in (result.outcome == SCORED).nonzero()[0].tolist():
@@ -438,6 +440,8 @@ class Daemon:
             record = {"stream": stream, "ts": ts[i], "value": value[i], "anomaly_score": score[i],
                       "error": None if error[i] != error[i] else error[i],
                       "topic": topic, "partition": partition_of(msg), "offset": offset_of(msg)}
+            if evidence[i]:  # a score above 0: the kind of evidence that made it
+                record["evidence"] = EVIDENCE_KINDS[evidence[i]]
             if device[i] is not None:  # a channel of a multivariate tick: its reading's device score too
                 record["device"], record["device_score"] = device[i], device_score[i]
             send(scores_topic, stream.encode(), orjson.dumps(record))

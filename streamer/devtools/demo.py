@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
@@ -63,7 +63,8 @@ def run_demo(settings: Settings, speed: float | None, linger: float, input_path:
 
 
 def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = ALERT_THRESHOLD) -> None:
-    """Per stream: alarms (score >= threshold), the first one, and the peak, from the score records.
+    """Per stream: alarms (score >= threshold), the first one, the kinds of evidence behind them, and the peak,
+    from the score records.
 
     For the bundled recording the injected anomalies are known (``streamer.devtools.synth.demo_series``), so each
     stream's row says where its anomaly was: a reader can see the hits and the false alarms.
@@ -73,6 +74,7 @@ def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = 
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     alarms: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, Counter] = defaultdict(Counter)
     peak: dict[str, float] = defaultdict(float)
     records = 0
     for message in consumer:
@@ -81,6 +83,7 @@ def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = 
         peak[rec["stream"]] = max(peak[rec["stream"]], rec["anomaly_score"])
         if rec["anomaly_score"] >= threshold:
             alarms[rec["stream"]].append(rec["ts"])
+            kinds[rec["stream"]][rec["evidence"]] += 1
     consumer.close()
     truth = {}
     if labelled:
@@ -92,11 +95,12 @@ def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = 
               for r in ("explicit", "segment", "session", "gap")}
     print(f"\nsummary: {records} score records, {len(peak)} streams, resets {resets}")
     print(f"alarms = ticks scoring >= {threshold} (the threshold `streamer evaluate` recommends)\n")
-    header = f"{'stream':<40} {'peak':>5} {'alarms':>6}  {'first alarm':<11}"
+    header = f"{'stream':<40} {'peak':>5} {'alarms':>6}  {'first alarm':<11}  {'evidence':<22}"
     print(header + ("  injected anomaly" if labelled else ""))
     for stream in sorted(peak, key=lambda name: (-len(alarms[name]), name)):
         first = _clock(alarms[stream][0]) if alarms[stream] else "-"
-        line = f"{stream:<40} {peak[stream]:>5.2f} {len(alarms[stream]):>6}  {first:<11}"
+        why = ", ".join(f"{kind} {n}" for kind, n in kinds[stream].most_common()) or "-"
+        line = f"{stream:<40} {peak[stream]:>5.2f} {len(alarms[stream]):>6}  {first:<11}  {why:<22}"
         print(line + (f"  {truth.get(stream) or '-'}" if labelled else ""))
 
 

@@ -39,6 +39,7 @@ class ScoredRow:
     # "invalid:<reason>" skipped
     device: str = ""  # the device of a channel of a multivariate tick (its row's ``stream``), else ""
     device_score: float = math.nan  # that reading's device score (`streamer.core.devices`); NaN: none
+    evidence: str = ""  # the kind of evidence that made a score above 0 (`kernel.EVIDENCE_KINDS`), else ""
 
 
 @dataclass
@@ -101,7 +102,8 @@ def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: T
             yield n, ScoredRow(record.line, record.obj.get(ts_field), tick.stream, tick.value,
                                float(result.score[i]), float(result.error[i]), float(result.forecast[i]),
                                "out_of_order" if skipped else RESET_NOTES[result.reset_code[i]],
-                               tick.device or "", float(result.device_score[i]))
+                               tick.device or "", float(result.device_score[i]),
+                               kernel.EVIDENCE_KINDS[result.evidence[i]])
             i += 1
         pending.clear()
         ticks.clear()
@@ -195,15 +197,16 @@ def score_files(paths: Sequence[Path], settings: Settings, model: Forecaster,
 
 def write_scores_csv(rows: list[ScoredRow], path: Path) -> None:
     """One line per tick; a channel of a multivariate tick also names its device and the reading's device
-    score (the same on each of the reading's channels), empty for other ticks."""
+    score (the same on each of the reading's channels), empty for other ticks; ``evidence`` names the kind of
+    evidence behind a score above 0 (forecast, time_of_day, range), empty for a score of 0."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(["timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note", "device",
-                      "device_score"])
+                      "device_score", "evidence"])
         for r in rows:
             out.writerow([r.timestamp, r.stream, "" if math.isnan(r.value) else repr(r.value), _fmt(r.score),
-                          _fmt(r.error), _fmt(r.forecast), r.note, r.device, _fmt(r.device_score)])
+                          _fmt(r.error), _fmt(r.forecast), r.note, r.device, _fmt(r.device_score), r.evidence])
 
 
 def _fmt(x: float) -> str:

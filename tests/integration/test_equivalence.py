@@ -55,6 +55,10 @@ def test_offline_scores_equal_daemon_scores(broker, tmp_path, run_daemon, model,
     diffs = [abs(live_scores[(row.stream, float(row.timestamp))] - row.score) for row in offline]
     assert max(diffs) <= 1e-5
     assert max(row.score for row in offline) > 0.3  # the comparison covers real alarms, not only zeros
+    # the kind of evidence behind each score above 0 too (a record without one: a score of 0)
+    live_evidence = {(r["stream"], r["ts"]): r.get("evidence", "") for r in live}
+    assert {(row.stream, float(row.timestamp)): row.evidence for row in offline} == live_evidence
+    assert {row.evidence for row in offline if row.score > 0.3} >= {"range"}
 
 
 def test_a_stacked_gru_scores_the_same_in_the_daemon(broker, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 
 from streamer.config import DetectorSettings, ResetRules
 from streamer.core.detector import OUT_OF_ORDER, SCORED, Detector, StreamStates
+from streamer.core.kernel import EVIDENCE_KINDS
 from streamer.core.ticks import Tick, TickBatch
 from streamer.offline.train_command import MAX_STATE_FLOATS
 
@@ -88,6 +89,25 @@ def test_anomaly_scores_higher_than_clean_history(model, settings):
     scores, _ = run(Detector(model, settings), ticks, batch=100)
     assert scores[300:305].max() > 0.3
     assert scores[300:305].max() > 2 * scores[100:300].max()
+
+
+@pytest.mark.parametrize("only, kind", [
+    ({}, None),
+    ({"range_evidence": False, "season_evidence": False}, "forecast"),
+    ({"range_evidence": False, "forecast_evidence": False}, "time_of_day"),
+])
+def test_each_score_names_the_kind_of_evidence_that_made_it(model, only, kind):
+    """A score above 0 names its evidence (score records and `streamer score` carry it to the operator); a
+    score of 0 names none. With one kind left on, every score is that kind's."""
+    result = Detector(model, DetectorSettings(warmup=20, **only)).process(series("a", 400, seed=4, anomaly_at=300))
+    names = np.array(EVIDENCE_KINDS)[result.evidence]
+    positive = result.score > 0
+    assert positive[300:305].any()
+    assert np.all((names == "") == ~positive)
+    if kind is None:  # all on: the jump of +6 leaves the stream's range, which is certain evidence
+        assert result.score[300] == 1.0 and names[300] == "range"
+    else:
+        assert set(names[positive]) == {kind}
 
 
 def test_reset_makes_a_stream_identical_to_a_fresh_one(model, settings):

@@ -28,7 +28,9 @@ def test_score_writes_every_row_and_a_plot(tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 240
     assert set(rows[0]) == {"timestamp", "stream", "value", "anomaly_score", "error", "forecast", "note", "device",
-                            "device_score"}
+                            "device_score", "evidence"}
+    assert {r["evidence"] for r in rows if float(r["anomaly_score"]) == 0} == {""}
+    assert {r["evidence"] for r in rows if float(r["anomaly_score"]) > 0} <= {"forecast", "time_of_day", "range"}
     assert {(r["device"], r["device_score"]) for r in rows} == {("", "")}  # univariate ticks: no device
     assert [r["note"] for r in rows if r["note"]] == ["reset:segment"] * 2  # the segment change, once per stream
     assert len({(r["stream"], r["timestamp"]) for r in rows}) == 240
@@ -73,7 +75,7 @@ def test_score_skips_and_reports_the_bad_line_or_stops_there_when_strict(tmp_pat
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 241 and [i for i, r in enumerate(rows) if r["note"].startswith("invalid")] == [62]
     assert rows[62] == {"timestamp": "1700001800.5", "stream": "a", "value": "", "anomaly_score": "", "error": "",
-                        "forecast": "", "note": "invalid:bad_type", "device": "", "device_score": ""}
+                        "forecast": "", "note": "invalid:bad_type", "device": "", "device_score": "", "evidence": ""}
     # The other rows score as if the bad one were not there, as in the daemon, which skips it.
     write_recording(clean)
     assert main(["score", str(clean), "--output", str(tmp_path / "clean_scores.csv")]) == 0
@@ -112,7 +114,7 @@ def test_score_of_an_empty_file_scores_nothing(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert "scored 0 of 0 rows" in printed and "no plot written" in printed
         assert out.read_text().splitlines() == [
-            "timestamp,stream,value,anomaly_score,error,forecast,note,device,device_score"]
+            "timestamp,stream,value,anomaly_score,error,forecast,note,device,device_score,evidence"]
 
 
 def test_score_names_a_file_it_cannot_read(tmp_path, capsys):
