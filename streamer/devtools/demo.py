@@ -83,7 +83,7 @@ def _summary(bootstrap: str, daemon: Daemon, labelled: bool, threshold: float = 
         peak[rec["stream"]] = max(peak[rec["stream"]], rec["anomaly_score"])
         if rec["anomaly_score"] >= threshold:
             alarms[rec["stream"]].append(rec["ts"])
-            kinds[rec["stream"]][rec["evidence"]] += 1
+            kinds[rec["stream"]][rec.get("evidence", "-")] += 1
     consumer.close()
     truth = {}
     if labelled:
