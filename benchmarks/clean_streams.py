@@ -35,7 +35,7 @@ POLL = 2_000
 WEEK = 7 * 86400.0
 
 
-def clean_streams() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def recording() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The streams' ticks (names, timestamps, values) in time order, interleaved as a recording would hold them,
     and each tick's week of age."""
     series = generate(**dict(DEMO, n_streams=STREAMS, length=int(WEEKS * WEEK / INTERVAL), anomalies=False,
@@ -48,9 +48,8 @@ def clean_streams() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return names, ts, values, ((ts - ts.min()) // WEEK).astype(int)
 
 
-def scores(overrides: dict, names: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Every tick's score, as `streamer score` would give it (one detector, `POLL`-tick polls)."""
-    detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides))
+def scores(detector: Detector, names: np.ndarray, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Every tick's score, as `streamer score` would give it: one detector, `POLL`-tick polls, in order."""
     polls = (TickBatch(names[k:k + POLL].tolist(), ts[k:k + POLL], values[k:k + POLL])
              for k in range(0, len(ts), POLL))
     return np.concatenate([detector.process(poll).score for poll in polls])
@@ -60,14 +59,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+")
     args = parser.parse_args()
-    names, ts, values, age_week = clean_streams()
+    names, ts, values, age_week = recording()
     print(f"{STREAMS} clean streams, {INTERVAL / 60:.0f}-minute ticks, {WEEKS} weeks: alarm ticks (>= {THRESHOLD}) "
           "per week of age, and streams alarming that week")
     print("| variant | " + " | ".join(f"week {w + 1}" for w in range(WEEKS)) + " |")
     print("|---|" + "---|" * WEEKS)
     for spec in args.variants:
         (name, overrides), = variant(spec).items()
-        alarm = scores(overrides, names, ts, values) >= THRESHOLD
+        detector = Detector(Forecaster.load(model_path(overrides)), detector_settings(overrides))
+        alarm = scores(detector, names, ts, values) >= THRESHOLD
         cells = [f"{int(alarm[age_week == w].sum())} ({len(set(names[alarm & (age_week == w)]))})"
                  for w in range(WEEKS)]
         print(f"| {name} | " + " | ".join(cells) + " |")

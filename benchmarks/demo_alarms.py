@@ -40,6 +40,11 @@ def alarms(overrides: dict, threshold: float) -> dict[str, list[float]]:
     return out
 
 
+def in_windows(ticks: list[float], windows: list[dict]) -> list[float]:
+    """The alarm times of ``ticks`` that fall in one of a stream's labelled ``windows`` (inclusive)."""
+    return [t for t in ticks if any(w["start"] <= t <= w["end"] for w in windows)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+")
@@ -57,7 +62,7 @@ def main() -> int:
             if not windows:
                 continue
             ticks = found[stream]
-            inside = [t for t in ticks if any(w["start"] <= t <= w["end"] for w in windows)]
+            inside = in_windows(ticks, windows)
             kinds = ", ".join(w["kind"] for w in windows)
             print(f"  {stream:<40} {kinds:<16} caught {'yes' if inside else 'NO':<3}  "
                   f"{len(inside)} in window, {len(ticks) - len(inside)} outside")

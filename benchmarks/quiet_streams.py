@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import clean_streams  # noqa: E402
 from loco import detector_settings, model_path, variant  # noqa: E402
 
 from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
-from streamer.core.ticks import TickBatch  # noqa: E402
 from streamer.devtools import incidents  # noqa: E402
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "real"
@@ -61,9 +61,9 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def scores(ts: np.ndarray, values: np.ndarray, overrides: dict, model: Forecaster) -> np.ndarray:
-    detector = Detector(model, detector_settings(overrides))
-    return np.concatenate([detector.process(TickBatch(["s"] * len(ts[k:k + 2000]), ts[k:k + 2000],
-                                                      values[k:k + 2000])).score for k in range(0, len(ts), 2000)])
+    """One stream's scores from a fresh detector, as `streamer score` gives them (`clean_streams.scores`)."""
+    names = np.full(len(ts), "s", dtype=object)
+    return clean_streams.scores(Detector(model, detector_settings(overrides)), names, ts, values)
 
 
 def episodes(ts: np.ndarray, score: np.ndarray) -> list[float]:

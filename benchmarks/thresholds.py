@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clean_streams  # noqa: E402
 import quiet_streams  # noqa: E402
-from demo_alarms import alarms  # noqa: E402
-from loco import CORPORA, PROFILES, model_path, score, variant  # noqa: E402
+from demo_alarms import alarms, in_windows  # noqa: E402
+from loco import CORPORA, PROFILES, detector_settings, model_path, score, variant  # noqa: E402
 
+from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
 from streamer.devtools import incidents, synth  # noqa: E402
 from streamer.offline import nab  # noqa: E402
@@ -74,11 +75,11 @@ def main() -> int:
     args = parser.parse_args()
     (name, overrides), = variant(args.variant).items()
 
-    names, ts, values, age_week = clean_streams.clean_streams()
-    clean = clean_streams.scores(overrides, names, ts, values)
+    names, ts, values, age_week = clean_streams.recording()
+    model = Forecaster.load(model_path(overrides))
+    clean = clean_streams.scores(Detector(model, detector_settings(overrides)), names, ts, values)
     settled = age_week >= SETTLED_WEEKS
     stream_weeks = clean_streams.STREAMS * (clean_streams.WEEKS - SETTLED_WEEKS)
-    model = Forecaster.load(model_path(overrides))
     ett = [(t, quiet_streams.scores(t, v, overrides, model)) for t, v in quiet_streams.ett().values()]
     ett_weeks = sum((t[-1] - t[0]) / quiet_streams.WEEK for t, _ in ett)
     truth = {s.name: s.windows() for s in synth.demo_series()}
@@ -96,8 +97,7 @@ def main() -> int:
         cells.append(f"{episodes / ett_weeks:.3f}")
         found = alarms(overrides, threshold)
         noisy = sum(1 for stream, ticks in found.items() if ticks and not truth.get(stream))
-        caught = sum(1 for stream, windows in truth.items() if windows and any(
-            w["start"] <= t <= w["end"] for t in found[stream] for w in windows))
+        caught = sum(1 for stream, windows in truth.items() if windows and in_windows(found[stream], windows))
         cells.append(f"{noisy} of {sum(1 for w in truth.values() if not w)}, {caught} of "
                      f"{sum(1 for w in truth.values() if w)}")
         print(f"| {threshold:.2f} | " + " | ".join(cells) + " |")
