@@ -29,11 +29,18 @@ from streamer.offline.score import score_files  # noqa: E402
 DEMO = Path(__file__).resolve().parent.parent / "streamer" / "data" / "demo.jsonl.gz"
 
 
-def alarms(overrides: dict, threshold: float) -> dict[str, list[float]]:
+def scored(overrides: dict) -> list:
+    """The bundled recording's rows, scored offline by the variant (`streamer score`)."""
     settings = Settings(detector=detector_settings(overrides), model={"path": model_path(overrides)})
     (rows, _), = score_files([DEMO], settings, Forecaster.load(settings.model.path))
+    return rows
+
+
+def alarms(overrides: dict, threshold: float, rows: list | None = None) -> dict[str, list[float]]:
+    """Per stream, the times of its ticks scoring >= ``threshold`` (every stream gets an entry); ``rows``: the
+    variant's `scored` rows, when they are at hand already."""
     out: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
+    for r in scored(overrides) if rows is None else rows:
         out[r.stream]  # every stream gets a row
         if r.score >= threshold:
             out[r.stream].append(float(r.timestamp))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clean_streams  # noqa: E402
 import quiet_streams  # noqa: E402
-from demo_alarms import alarms, in_windows  # noqa: E402
+from demo_alarms import alarms, in_windows, scored  # noqa: E402
 from loco import CORPORA, PROFILES, detector_settings, model_path, score, variant  # noqa: E402
 
 from streamer.core.detector import Detector  # noqa: E402
@@ -60,9 +60,8 @@ def alarm_counts(series: list[nab.Series], threshold: float) -> tuple[int, int, 
     return caught, windows, outside, ticks
 
 
-def labelled(name: str, overrides: dict, corpus: str, threshold: float) -> str:
+def labelled(series: list[nab.Series], threshold: float) -> str:
     """NAB standard score at ``threshold``, windows caught of all, alarm ticks outside windows per 10,000."""
-    series = score(name, overrides, corpus, quiet=True).series()
     raw = math.fsum(nab.file_raw_score(s, threshold, PROFILES[0]) for s in series)
     caught, windows, outside, ticks = alarm_counts(series, threshold)
     return f"{nab.normalise(raw, series, PROFILES[0]):.2f}, {caught} of {windows}, {1e4 * outside / ticks:.1f}"
@@ -83,6 +82,8 @@ def main() -> int:
     ett = [(t, quiet_streams.scores(t, v, overrides, model)) for t, v in quiet_streams.ett().values()]
     ett_weeks = sum((t[-1] - t[0]) / quiet_streams.WEEK for t, _ in ett)
     truth = {s.name: s.windows() for s in synth.demo_series()}
+    demo = scored(overrides)
+    corpora = {corpus: score(name, overrides, corpus, quiet=True).series() for corpus in CORPORA}
 
     print(f"{name}: per alert threshold. Labelled corpora: NAB standard at that threshold, windows caught, alarm "
           "ticks outside windows per 10,000; clean 5-minute streams: alarm ticks a stream-week (weeks 3-8); "
@@ -90,12 +91,12 @@ def main() -> int:
     print("| threshold | " + " | ".join(CORPORA) + " | clean streams | ETTh1 | demo |")
     print("|---|" + "---|" * (len(CORPORA) + 3))
     for threshold in args.thresholds:
-        cells = [labelled(name, overrides, corpus, threshold) for corpus in CORPORA]
+        cells = [labelled(series, threshold) for series in corpora.values()]
         cells.append(f"{(clean[settled] >= threshold).sum() / stream_weeks:.2f}")
         episodes = sum(len(incidents.report(t, s, threshold, [], quiet_streams.EPISODE_S).false_alarm_times)
                        for t, s in ett)
         cells.append(f"{episodes / ett_weeks:.3f}")
-        found = alarms(overrides, threshold)
+        found = alarms(overrides, threshold, demo)
         noisy = sum(1 for stream, ticks in found.items() if ticks and not truth.get(stream))
         caught = sum(1 for stream, windows in truth.items() if windows and in_windows(found[stream], windows))
         cells.append(f"{noisy} of {sum(1 for w in truth.values() if not w)}, {caught} of "
