@@ -52,7 +52,6 @@ SCALAR_COLUMNS = (
     ("INCIDENT_AGE", "ticks since then, or since the last tick that kept the incident open (`incident_hold`)"),
     ("START_TS", "the time of the stream's first tick since its (re)start"),
     ("LOG_INTERVAL", "EW mean of log seconds between the stream's ticks (its usual pace)"),
-    ("FORECAST_SHORT", "short EW mean of log1p(forecast surprise)"),
 )
 S = namedtuple("Scalars", [name for name, _ in SCALAR_COLUMNS])(*range(len(SCALAR_COLUMNS)))
 N_SCALARS = len(SCALAR_COLUMNS)
@@ -68,12 +67,11 @@ N_SCALARS = len(SCALAR_COLUMNS)
 # stream's life (`tail_slow_share`); a level's rate is the larger of the two (`score_tick`).
 FORECAST_LEVELS = 32
 SEASON_LEVELS = 12
-N_TAILS = FORECAST_LEVELS + 3 * SEASON_LEVELS  # the four tails, as stored: adjacent blocks of the profile
+N_TAILS = FORECAST_LEVELS + 2 * SEASON_LEVELS  # the three tails, as stored: adjacent blocks of the profile
 SEASON_BINS = 24  # time-of-day bins (hours, UTC)
 PROFILE_BLOCKS = (
     ("FORECAST_TAIL", FORECAST_LEVELS, "exceedance rates of the forecast surprise"),
     ("SEASON_TAILS", 2 * SEASON_LEVELS, "exceedance rates of the time-of-day surprise, and of its short mean"),
-    ("FORECAST_SHORT_TAIL", SEASON_LEVELS, "exceedance rates of the forecast surprise's short mean"),
     ("SLOW_TAILS", N_TAILS, "the same three tails, learned with the slow memory"),
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
@@ -125,8 +123,6 @@ class Params(NamedTuple):
     range_margin: float
     season_memory_days: float
     season_window: float
-    forecast_window: float  # 0: off
-    forecast_window_damped: float
     incident_ticks: float
     incident_hold: float  # 0: off
     peak_hold_seconds: float
@@ -251,14 +247,13 @@ def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
 
 @numba.njit(**_JIT)
 def learn_tails(tails: np.ndarray, forecast_surprise: float, season: float, season_short: float, weight: float,
-                flagged: bool, seasoned: bool, forecast_short: float) -> None:
+                flagged: bool, seasoned: bool) -> None:
     """Fold one tick's three surprises into one copy of the three tails ``tails`` [N_TAILS]: the forecast's
     unless the tick is flagged (`protect_decades`), the time-of-day ones once its bin is `SEASON_MIN_VISITS`."""
     learn_tail(tails[:FORECAST_LEVELS], forecast_surprise, 0.0 if flagged else weight)
     if seasoned:
         learn_tail(tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS], season, weight)
-        learn_tail(tails[FORECAST_LEVELS + SEASON_LEVELS:FORECAST_LEVELS + 2 * SEASON_LEVELS], season_short, weight)
-    learn_tail(tails[FORECAST_LEVELS + 2 * SEASON_LEVELS:], forecast_short, 0.0 if flagged else weight)
+        learn_tail(tails[FORECAST_LEVELS + SEASON_LEVELS:], season_short, weight)
 
 
 # tanh as a rational function (Eigen's float tanh: odd 13th over even 6th degree, clamped where float32
@@ -490,8 +485,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
         rates[k] = max(tails[k], tails[N_TAILS + k]) if slow else tails[k]
     forecast_rates = rates[:FORECAST_LEVELS]
     season_rates = rates[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS]
-    short_rates = rates[FORECAST_LEVELS + SEASON_LEVELS:FORECAST_LEVELS + 2 * SEASON_LEVELS]
-    fshort_rates = rates[FORECAST_LEVELS + 2 * SEASON_LEVELS:]
+    short_rates = rates[FORECAST_LEVELS + SEASON_LEVELS:]
     n = st[S.N]  # ticks before this one
     if n < 1:
         st[S.START_TS] = ts
@@ -515,12 +509,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
     steepest = p.tail_envelope * p.tail_index
     evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, steepest)
-    fshort = (st[S.FORECAST_SHORT] + (2.0 / (p.forecast_window + 1.0)) * (math.log1p(forecast_surprise)
-              - st[S.FORECAST_SHORT]) if learned >= 1 else math.log1p(forecast_surprise))
-    forecast_short = math.expm1(fshort)
-    fshort_decades = tail_decades(fshort_rates, forecast_short, p.tail_index, steepest)
-    if learn:
-        st[S.FORECAST_SHORT] = fshort
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
@@ -547,12 +535,10 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
     if learn and not novel:
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
-        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned,
-                    forecast_short)
+        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
         if slow:
             slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
-            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned,
-                        forecast_short)
+            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
     if seasoned and learn:
         st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
@@ -567,8 +553,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
-    if p.forecast_window > 0 and p.forecast_evidence:
-        forecast_part = max(forecast_part, max(fshort_decades - p.forecast_window_damped * damp, 0.0))
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
