@@ -123,7 +123,6 @@ class Params(NamedTuple):
     range_margin: float
     season_memory_days: float
     season_window: float
-    forecast_weight: float
     incident_ticks: float
     incident_hold: float  # 0: off
     peak_hold_seconds: float
@@ -553,7 +552,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
 
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
-    forecast_part = p.forecast_weight * max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
+    forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
