@@ -140,8 +140,8 @@ def params(settings: DetectorSettings, normaliser: NormaliserSpec) -> Params:
 class Upper(NamedTuple):
     """The layers above the first (`Weights.upper`), stacked: layer l + 1 at index l."""
 
-    w_ih: np.ndarray  # float32 [layers - 1, H, 4H]: weights on the layer below's new h (row j: its unit j)
-    w_hh: np.ndarray  # float32 [layers - 1, H, G*H]
+    w_ih: np.ndarray  # float32 [layers - 1, 4H, H]: weights on the layer below's new h (row k: gate unit k's)
+    w_hh: np.ndarray  # float32 [layers - 1, G*H, H]
     bias: np.ndarray  # float32 [layers - 1, 4H]
 
 
@@ -159,7 +159,7 @@ class Weights(NamedTuple):
     the cell, the layers' loop, or the first layer's update as a function of its own each cost it 5-10 % of
     a tick, measured on one detector alternating the two kernels)."""
 
-    w_hh: np.ndarray  # float32 [H, G*H]: row j is hidden unit j's weights on the recurrent gate units
+    w_hh: np.ndarray  # float32 [G*H, H]: row k is recurrent gate unit k's weights on h (torch's layout)
     w_ih: np.ndarray  # float32 [4H]: weights on the (normalised, clipped) input
     bias: np.ndarray  # float32 [4H]
     head_w: np.ndarray  # float32 [2, H]: mean and log standard deviation of the next normalised value, from
@@ -279,14 +279,34 @@ def sigmoid(x: np.float32) -> np.float32:
     return np.float32(0.5) + np.float32(0.5) * tanh(np.float32(0.5) * x)
 
 
-@numba.njit(**_JIT_SIMD)
-def _add_product(gates: np.ndarray, v: np.ndarray, m: np.ndarray) -> None:
-    """gates[:G] += v @ m for m [len(v), G], one row of ``m`` at a time (contiguous: SIMD lanes)."""
-    for j in range(v.shape[0]):
-        vj = v[j]
-        row = m[j]
-        for k in range(row.shape[0]):
-            gates[k] += vj * row[k]
+UNROLLED_WIDTH = 64  # the bundled model's hidden size (`forecast_step`)
+
+
+@numba.njit(**_JIT_SIMD, inline="always")
+def _add_matvec(gates: np.ndarray, m: np.ndarray, v: np.ndarray, width: int) -> None:
+    """gates[:len(m)] += m @ v[:width] for m [units, width]: one dot product per gate unit (its row of ``m`` is
+    contiguous), four units at a time, so that v and four sums stay in registers. Adding each element of v
+    times its row to every gate in turn, as before, loaded and stored all the gates once per element and
+    took longer (docs/perf.md). Inlined: a constant ``width`` is unrolled."""
+    units = m.shape[0]
+    top = units - units % 4
+    for k in range(0, top, 4):
+        s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+        for j in range(width):
+            vj = v[j]
+            s0 += m[k, j] * vj
+            s1 += m[k + 1, j] * vj
+            s2 += m[k + 2, j] * vj
+            s3 += m[k + 3, j] * vj
+        gates[k] += s0
+        gates[k + 1] += s1
+        gates[k + 2] += s2
+        gates[k + 3] += s3
+    for k in range(top, units):
+        total = np.float32(0.0)
+        for j in range(width):
+            total += m[k, j] * v[j]
+        gates[k] += total
 
 
 @numba.njit(**_JIT_SIMD)
@@ -311,15 +331,15 @@ def _upper_layers(h: np.ndarray, c: np.ndarray, w: Weights, upper: Upper | None,
     """The layers above the first, each reading the new h of the one below (h, c as in `forecast_step`)."""
     if upper is None:  # one layer: decided when compiling, and this function is empty
         return
-    hidden = upper.w_hh.shape[1]
+    hidden = upper.w_hh.shape[2]
     cells = c.shape[0] // (upper.w_hh.shape[0] + 1)  # 0 for a GRU
     for above in range(upper.w_hh.shape[0]):
         for k in range(gates.shape[0]):
             gates[k] = upper.bias[above, k]
-        _add_product(gates, h[above * hidden:(above + 1) * hidden], upper.w_ih[above])
+        _add_matvec(gates, upper.w_ih[above], h[above * hidden:(above + 1) * hidden], hidden)
         layer = above + 1
         h_layer = h[layer * hidden:(layer + 1) * hidden]
-        _add_product(gates, h_layer, upper.w_hh[above])
+        _add_matvec(gates, upper.w_hh[above], h_layer, hidden)
         _update(h_layer, c[layer * cells:(layer + 1) * cells], w, gates)
 
 
@@ -332,15 +352,14 @@ def forecast_step(x: float, h: np.ndarray, c: np.ndarray, w: Weights, gates: np.
 
     The first layer is written out, `_update` included (its rows of h and c are indexed, not sliced): a
     one-layer LSTM's step is then the code it was before layers and GRUs, as fast (`Weights`)."""
-    hidden = w.w_hh.shape[0]
+    hidden = w.w_hh.shape[1]
     xf = np.float32(min(max(x, -INPUT_CLIP), INPUT_CLIP))
     for k in range(gates.shape[0]):
         gates[k] = w.bias[k] + xf * w.w_ih[k]
-    for j in range(hidden):  # gates += h @ w_hh, one hidden unit's row at a time (contiguous in `w_hh`)
-        hj = h[j]
-        row = w.w_hh[j]
-        for k in range(row.shape[0]):
-            gates[k] += hj * row[k]
+    if hidden == UNROLLED_WIDTH:  # gates += w_hh @ h, unrolled for the bundled model's width
+        _add_matvec(gates, w.w_hh, h, UNROLLED_WIDTH)
+    else:
+        _add_matvec(gates, w.w_hh, h, hidden)
     if _is_gru(w):
         for j in range(hidden):
             n = tanh(gates[3 * hidden + j] + sigmoid(gates[j]) * gates[2 * hidden + j])
@@ -687,20 +706,20 @@ def _aligned(array: np.ndarray) -> np.ndarray:
 
 
 def step_weights(model: Forecaster) -> Weights:
-    """The forecaster's weights as `forecast_step` reads them: the matrices transposed, so one hidden (or
-    input) unit's weights on the gates are a contiguous row, a GRU's laid out on the 4H units of `Weights`,
-    every array on a cache line (`_aligned`)."""
+    """The forecaster's weights as `forecast_step` reads them: torch's layout (one gate unit's weights on a
+    layer's inputs are a contiguous row), a GRU's laid out on the 4H units of `Weights`, every array on a
+    cache line (`_aligned`)."""
     spec, w = model.spec, model.weights
     hidden = spec.hidden_size
     w_ih, w_hh, bias = [], [], []
     for layer in range(spec.layers):
         name = layer_name(layer)
-        ih, hh = w[f"{name}.weight_ih"].T, w[f"{name}.weight_hh"].T  # [inputs, G*H], [H, G*H]
+        ih, hh = w[f"{name}.weight_ih"], w[f"{name}.weight_hh"]  # [G*H, inputs], [G*H, H]
         b_ih, b_hh = w[f"{name}.bias_ih"], w[f"{name}.bias_hh"]
         if spec.cell == "gru":  # units (r, z, recurrent part of n, input part of n)
             rz = slice(0, 2 * hidden)
-            zero = np.zeros((ih.shape[0], hidden), dtype=np.float32)
-            ih = np.concatenate([ih[:, rz], zero, ih[:, 2 * hidden:]], axis=1)
+            zero = np.zeros((hidden, ih.shape[1]), dtype=np.float32)
+            ih = np.concatenate([ih[rz], zero, ih[2 * hidden:]], axis=0)
             b = np.concatenate([b_ih[rz] + b_hh[rz], b_hh[2 * hidden:], b_ih[2 * hidden:]])
         else:
             b = b_ih + b_hh
@@ -711,5 +730,5 @@ def step_weights(model: Forecaster) -> Weights:
     upper = (Upper(w_ih=c(np.stack(w_ih[1:])), w_hh=c(np.stack(w_hh[1:])), bias=c(np.stack(bias[1:])))
              if spec.layers > 1 else None)
     kind = GruWeights if spec.cell == "gru" else Weights
-    return kind(w_hh=c(w_hh[0]), w_ih=c(w_ih[0][0]), bias=c(bias[0]), head_w=c(w["head.weight"]),
+    return kind(w_hh=c(w_hh[0]), w_ih=c(w_ih[0][:, 0]), bias=c(bias[0]), head_w=c(w["head.weight"]),
                 head_b=c(w["head.bias"]), upper=upper)
