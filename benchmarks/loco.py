@@ -55,7 +55,7 @@ CACHE = Path(os.environ.get("LOCO_CACHE", "/tmp/streamer-loco"))
 CORPORA = ("nab", "msl", "skab")
 FAULTS = "skab, faults only"  # an extra figure: skab's files with a window (`Scored.labelled`)
 PROFILES = DEFAULT_PROFILES
-RANDOM_SEEDS = 5
+RANDOM_SEEDS = nab.RANDOM_SEEDS
 FOLD_LOG: list | None = None  # --folds: (fold, threshold, held-out standard score) of each fold
 RANDOM_INIT = CACHE / "random_init.npz"  # same shape as the bundled model, untrained (made on first use)
 
@@ -255,11 +255,6 @@ def baseline(name: str, corpus: str, like: Scored) -> Scored:
     return Scored(like.keys, like.folds, scores, like.windows)
 
 
-def random_scores(scored: Scored, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.random(len(s)) for s in scored.scores]
-
-
 @dataclass
 class Row:
     name: str
@@ -306,7 +301,8 @@ def random_row(cache_any: dict) -> Row:
     for name, base in parts.items():
         ins, loco = np.zeros(3), np.zeros(3)
         for seed in range(RANDOM_SEEDS):
-            fake = Scored(base.keys, base.folds, random_scores(base, seed), base.windows)
+            fake = Scored(base.keys, base.folds, [s.scores for s in nab.random_corpus(base.series(), seed)],
+                          base.windows)
             ins += [in_sample(fake.series(), p) for p in PROFILES]
             loco += [held_out([fake], p, lambda fold: 0) for p in PROFILES]
         figures[name] = (list(ins / RANDOM_SEEDS), list(loco / RANDOM_SEEDS))

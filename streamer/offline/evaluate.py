@@ -105,10 +105,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
         print(f"in the labels but not under {args.data}, not scored: {len(missing)} files: {shown}")
-    print(f"\n{'profile':<22} {'NAB score':>9} {'threshold':>10}")
+    print(f"\n{'profile':<22} {'NAB score':>9} {'threshold':>10} {'random detector':>16}")
     for result in results:
-        score = "n/a" if result.normalised is None else f"{result.normalised:.2f}"
-        print(f"{result.profile.name:<22} {score:>9} {result.threshold:>10.4f}")
+        score, chance = "n/a", "n/a"
+        if result.normalised is not None:
+            score, chance = f"{result.normalised:.2f}", f"{nab.random_baseline(corpus, result.profile):.2f}"
+        print(f"{result.profile.name:<22} {score:>9} {result.threshold:>10.4f} {chance:>16}")
+    print(f"random detector: uniform random scores on the same rows, at its own best threshold, mean of "
+          f"{nab.RANDOM_SEEDS} seeds; a score is worth what it gains over it")
     return 0
 
 

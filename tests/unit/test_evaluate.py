@@ -40,13 +40,18 @@ def test_evaluate_prints_the_sweep_of_offline_scores(corpus, capsys, model):
                  "--output", str(corpus / "out")])
     out = capsys.readouterr().out
     assert code == 0
-    printed = {m[0]: float(m[1]) for m in re.findall(r"^(standard|reward_low_\w+)\s+(-?[\d.]+)", out, re.M)}
+    table = re.findall(r"^(standard|reward_low_\w+)\s+(-?[\d.]+)\s+[\d.]+\s+(-?[\d.]+)$", out, re.M)
+    printed = {name: float(score) for name, score, _ in table}
+    chance = {name: float(random) for name, _, random in table}
     assert set(printed) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
 
     windows = nab.load_windows(corpus / "windows.json")
     series = [file_series(k, score_file(corpus / "data" / k, load_settings(None), model)[0], windows[k]) for k in FILES]
-    expected = nab.sweep(series, nab.Profile("standard", 1.0, 0.11, 1.0)).normalised
-    assert printed["standard"] == pytest.approx(expected, abs=0.01)
+    standard = nab.Profile("standard", 1.0, 0.11, 1.0)
+    assert printed["standard"] == pytest.approx(nab.sweep(series, standard).normalised, abs=0.01)
+    # beside it, the random detector's figure on the same rows and windows
+    assert chance["standard"] == pytest.approx(nab.random_baseline(series, standard), abs=0.01)
+    assert chance["standard"] < printed["standard"]
     assert all((corpus / "out" / k).is_file() for k in FILES)
 
 

@@ -24,6 +24,8 @@ from streamer.offline.nab import (
     locate_windows,
     normalise,
     probation_rows,
+    random_baseline,
+    random_corpus,
     raw_scores_by_threshold,
     sweep,
 )
@@ -149,6 +151,21 @@ def test_detector_firing_only_in_probation_is_the_null_detector() -> None:
     corpus = [Series("f", np.array([1.0] * 3 + [0.0] * 17), [(10, 12)])]
     result = sweep(corpus, P)
     assert (result.threshold, result.raw, result.normalised) == (1.0, -2.0, 0.0)
+
+
+def test_the_random_detector_scores_high_where_windows_cover_much_of_every_file() -> None:
+    """The figure `streamer evaluate` prints beside a detector's: the random detector, at its own best
+    threshold, gains from windows that cover a third of each file (the pump-rig layout) and not from short
+    ones; it is reproducible, and it keeps the corpus's rows and windows."""
+    standard = Profile("standard", 1.0, 0.11, 1.0)
+    wide = [Series(f"w{k}", np.zeros(1200), [(600, 999)]) for k in range(20)]
+    narrow = [Series(f"n{k}", np.zeros(4000), [(3000, 3019)]) for k in range(20)]
+    assert random_baseline(wide, standard) > 50
+    assert random_baseline(narrow, standard) < 25
+    assert random_baseline(wide, standard) == random_baseline(wide, standard)
+    fake = random_corpus(narrow, seed=3)
+    assert [(s.name, len(s.scores), s.windows) for s in fake] == [(s.name, len(s.scores), s.windows) for s in narrow]
+    assert all(0 <= s.scores.min() and s.scores.max() < 1 for s in fake)
 
 
 def test_normalise_null_and_perfect() -> None:
