@@ -165,7 +165,7 @@ def test_the_random_detector_scores_high_where_windows_cover_much_of_every_file(
     assert random_baseline(wide, standard) == random_baseline(wide, standard)
     fake = random_corpus(narrow, seed=3)
     assert [(s.name, len(s.scores), s.windows) for s in fake] == [(s.name, len(s.scores), s.windows) for s in narrow]
-    assert all(0 <= s.scores.min() and s.scores.max() < 1 for s in fake)
+    assert all(s.scores.min() >= 0 and s.scores.max() < 1 for s in fake)
 
 
 def test_normalise_null_and_perfect() -> None:
