@@ -25,14 +25,13 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clean_streams  # noqa: E402
 import quiet_streams  # noqa: E402
 from demo_alarms import alarms, in_windows, scored  # noqa: E402
 from loco import CORPORA, PROFILES, detector_settings, model_path, score, variant  # noqa: E402
+from windows import first_alarms  # noqa: E402
 
 from streamer.core.detector import Detector  # noqa: E402
 from streamer.core.model import Forecaster  # noqa: E402
@@ -45,18 +44,14 @@ SETTLED_WEEKS = 2  # the clean streams' first two weeks (warm-up, a young stream
 
 def alarm_counts(series: list[nab.Series], threshold: float) -> tuple[int, int, int, int]:
     """Windows with an alarm at ``threshold`` in them (past the probationary period, which NAB ignores), windows,
-    alarm ticks outside every window past that period, and ticks past it."""
+    alarm ticks outside every window past that period, and ticks past it (`windows.first_alarms`, summed)."""
     caught = windows = outside = ticks = 0
     for s in series:
-        start = nab.probation_rows(len(s.scores))
-        alarm = s.scores >= threshold
-        inside = np.zeros(len(s.scores), dtype=bool)
-        for a, b in s.windows:
-            inside[a:b + 1] = True
-            caught += bool(alarm[max(a, start):b + 1].any())
-        windows += len(s.windows)
-        outside += int((alarm & ~inside)[start:].sum())
-        ticks += len(s.scores) - start
+        positions, false_alarms = first_alarms(s, threshold)
+        caught += sum(p is not None for p in positions)
+        windows += len(positions)
+        outside += false_alarms
+        ticks += len(s.scores) - nab.probation_rows(len(s.scores))
     return caught, windows, outside, ticks
 
 
