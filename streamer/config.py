@@ -202,8 +202,6 @@ class DetectorSettings(Section):
     range_margin: float = Field(0.05, ge=0, description="beyond [min, max] by this share of the range: anomaly")
     season_memory_days: float = Field(20, gt=0, description="days: memory of the time-of-day profile")
     season_window: float = Field(12, ge=1, description="ticks: span of the short mean of time-of-day surprise")
-    shape_evidence: float = Field(0, ge=0, description="experiment")
-    shape_spawn: float = Field(8, ge=0, description="experiment")
     incident_ticks: float = Field(12, ge=0, description="ticks: within this of the tick that opened or last "
                                   "raised the stream's incident, only a higher score counts; 0 off")
     incident_hold: float = Field(0.3, ge=0, le=1, description="an incident stays open while a tick scores at "

@@ -76,10 +76,6 @@ PROFILE_BLOCKS = (
     ("BIN_MEAN", SEASON_BINS, "daily profile of the standardised value: EW mean per bin"),
     ("BIN_VAR", SEASON_BINS, "EW variance per bin"),
     ("BIN_COUNT", SEASON_BINS, "visits per bin"),
-    ("CENTROIDS", 4 * 8, "experiment: shape codebook"),
-    ("CENTROID_SCALE", 4, "experiment"),
-    ("CENTROID_COUNT", 4, "experiment"),
-    ("SHAPE_TAIL", 2 * SEASON_LEVELS, "experiment"),
 )
 PROF = namedtuple("Profile", [name for name, _, _ in PROFILE_BLOCKS])(
     *(sum(width for _, width, _ in PROFILE_BLOCKS[:k]) for k in range(len(PROFILE_BLOCKS))))
@@ -92,8 +88,6 @@ SEASON_FLOOR = 0.1  # floor on a bin's standard deviation, in slow standard devi
 DECADES = 10.0  # score = -log10(p) / DECADES: 1.0 is a 1-in-10^10 event
 _LOG10_2 = math.log10(2.0)
 _DAY = 86400.0
-SHAPE_K, SHAPE_D = 4, 8
-_PROJ = (np.random.default_rng(12345).standard_normal((SHAPE_D, 64)) / 8.0).astype(np.float64)
 _HOUR = _DAY / SEASON_BINS  # the span of a time-of-day bin
 
 # Compiled with IEEE semantics except where a function says otherwise; division by zero gives inf or NaN as in
@@ -129,8 +123,6 @@ class Params(NamedTuple):
     range_margin: float
     season_memory_days: float
     season_window: float
-    shape_evidence: float
-    shape_spawn: float
     incident_ticks: float
     incident_hold: float  # 0: off
     peak_hold_seconds: float
@@ -496,62 +488,8 @@ def one_alarm_per_incident(st: np.ndarray, score: float, live: bool, p: Params) 
 
 
 @numba.njit(**_JIT)
-def shape_novelty(prof: np.ndarray, h: np.ndarray, learn: bool, p: Params) -> float:
-    """Experiment: the LSTM state's distance to the nearest of SHAPE_K centroids (online k-means in a random
-    projection), in units of that centroid's mean distance, as calibrated decades."""
-    z = np.zeros(SHAPE_D)
-    for d in range(SHAPE_D):
-        acc = 0.0
-        for j in range(64):
-            acc += _PROJ[d, j] * h[j]
-        z[d] = acc
-    best, best_k, used = 1e300, -1, 0
-    for k in range(SHAPE_K):
-        if prof[PROF.CENTROID_COUNT + k] <= 0:
-            continue
-        used += 1
-        dist = 0.0
-        for d in range(SHAPE_D):
-            diff = z[d] - prof[PROF.CENTROIDS + k * SHAPE_D + d]
-            dist += diff * diff
-        if dist < best:
-            best, best_k = dist, k
-    rates = prof[PROF.SHAPE_TAIL:PROF.SHAPE_TAIL + SEASON_LEVELS]
-    slow_rates = prof[PROF.SHAPE_TAIL + SEASON_LEVELS:PROF.SHAPE_TAIL + 2 * SEASON_LEVELS]
-    s = 0.0
-    decades = 0.0
-    if best_k >= 0:
-        scale = prof[PROF.CENTROID_SCALE + best_k]
-        s = best / scale if scale > 0 else 0.0
-        r = np.empty(SEASON_LEVELS)
-        for k in range(SEASON_LEVELS):
-            r[k] = max(rates[k], slow_rates[k])
-        decades = tail_decades(r, s, p.tail_index, p.tail_envelope * p.tail_index)
-    if learn:
-        if best_k < 0 or (s > p.shape_spawn and used < SHAPE_K):
-            k = used
-            for d in range(SHAPE_D):
-                prof[PROF.CENTROIDS + k * SHAPE_D + d] = z[d]
-            prof[PROF.CENTROID_COUNT + k] = 1.0
-            prof[PROF.CENTROID_SCALE + k] = prof[PROF.CENTROID_SCALE + best_k] if best_k >= 0 else 0.0
-        else:
-            count = prof[PROF.CENTROID_COUNT + best_k] + 1.0
-            rate = max(1.0 / count, 1.0 / p.tail_memory)
-            for d in range(SHAPE_D):
-                c = prof[PROF.CENTROIDS + best_k * SHAPE_D + d]
-                prof[PROF.CENTROIDS + best_k * SHAPE_D + d] = c + rate * (z[d] - c)
-            sc = prof[PROF.CENTROID_SCALE + best_k]
-            prof[PROF.CENTROID_SCALE + best_k] = sc + rate * (best - sc) if sc > 0 else best
-            prof[PROF.CENTROID_COUNT + best_k] = count
-            if best_k >= 0 and s > 0:
-                learn_tail(rates, s, max(1.0 / count, 1.0 / p.tail_memory))
-                learn_tail(slow_rates, s, max(1.0 / count, 1.0 / max(p.tail_memory, 0.5 * count)))
-    return decades
-
-
-@numba.njit(**_JIT)
 def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.ndarray, value: float, ts: float,
-               error: float, p: Params, h: np.ndarray) -> tuple[float, int]:
+               error: float, p: Params) -> tuple[float, int]:
     """Score one tick from its three kinds of evidence (detector docstring), learning it into the stream's
     scalars ``st`` and daily profile ``prof`` (its table rows) and its ``tails`` [2 N_TAILS] (a float64 copy of
     the profile's FORECAST_TAIL, SEASON_TAILS and SLOW_TAILS). ``rates`` [N_TAILS] is scratch. ``error`` is
@@ -651,10 +589,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
-    shape_part = 0.0
-    if p.shape_evidence > 0 and p.forecast_evidence and n >= p.warmup:
-        shape_part = p.shape_evidence * shape_novelty(prof, h, learn and not novel, p)
-    forecast_part = max(forecast_part, shape_part)
     parts = (forecast_part, season_part * p.season_evidence, novel_part)
     strongest = max(parts[0], parts[1], parts[2])
     score = min(strongest * (1.0 / DECADES), 1.0) if live else 0.0
@@ -743,7 +677,7 @@ def advance(rows: np.ndarray, value: np.ndarray, ts: np.ndarray, reset: np.ndarr
         forecast[i] = st[S.PRED] if n >= 1 else np.nan
         error[i] = abs(v - st[S.PRED]) if n >= 1 else np.nan
         mean, var, scale = normalise(n, st[S.MEAN], st[S.VAR], v, p, p.normaliser_clip)
-        s, evidence[i] = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p, h[r])
+        s, evidence[i] = score_tick(st, prof, tails, rates, v, t, error[i] if n >= 1 else 0.0, p)
         score[i] = s
         # Hold the peak: a one-tick alarm stays visible for peak_hold_seconds, so a scrape cannot miss it.
         if t - st[S.PEAK_TS] > p.peak_hold_seconds or s >= st[S.PEAK]:
