@@ -285,9 +285,8 @@ UNROLLED_WIDTH = 64  # the bundled model's hidden size (`forecast_step`)
 @numba.njit(**_JIT_SIMD, inline="always")
 def _add_matvec(gates: np.ndarray, m: np.ndarray, v: np.ndarray, width: int) -> None:
     """gates[:len(m)] += m @ v[:width] for m [units, width]: one dot product per gate unit (its row of ``m`` is
-    contiguous), four units at a time, so that v and four sums stay in registers. Adding each element of v
-    times its row to every gate in turn, as before, loaded and stored all the gates once per element and
-    took longer (docs/perf.md). Inlined: a constant ``width`` is unrolled."""
+    contiguous), four units at a time, so that v and four sums stay in registers and each gate is loaded and
+    stored once (docs/perf.md, session 15). Inlined: a constant ``width`` is unrolled."""
     units = m.shape[0]
     top = units - units % 4
     for k in range(0, top, 4):
