@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--colors", type=_palette, default=0,
                        help="store the --plot PNG with a palette of at most this many colours (2-256; a plot has "
                             "few, so the file is about a third as large; default: full colour)")
-    score.add_argument("--topic", default="", help="use this topic's reset rules")
+    score.add_argument("--topic", default="", help="score as the daemon scores this topic's ticks (its reset rules "
+                       "and detector settings)")
     score.add_argument("--strict", action="store_true",
                        help="stop at the first row the daemon would reject (default: count, skip, report)")
     score.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)  # the default now

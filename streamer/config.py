@@ -211,6 +211,29 @@ class DetectorSettings(Section):
     peak_hold_seconds: float = Field(300.0, ge=0, description="a score's peak is held this long (tick time)")
     max_streams: int = Field(200_000, ge=1, description="least recently seen streams are evicted past this")
     idle_expiry_seconds: float = Field(0.0, ge=0, description="daemon: forget streams silent this long; 0 never")
+    topics: dict[str, DetectorSettings] = Field({}, description="per-topic overrides of how ticks are scored (only "
+                                                "the fields a topic sets override the ones above), e.g. prices "
+                                                "and sensor metrics served by one daemon")
+
+    @field_validator("topics")
+    @classmethod
+    def _scoring_only(cls, topics: dict[str, DetectorSettings]) -> dict[str, DetectorSettings]:
+        for topic, override in topics.items():
+            whole = sorted(override.model_fields_set & DAEMON_WIDE)
+            if whole:
+                raise ValueError(f"topic {topic!r} cannot set {', '.join(whole)}: the whole daemon's, not a topic's")
+        return topics
+
+    def for_topic(self, topic: str) -> DetectorSettings:
+        """The settings a tick of ``topic`` is scored with: these, with what the topic's override sets."""
+        base = self.model_copy(update={"topics": {}})
+        override = self.topics.get(topic)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(include=override.model_fields_set))
+
+
+DAEMON_WIDE = {"max_streams", "idle_expiry_seconds", "topics"}  # detector settings no topic can override
 
 
 class MetricsSettings(Section):

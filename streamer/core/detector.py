@@ -173,8 +173,9 @@ class Detector:
 
     The contract, by caller (River's AnomalyDetector has score / learn / reset; here one call does all
     three per tick, because scoring a tick and learning it are one pass over the stream's state):
-    - drivers (the daemon's loop, `streamer score` / `evaluate`): `process(ticks, rules, owners)` scores
-      each tick against its stream's state, learns it, and resets streams where the rules say so;
+    - drivers (the daemon's loop, `streamer score` / `evaluate`): `process(ticks, rules, owners, topic)` scores
+      each tick against its stream's state (with its topic's settings), learns it, and resets streams where the
+      rules say so;
     - checkpoints: `owned_by(owner)` names the streams of one partition, `export(streams)` returns their
       state as plain arrays (`StreamStates`), `restore(states, owner)` puts it back, `forget(stream)` drops
       one stream;
@@ -188,7 +189,7 @@ class Detector:
         self.model = model
         self.settings = settings
         self._weights = kernel.step_weights(model)
-        self._params = kernel.params(settings, model.spec.normaliser)
+        self._scoring: dict[str, tuple[kernel.Params, bool]] = {}  # per topic: `_scoring_of`
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = []
         self._free: list[int] = []
@@ -353,8 +354,16 @@ class Detector:
 
     # --- the batched step --------------------------------------------------------------------------
 
+    def _scoring_of(self, topic: str) -> tuple[kernel.Params, bool]:
+        """The kernel's parameters for ticks of ``topic`` (`DetectorSettings.for_topic`), and whether its ticks
+        stamped at their stream's last time are scored, made once per topic."""
+        if topic not in self._scoring:
+            settings = self.settings.for_topic(topic)
+            self._scoring[topic] = kernel.params(settings, self.model.spec.normaliser), settings.equal_timestamps
+        return self._scoring[topic]
+
     def process(self, ticks: TickBatch | Sequence[Tick], rules: ResetRules | None = None,
-                owners: np.ndarray | None = None) -> BatchResult:
+                owners: np.ndarray | None = None, topic: str = "") -> BatchResult:
         """Advance every stream by its ticks in this batch and score each tick.
 
         A tick not later than its stream's last accepted one is skipped as out of order (one at the same time
@@ -362,7 +371,7 @@ class Detector:
         checked for a reset against their stream's previous accepted tick (in this batch, or the last one
         before it) and stepped, each stream's in arrival order. ``owners`` (one int per tick) tags each
         stream with where its ticks come from, so a driver can export or drop the streams of one Kafka
-        partition (`owned_by`).
+        partition (`owned_by`). ``topic`` picks the scoring settings (`DetectorSettings.topics`).
         """
         batch = ticks if isinstance(ticks, TickBatch) else TickBatch.of(ticks)
         self._batches += 1
@@ -371,7 +380,8 @@ class Detector:
         # Each stream's ticks side by side, in arrival order: "previous tick" is then the neighbour, and the
         # kernel walks the state table in slot order.
         order = np.argsort(slot, kind="stable")
-        order = order[kernel.in_order(slot[order], batch.ts[order], self._last_ts, self.settings.equal_timestamps)]
+        params, equal_timestamps = self._scoring_of(topic)
+        order = order[kernel.in_order(slot[order], batch.ts[order], self._last_ts, equal_timestamps)]
         rows, ts = slot[order], batch.ts[order]
         first = np.ones(len(rows), dtype=bool)  # a stream's first accepted tick in this batch
         first[1:] = rows[1:] != rows[:-1]
@@ -396,7 +406,7 @@ class Detector:
         score, error, forecast = np.empty(len(rows)), np.empty(len(rows)), np.empty(len(rows))
         evidence = np.empty(len(rows), dtype=np.int8)
         kernel.advance(rows, batch.value[order], ts, reasons, self.scalars, self.profile, self.h, self.c,
-                       self._weights, self._params, score, error, forecast, evidence)
+                       self._weights, params, score, error, forecast, evidence)
         ends = rows[last]
         self._last_ts[ends], self._segment[ends], self._day[ends] = ts[last], segment[last], day[last]
         if owners is not None:

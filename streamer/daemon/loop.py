@@ -401,7 +401,7 @@ class Daemon:
             if not len(ticks):
                 continue
             owners = np.repeat([owner for _, _, owner in parts], [len(decoded.ticks) for _, decoded, _ in parts])
-            result = self.detector.process(ticks, self._rules.get(topic), owners)
+            result = self.detector.process(ticks, self._rules.get(topic), owners, topic)
             for outcome, n in zip(*_counts(result.outcome)):
                 m.messages.labels(topic, _OUTCOME[outcome]).inc(n)
             for reason, n in result.resets.items():

@@ -63,29 +63,29 @@ NEW_STREAM_NOTES = frozenset(RESET_NOTES[1:kernel.NEW_STREAM + 1])
 
 def score_records(records: Iterable[Record], detector: Detector, decoder: TickDecoder, rules: ResetRules,
                   summary: ScoreSummary, strict: bool = False, batch: int = 2000,
-                  source: str = "") -> Iterator[ScoredRow]:
+                  source: str = "", topic: str = "") -> Iterator[ScoredRow]:
     """Score records in batches of ``batch`` ticks; yields one row per tick, in input order.
 
     What the daemon skips is skipped and kept as a row with an empty score: a tick not later than its
     stream's last one (note ``out_of_order``) and a row that is not a valid tick (note ``invalid:<reason>``,
     the daemon's reasons, counted in ``summary.invalid``). ``strict`` raises `RecordError` naming the file
-    and line at the first invalid row instead.
+    and line at the first invalid row instead. ``topic``: the detector scores as for that topic's ticks.
     """
     for _, row in _score(((0, record) for record in records), detector, decoder, rules, [summary], [source],
-                         strict, batch):
+                         strict, batch, topic):
         yield row
 
 
 def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: TickDecoder, rules: ResetRules,
            summaries: Sequence[ScoreSummary], sources: Sequence[str], strict: bool,
-           batch: int) -> Iterator[tuple[int, ScoredRow]]:
+           batch: int, topic: str = "") -> Iterator[tuple[int, ScoredRow]]:
     """`score_records` of records tagged with the index of their file (into ``summaries`` and ``sources``)."""
     ts_field, stream_field = decoder.f.ts_field, decoder.f.stream_field
     pending: list[tuple[int, Record, Tick | None, str]] = []  # (file, record, tick, why invalid) in order
     ticks: list[Tick] = []
 
     def flush() -> Iterator[tuple[int, ScoredRow]]:
-        result = detector.process(ticks, rules) if ticks else None
+        result = detector.process(ticks, rules, topic=topic) if ticks else None
         if result is not None and len(summaries) == 1:
             summaries[0].resets.update(result.resets)
         i = 0
@@ -135,7 +135,8 @@ def _score(records: Iterable[tuple[int, Record]], detector: Detector, decoder: T
 
 def score_file(path: Path, settings: Settings, model: Forecaster, strict: bool = False,
                topic: str = "") -> tuple[list[ScoredRow], ScoreSummary]:
-    """Score one recorded file with a fresh detector (the reset rules of ``topic``, if given).
+    """Score one recorded file with a fresh detector (the reset rules and detector settings of ``topic``, if
+    given, as the daemon scores that topic's ticks).
 
     Rows the daemon would skip are counted, kept as rows with an empty score and skipped (see
     `score_records`); ``strict`` makes the first invalid row an error. A file that cannot be read at all
@@ -146,7 +147,7 @@ def score_file(path: Path, settings: Settings, model: Forecaster, strict: bool =
     summary = ScoreSummary()
     records = read_records(path, settings.ticks, lenient=True)
     rows = list(score_records(records, detector, decoder, settings.resets.for_topic(topic), summary,
-                              strict=strict, batch=settings.kafka.max_poll_records, source=str(path)))
+                              strict=strict, batch=settings.kafka.max_poll_records, source=str(path), topic=topic))
     return rows, summary
 
 

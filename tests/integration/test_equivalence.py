@@ -15,7 +15,7 @@ from tests.conftest import daemon_settings
 from tests.integration.kafka_helpers import read_all
 
 
-def write_recording(path, streams=40, length=250, seed=0):
+def write_recording(path, streams=40, length=250, seed=0, prefix="s"):
     """Many streams interleaved by time, with segment changes, explicit resets and a few anomalies."""
     rng = np.random.default_rng(seed)
     t0 = 1_760_000_000
@@ -25,7 +25,7 @@ def write_recording(path, streams=40, length=250, seed=0):
                 value = 100 * (s + 1) + 10 * np.sin(i / (5 + s % 7)) + rng.normal(0, 1)
                 if s % 9 == 0 and 180 <= i < 185:
                     value += 80
-                rec = {"stream": f"s{s:02d}", "ts": t0 + 60 * i + s, "value": float(value),
+                rec = {"stream": f"{prefix}{s:02d}", "ts": t0 + 60 * i + s, "value": float(value),
                        "segment": f"run-{i // 100}" if s % 3 == 0 else None}
                 if s % 5 == 1 and i == 120:
                     rec["reset"] = True
@@ -90,3 +90,33 @@ def test_a_stacked_gru_scores_the_same_in_the_daemon(broker, tmp_path):
             for r in read_all(broker.bootstrap, topic + "-scores", 2, expected=total)}
     assert max(abs(live[(row.stream, float(row.timestamp))] - row.score) for row in offline) <= 1e-5
     assert max(row.score for row in offline) > 0.3
+
+
+def test_each_topic_is_scored_with_its_own_detector_settings(broker, tmp_path, run_daemon, model):
+    """`[detector.topics.<topic>]`: one daemon serves sensor metrics and prices, and scores each topic's ticks
+    as `streamer score --topic` scores its file: the prices without range novelty or time-of-day evidence."""
+    from streamer.config import DetectorSettings
+
+    sensors, prices = "topics-sensors", "topics-prices"
+    settings = daemon_settings(broker.bootstrap, [sensors, prices], scores_topic="topics-scores", max_poll_records=211)
+    detector = settings.detector.model_copy(update={"topics": {prices: DetectorSettings(
+        range_evidence=False, season_evidence=False, protect_decades=4)}})
+    settings = settings.model_copy(update={"detector": detector})
+    create_topic(broker.bootstrap, "topics-scores", partitions=2)
+    offline, total = {}, 0
+    for topic in (sensors, prices):
+        path = tmp_path / f"{topic}.jsonl.gz"
+        total += write_recording(path, prefix=topic[7:])  # streams "sensors00", "prices00", ...
+        offline[topic], _ = score_file(path, settings, model, topic=topic)
+        create_topic(broker.bootstrap, topic, partitions=2)
+        assert replay(path, topic, settings, speed=None, progress=False).produced == len(offline[topic])
+    with run_daemon(settings) as running:
+        running.wait_scored(total)
+    live = {(r["stream"], r["ts"]): (r["anomaly_score"], r.get("evidence", ""))
+            for r in read_all(broker.bootstrap, "topics-scores", 2, expected=total)}
+    assert len(live) == total
+    for topic, rows in offline.items():
+        assert max(abs(live[(row.stream, float(row.timestamp))][0] - row.score) for row in rows) <= 1e-5, topic
+        assert all(live[(row.stream, float(row.timestamp))][1] == row.evidence for row in rows), topic
+    alarms = {topic: {row.evidence for row in rows if row.score > 0.3} for topic, rows in offline.items()}
+    assert "range" in alarms[sensors] and alarms[prices] == {"forecast"}

@@ -70,6 +70,28 @@ def test_per_topic_reset_rules_override_only_what_they_set(tmp_path):
     assert (other.max_gap_seconds, other.session_timezone) == (60, "UTC")
 
 
+def test_per_topic_detector_settings_override_only_what_they_set(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text("[detector]\nwarmup = 50\nprotect_decades = 0\n"
+                    "[detector.topics.bars]\nrange_evidence = false\nprotect_decades = 4\n")
+    s = load_settings(path)
+    bars, other = s.detector.for_topic("bars"), s.detector.for_topic("metrics")
+    assert (bars.warmup, bars.range_evidence, bars.protect_decades, bars.topics) == (50, False, 4, {})
+    assert (other.warmup, other.range_evidence, other.protect_decades) == (50, True, 0)
+    monkeypatch.setenv("STREAMER_DETECTOR__TOPICS__BARS__SEASON_EVIDENCE", "false")
+    assert load_settings(None).detector.for_topic("bars").season_evidence is False
+
+
+def test_a_topic_cannot_set_what_belongs_to_the_whole_daemon(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[detector.topics.bars]\nmax_streams = 10\n")
+    with pytest.raises(ConfigError, match="detector.topics.*'bars' cannot set max_streams"):
+        load_settings(path)
+    path.write_text("[detector.topics.bars]\nrange_evidnce = false\n")
+    with pytest.raises(ConfigError, match="detector.topics.bars.range_evidnce"):
+        load_settings(path)
+
+
 def test_secrets_are_masked(monkeypatch):
     monkeypatch.setenv("STREAMER_KAFKA__SASL_PLAIN_PASSWORD", "hunter2")
     monkeypatch.setenv("STREAMER_KAFKA__CONSUMER", '{"sasl_oauth_token_secret": "t0k3n", "fetch_max_wait_ms": 10}')

@@ -196,6 +196,30 @@ def test_out_of_order_and_duplicate_ticks_are_skipped_without_stepping(model, se
     assert (first.outcome == SCORED).all()
 
 
+def test_each_topic_is_scored_with_its_own_settings(model, settings):
+    """`detector.topics`: one detector scores a prices topic without range and time-of-day evidence, exactly as
+    a detector configured so would, and every other topic with the settings above it; streams of both stay
+    apart, whatever order their batches come in."""
+    prices = {"range_evidence": False, "season_evidence": False, "equal_timestamps": True}
+    both = Detector(model, settings.model_copy(update={"topics": {"bars": DetectorSettings(**prices)}}))
+    sensor, bar = series("sensor", 400, seed=4, anomaly_at=300), series("bar", 400, seed=4, anomaly_at=300)
+    got = {"sensor": [], "bar": []}
+    for k in range(0, 400, 100):
+        got["bar"].append(both.process(bar[k:k + 100], topic="bars"))
+        got["sensor"].append(both.process(sensor[k:k + 100], topic="metrics"))
+    alone = {"sensor": Detector(model, settings), "bar": Detector(model, settings.model_copy(update=prices))}
+    for name, ticks in (("sensor", sensor), ("bar", bar)):
+        want = alone[name].process(ticks)
+        np.testing.assert_array_equal(np.concatenate([r.score for r in got[name]]), want.score, err_msg=name)
+        np.testing.assert_array_equal(np.concatenate([r.evidence for r in got[name]]), want.evidence)
+    kinds = {name: {EVIDENCE_KINDS[e] for r in got[name] for e in r.evidence} for name in got}
+    assert "range" in kinds["sensor"] and "range" not in kinds["bar"]
+    # the topic's equal_timestamps too: a second trade in the bar's last second is scored there only
+    again = [Tick("bar", bar[-1].ts, 10.0), Tick("sensor", sensor[-1].ts, 10.0)]
+    assert both.process(again[:1], topic="bars").outcome.tolist() == [SCORED]
+    assert both.process(again[1:], topic="metrics").outcome.tolist() == [OUT_OF_ORDER]
+
+
 def test_equal_timestamps_are_scored_in_arrival_order_when_accepted(model, settings):
     """A trade feed stamps several trades in one millisecond: with `equal_timestamps` they are stepped in
     arrival order; an older tick is still out of order."""
