@@ -345,4 +345,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
         for key in data["kafka"][section]:
             if any(word in key.lower() for word in ("password", "secret", "token")):
                 data["kafka"][section][key] = "**********"
+    for section in ("resets", "detector"):  # a topic's override: the keys it sets, the others come from above
+        data[section]["topics"] = {topic: override.model_dump(mode="json", include=override.model_fields_set)
+                                   for topic, override in getattr(settings, section).topics.items()}
     return data

@@ -68,6 +68,8 @@ def test_per_topic_reset_rules_override_only_what_they_set(tmp_path):
     nyse, other = s.resets.for_topic("nyse"), s.resets.for_topic("other")
     assert (nyse.max_gap_seconds, nyse.session_timezone, nyse.session_start) == (60, "America/New_York", "09:30")
     assert (other.max_gap_seconds, other.session_timezone) == (60, "UTC")
+    shown = redacted(s)["resets"]["topics"]  # `streamer config`: an override as what it sets
+    assert shown == {"nyse": {"session_timezone": "America/New_York", "session_start": "09:30"}}
 
 
 def test_per_topic_detector_settings_override_only_what_they_set(tmp_path, monkeypatch):
@@ -80,6 +82,8 @@ def test_per_topic_detector_settings_override_only_what_they_set(tmp_path, monke
     assert (other.warmup, other.range_evidence, other.protect_decades) == (50, True, 0)
     monkeypatch.setenv("STREAMER_DETECTOR__TOPICS__BARS__SEASON_EVIDENCE", "false")
     assert load_settings(None).detector.for_topic("bars").season_evidence is False
+    # `streamer config` shows an override as what it sets, not as a full set of defaults
+    assert redacted(s)["detector"]["topics"] == {"bars": {"range_evidence": False, "protect_decades": 4.0}}
 
 
 def test_a_topic_cannot_set_what_belongs_to_the_whole_daemon(tmp_path):
