@@ -57,26 +57,26 @@ def main() -> int:
     scored = {}
     for spec in args.variants:
         (name, overrides), = loco.variant(spec).items()
-        corpus = loco.score(name, overrides, args.corpus)
-        result = nab.sweep(corpus.series(), standard)
-        scored[name] = (corpus, result.threshold)
+        series = loco.score(name, overrides, args.corpus).series()
+        result = nab.sweep(series, standard)
+        scored[name] = (series, result.threshold)
         print(f"{name}: standard {result.normalised:.2f} at threshold {result.threshold:.4f}")
     surprise = loco.score("forecast_only", FORECAST_ONLY, args.corpus) if args.forecast else None
     first, first_threshold = next(iter(scored.values()))
-    for i, key in enumerate(first.keys):
+    for i, file in enumerate(first):
         cells = []
-        for corpus, threshold in scored.values():
-            positions, false_alarms = first_alarms(corpus.series()[i], threshold)
+        for series, threshold in scored.values():
+            positions, false_alarms = first_alarms(series[i], threshold)
             shown = ",".join("MISS" if p is None else f"{p:.2f}" for p in positions)
             cells.append(f"{shown:<24} fp {false_alarms:<3d}")
-        line = f"{key[:48]:<48} " + " | ".join(cells)
-        if surprise is not None and None in first_alarms(first.series()[i], first_threshold)[0]:
+        line = f"{file.name[:48]:<48} " + " | ".join(cells)
+        if surprise is not None and None in first_alarms(file, first_threshold)[0]:
             decades = surprise.scores[i] * DECADES
             outside = np.ones(len(decades), dtype=bool)
-            for start, end in first.windows[i]:
+            for start, end in file.windows:
                 outside[start:end + 1] = False
             outside[:nab.probation_rows(len(decades))] = False
-            inside = [f"{decades[s:e + 1].max():.1f}" for s, e in first.windows[i]]
+            inside = [f"{decades[s:e + 1].max():.1f}" for s, e in file.windows]
             line += f"   forecast decades in windows {','.join(inside)}, outside max {decades[outside].max():.1f}"
         print(line)
     return 0
