@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from datetime import timezone as dt_timezone
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, TomlConfigSettingsSource
@@ -42,6 +42,16 @@ def _known_timezone(value: str) -> str:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def _overridden(base: SectionT, override: Section | None) -> SectionT:
+    """``base`` with the fields a topic's ``override`` sets; the ones it does not set keep ``base``'s values."""
+    if override is None:
+        return base
+    return base.model_copy(update=override.model_dump(include=override.model_fields_set))
 
 
 class KafkaSettings(Section):
@@ -151,11 +161,7 @@ class ResetSettings(ResetRules):
     topics: dict[str, ResetRules] = {}
 
     def for_topic(self, topic: str) -> ResetRules:
-        override = self.topics.get(topic)
-        base = ResetRules(**self.model_dump(exclude={"topics"}))
-        if override is None:
-            return base
-        return base.model_copy(update=override.model_dump(include=override.model_fields_set))
+        return _overridden(ResetRules(**self.model_dump(exclude={"topics"})), self.topics.get(topic))
 
 
 class DetectorSettings(Section):
@@ -226,11 +232,7 @@ class DetectorSettings(Section):
 
     def for_topic(self, topic: str) -> DetectorSettings:
         """The settings a tick of ``topic`` is scored with: these, with what the topic's override sets."""
-        base = self.model_copy(update={"topics": {}})
-        override = self.topics.get(topic)
-        if override is None:
-            return base
-        return base.model_copy(update=override.model_dump(include=override.model_fields_set))
+        return _overridden(self.model_copy(update={"topics": {}}), self.topics.get(topic))
 
 
 DAEMON_WIDE = {"max_streams", "idle_expiry_seconds", "topics"}  # detector settings no topic can override
