@@ -192,7 +192,6 @@ class DetectorSettings(Section):
                                     "applies, and only the short mean of the time-of-day surprise counts, not a "
                                     "single tick's) and its range not yet its range (novelty_gate_young); 0: "
                                     "always")
-    season_young: bool = Field(True, description="experiment: time-of-day evidence while young")
     novelty_gate: float = Field(1.0, ge=0, description="range novelty counts only when the LSTM's (undamped) "
                                 "forecast surprise reaches this many decades too; 0: ungated")
     novelty_gate_young: float = Field(2.0, ge=0, description="novelty_gate while the stream is young (its first "

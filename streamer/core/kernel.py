@@ -114,7 +114,6 @@ class Params(NamedTuple):
     range_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
-    season_young: float  # 1.0 or 0.0
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
@@ -565,8 +564,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
     season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
-    if young and not p.season_young:
-        season_part = 0.0
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
