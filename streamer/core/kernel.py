@@ -109,9 +109,6 @@ class Params(NamedTuple):
     tail_index: float
     tail_envelope: float  # 0: off
     tail_slow_share: float  # 0: off
-    slow_share_forecast: float  # <0: tail_slow_share
-    slow_share_season: float  # <0: tail_slow_share
-    slow_season_mature: float  # 1: the slow season tails learn only once the stream is not young
     forecast_evidence: float  # 1.0 or 0.0
     season_evidence: float  # 1.0 or 0.0
     range_evidence: float  # 1.0 or 0.0
@@ -558,15 +555,8 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
         learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
         if slow:
-            share_f = p.tail_slow_share if p.slow_share_forecast < 0 else p.slow_share_forecast
-            share_s = p.tail_slow_share if p.slow_share_season < 0 else p.slow_share_season
-            slow_f = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, share_f * learned))
-            slow_s = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, share_s * learned))
-            upper = tails[N_TAILS:]
-            learn_tail(upper[:FORECAST_LEVELS], forecast_surprise, 0.0 if flagged else slow_f)
-            if seasoned and not (p.slow_season_mature and ts - st[S.START_TS] < p.season_gate_days * _DAY):
-                learn_tail(upper[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS], season, slow_s)
-                learn_tail(upper[FORECAST_LEVELS + SEASON_LEVELS:], season_short, slow_s)
+            slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
+            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
     if seasoned and learn:
         st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
