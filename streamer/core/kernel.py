@@ -114,10 +114,6 @@ class Params(NamedTuple):
     range_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
-    season_tail_mature: float  # experiment: single-tick time-of-day tails learn only once the stream is not young
-    season_single: float  # experiment: 0: single-tick time-of-day evidence never counts (only the short mean)
-    single_gate: float  # experiment: single-tick time-of-day evidence counts up to this many times the forecast's decades, young or not; 0 off
-    tail_cap: float  # experiment: evidence capped at log10(learned + 1) + tail_cap decades; 0 off
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
@@ -125,7 +121,6 @@ class Params(NamedTuple):
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
-    range_noise: float  # experiment: novelty also needs to be beyond the range by this many predicted stds
     season_memory_days: float
     season_window: float
     incident_ticks: float
@@ -252,13 +247,12 @@ def learn_tail(rates: np.ndarray, s: float, weight: float) -> None:
 
 @numba.njit(**_JIT)
 def learn_tails(tails: np.ndarray, forecast_surprise: float, season: float, season_short: float, weight: float,
-                flagged: bool, seasoned: bool, single: bool = True) -> None:
+                flagged: bool, seasoned: bool) -> None:
     """Fold one tick's three surprises into one copy of the three tails ``tails`` [N_TAILS]: the forecast's
     unless the tick is flagged (`protect_decades`), the time-of-day ones once its bin is `SEASON_MIN_VISITS`."""
     learn_tail(tails[:FORECAST_LEVELS], forecast_surprise, 0.0 if flagged else weight)
-    if seasoned and single:
-        learn_tail(tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS], season, weight)
     if seasoned:
+        learn_tail(tails[FORECAST_LEVELS:FORECAST_LEVELS + SEASON_LEVELS], season, weight)
         learn_tail(tails[FORECAST_LEVELS + SEASON_LEVELS:], season_short, weight)
 
 
@@ -434,9 +428,8 @@ def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: 
     teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
     blunting it for days. It does widen the range (and enter the daily profile)."""
     low, high = st[S.LOW], st[S.HIGH]
-    outside = max(value - high, low - value)
-    beyond = outside / max(high - low, 1e-12)
-    novel = learn and learned >= 1 and beyond > p.range_margin and outside > p.range_noise * st[S.PRED_STD]
+    beyond = max(value - high, low - value) / max(high - low, 1e-12)
+    novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
         first = learned < 1
         st[S.LOW] = value if first else min(low, value)
@@ -534,8 +527,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
         st[S.LOG_INTERVAL] += max(1.0 / n, PACE_RATE) * (log_gap - st[S.LOG_INTERVAL])
     steepest = p.tail_envelope * p.tail_index
     evidence = tail_decades(forecast_rates, forecast_surprise, p.tail_index, steepest)
-    cap = math.log10(learned + 1.0) + p.tail_cap if p.tail_cap > 0 else 1e9
-    evidence = min(evidence, cap)
     # a surprise of a stream whose forecast surprise never reached 1 (flat, quantised): evidence 0 says "no
     # history", not "usual"; it passes the novelty gate
     unprecedented = forecast_rates[0] <= 0.0 and forecast_surprise >= 1.0
@@ -559,25 +550,20 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
              if learned >= 1 else log_season)
     season_short = math.expm1(short)
     season_decades = tail_decades(season_rates, season, p.tail_index, steepest)
-    short_decades = min(tail_decades(short_rates, season_short, p.tail_index, steepest), cap)
-    season_decades = min(season_decades, cap)
-    single = not (p.season_tail_mature and ts - st[S.START_TS] < p.season_gate_days * _DAY)
+    short_decades = tail_decades(short_rates, season_short, p.tail_index, steepest)
     if learn and not novel:
         fast_weight = max(1.0 / (learned + 1.0), 1.0 / p.tail_memory)
-        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned, single)
+        learn_tails(tails[:N_TAILS], forecast_surprise, season, season_short, fast_weight, flagged, seasoned)
         if slow:
             slow_weight = max(1.0 / (learned + 1.0), 1.0 / max(p.tail_memory, p.tail_slow_share * learned))
-            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned, single)
+            learn_tails(tails[N_TAILS:], forecast_surprise, season, season_short, slow_weight, flagged, seasoned)
     if seasoned and learn:
         st[S.SEASON_SHORT] = short
     # A young stream (`season_gate_days`) has seen each hour of the day once at most: its bins hold a running
     # level, not a daily profile, and a single tick's departure from it is the forecaster's to judge; only a
     # sustained departure, the short mean, is time-of-day evidence then.
     young = p.season_gate_days <= 0 or ts - st[S.START_TS] < p.season_gate_days * _DAY
-    single_part = season_decades
-    if p.single_gate > 0 and p.forecast_evidence:
-        single_part = min(single_part, p.single_gate * evidence)
-    season_part = max(0.0 if young or not p.season_single else single_part, short_decades) if seasoned else 0.0
+    season_part = max(0.0 if young else season_decades, short_decades) if seasoned else 0.0
 
     learn_profile(prof, b, level, hours, p)
     st[S.LAST_TS] = ts
