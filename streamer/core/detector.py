@@ -16,9 +16,9 @@ scalars (values in the stream's units, timestamps), a float32 profile (tail rate
 Scoring, per stream. Three kinds of evidence, each turned into a tail probability p *calibrated on that
 stream's own history*, so that one threshold means the same rarity on every stream:
 1. forecast surprise |value - forecast| / forecast_std, the LSTM's own predicted uncertainty (with
-   `forecast_evidence`, the default: this is the LSTM's part in the score; on NAB it costs ~0.8 points, since
-   it raised more false alarms than detections there, with a Gaussian or a Laplace head alike; its tail is
-   kept either way, so switching it needs no warm-up);
+   `forecast_evidence`, the default: this is the LSTM's part in the score, and through the gates of 2. and 3.
+   its say over the other two kinds; docs/detection.md measures what it adds on each corpus. Its tail is kept
+   either way, so switching it needs no warm-up);
 2. time-of-day surprise: the value in units of the stream's slow mean and standard deviation (memory
    `season_memory_days`, not the LSTM's fast normaliser, which would flatten a daily pattern) against that
    stream's daily profile (24 hourly UTC bins of EW mean and variance, same memory), instantly and as a
