@@ -116,7 +116,6 @@ class Params(NamedTuple):
     season_gate_days: float  # 0: always
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
-    young_sigma: float  # experiment
     protect_decades: float  # 0: off
     normaliser_clip: float  # 0: off
     gap_scaled: float  # 1.0 or 0.0
@@ -588,8 +587,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # excursions leave routinely: its new extremes need `novelty_gate_young` decades of the LSTM's surprise.
     gate = p.novelty_gate_young if young else p.novelty_gate
     gated = gate > 0 and p.forecast_evidence and not unprecedented and evidence < gate
-    if young and p.young_sigma > 0 and p.forecast_evidence:
-        gated = gated or forecast_surprise < p.young_sigma
     novel_part = DECADES if novel and not gated and p.range_evidence else 0.0
     parts = (forecast_part, season_part * p.season_evidence, novel_part)
     strongest = max(parts[0], parts[1], parts[2])
