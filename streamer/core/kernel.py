@@ -121,7 +121,6 @@ class Params(NamedTuple):
     gap_scaled: float  # 1.0 or 0.0
     refractory_halflife: float
     range_margin: float
-    range_margin_young: float  # experiment; 0: range_margin
     season_memory_days: float
     season_window: float
     incident_ticks: float
@@ -423,15 +422,14 @@ def normalise_lanes(values: np.ndarray, reset: np.ndarray, p: Params | Normalise
 
 
 @numba.njit(**_JIT)
-def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: Params, young: bool = False) -> bool:
+def range_novelty(st: np.ndarray, value: float, learn: bool, learned: float, p: Params) -> bool:
     """Range novelty: beyond [LOW, HIGH] by more than range_margin of the range. A novel tick is already a
     certain anomaly, so it is learned neither into the surprise tails nor into the slow level: it would
     teach the stream that its anomalies are usual, and inflate the yardstick of the time-of-day surprise,
     blunting it for days. It does widen the range (and enter the daily profile)."""
     low, high = st[S.LOW], st[S.HIGH]
     beyond = max(value - high, low - value) / max(high - low, 1e-12)
-    margin = p.range_margin_young if young and p.range_margin_young > 0 else p.range_margin
-    novel = learn and learned >= 1 and beyond > margin
+    novel = learn and learned >= 1 and beyond > p.range_margin
     if learn:
         first = learned < 1
         st[S.LOW] = value if first else min(low, value)
@@ -514,8 +512,7 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     learn = n >= settle
     live = n >= p.warmup
 
-    novel = range_novelty(st, value, learn, learned, p,
-                          p.season_gate_days <= 0 or (n >= 1 and ts - st[S.START_TS] < p.season_gate_days * _DAY))
+    novel = range_novelty(st, value, learn, learned, p)
 
     # The forecast surprise and its calibrated tail (-log10 p), before anything is learned from this tick.
     # A one-step forecast made before a gap (a night, a weekend, an outage) vouches for one step of the
