@@ -177,7 +177,6 @@ class DetectorSettings(Section):
                                    "of the ticks the stream has learned (at least tail_memory), and a level's rate "
                                    "is the larger of the two estimates: a long-lived stream remembers rare "
                                    "surprises for longer than tail_memory ticks; 0: off")
-    forecast_season: float = Field(0.0, description="experiment")
     equal_timestamps: bool = Field(False, description="a tick stamped at the same time as its stream's last one is "
                                    "scored (trade feeds stamp several trades in one millisecond); false: it is "
                                    "skipped as out of order, like a re-sent message")

@@ -114,7 +114,6 @@ class Params(NamedTuple):
     range_evidence: float  # 1.0 or 0.0
     season_gate: float  # 0: off
     season_gate_days: float  # 0: always
-    forecast_season: float  # experiment: forecast evidence at most this many decades above the time-of-day evidence; 0 off
     novelty_gate: float  # 0: off
     novelty_gate_young: float  # 0: off
     protect_decades: float  # 0: off
@@ -572,8 +571,6 @@ def score_tick(st: np.ndarray, prof: np.ndarray, tails: np.ndarray, rates: np.nd
     # Refractory forecast evidence: only what exceeds its own decaying recent maximum counts.
     damp = st[S.DAMP_FORECAST]
     forecast_part = max(evidence - damp, 0.0) if p.forecast_evidence else 0.0
-    if p.forecast_season > 0:
-        forecast_part = min(forecast_part, season_part + p.forecast_season)
     if live:  # a flagged tick (`protect_decades`) raises no damping either: it is no sign of a turbulent phase
         st[S.DAMP_FORECAST] = max(damp * 0.5 ** (1.0 / p.refractory_halflife), 0.0 if flagged else evidence)
 
